@@ -1,0 +1,1 @@
+//! NVIDIA backend: LIR to PTX text (not built yet).

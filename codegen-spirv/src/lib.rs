@@ -1,0 +1,1 @@
+//! Vulkan backend: LIR to SPIR-V through naga (not built yet).

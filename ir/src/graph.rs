@@ -1,0 +1,363 @@
+//! The tensor Graph: typed nodes in topological order, built through a builder that infers and
+//! checks every node's type as it is added, and the Module that groups entry points sharing weights.
+
+use crate::dim::shape_string;
+use crate::{infer, DType, Dim, IrError, Op, Shape};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Index of a node in its Graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub u32);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+/// A node's result type.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TensorType {
+    pub dtype: DType,
+    pub shape: Shape,
+}
+
+impl TensorType {
+    pub fn new(dtype: DType, shape: Shape) -> TensorType {
+        TensorType { dtype, shape }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+}
+
+impl fmt::Display for TensorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.dtype, shape_string(&self.shape))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+    pub ty: TensorType,
+    /// Where in the model the node comes from (`model.layers.3.mlp`), for dumps and errors.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+}
+
+/// A dataflow graph of one entry point. Nodes are appended in topological order; every node's
+/// type is inferred (and checked) when it is added, so a Graph that exists is well typed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<(String, NodeId)>,
+    #[serde(skip)]
+    scope: String,
+}
+
+impl Graph {
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    /// Sets the scope recorded on nodes added from now on.
+    pub fn set_scope(&mut self, scope: impl Into<String>) {
+        self.scope = scope.into();
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.0 as usize]
+    }
+
+    pub fn ty(&self, id: NodeId) -> &TensorType {
+        &self.node(id).ty
+    }
+
+    /// Adds a runtime input.
+    pub fn input(&mut self, name: &str, dtype: DType, shape: Shape) -> NodeId {
+        self.push(
+            Op::Input { name: name.into() },
+            vec![],
+            TensorType::new(dtype, shape),
+        )
+    }
+
+    /// Adds a reference to a module weight of the given (concrete) type.
+    pub fn weight(&mut self, name: &str, dtype: DType, shape: &[usize]) -> NodeId {
+        let shape = shape.iter().map(|&d| Dim::from(d)).collect();
+        self.push(
+            Op::Weight { name: name.into() },
+            vec![],
+            TensorType::new(dtype, shape),
+        )
+    }
+
+    /// Adds a scalar constant.
+    pub fn constant(&mut self, value: f64, dtype: DType) -> NodeId {
+        self.push(
+            Op::Constant { value },
+            vec![],
+            TensorType::new(dtype, vec![]),
+        )
+    }
+
+    /// Adds an op whose type is inferred from its inputs; a mismatch is an error naming the node.
+    pub fn add(&mut self, op: Op, inputs: &[NodeId]) -> Result<NodeId, IrError> {
+        if matches!(
+            op,
+            Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. }
+        ) {
+            return Err(self.error(&op, inputs, "leaf ops are added with input/weight/constant"));
+        }
+        if let Some(bad) = inputs.iter().find(|i| i.0 as usize >= self.nodes.len()) {
+            return Err(self.error(&op, inputs, &format!("input {bad} does not exist")));
+        }
+        let types: Vec<&TensorType> = inputs.iter().map(|&i| self.ty(i)).collect();
+        let ty = infer::infer(&op, &types).map_err(|msg| self.error(&op, inputs, &msg))?;
+        Ok(self.push(op, inputs.to_vec(), ty))
+    }
+
+    /// Marks a node as a named output.
+    pub fn output(&mut self, name: &str, id: NodeId) {
+        self.outputs.push((name.into(), id));
+    }
+
+    pub fn output_node(&self, name: &str) -> Option<NodeId> {
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, id)| *id)
+    }
+
+    /// Input nodes by name.
+    pub fn inputs(&self) -> impl Iterator<Item = (&str, NodeId)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match &n.op {
+                Op::Input { name } => Some((name.as_str(), NodeId(i as u32))),
+                _ => None,
+            })
+    }
+
+    /// Names of the weights this graph reads.
+    pub fn weight_names(&self) -> BTreeSet<&str> {
+        self.nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Weight { name } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Checks a graph that did not come from the builder (e.g. deserialized): inputs precede their
+    /// users and every stored type equals the inferred one.
+    pub fn verify(&self) -> Result<(), IrError> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(bad) = node.inputs.iter().find(|x| x.0 as usize >= i) {
+                return Err(self.error(
+                    &node.op,
+                    &node.inputs,
+                    &format!("input {bad} is not defined before %{i}"),
+                ));
+            }
+            if matches!(
+                node.op,
+                Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. }
+            ) {
+                continue;
+            }
+            let types: Vec<&TensorType> = node.inputs.iter().map(|&x| self.ty(x)).collect();
+            let ty = infer::infer(&node.op, &types)
+                .map_err(|m| self.error(&node.op, &node.inputs, &m))?;
+            if ty != node.ty {
+                let msg = format!("stored type {} differs from inferred {ty}", node.ty);
+                return Err(self.error(&node.op, &node.inputs, &msg));
+            }
+        }
+        for (name, id) in &self.outputs {
+            if id.0 as usize >= self.nodes.len() {
+                return Err(IrError::Invalid(format!(
+                    "output `{name}` refers to missing node {id}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Binds the symbols of the input shapes from concrete input shapes: a declared dim that is a
+    /// lone symbol takes the actual size; every other dim is checked against the binding.
+    pub fn bind_dims(
+        &self,
+        actual: &BTreeMap<String, Vec<usize>>,
+    ) -> Result<crate::DimEnv, IrError> {
+        let mut env = crate::DimEnv::new();
+        let inputs: Vec<(&str, NodeId)> = self.inputs().collect();
+        for (name, id) in &inputs {
+            let shape = actual
+                .get(*name)
+                .ok_or_else(|| IrError::Binding(format!("input `{name}` was not given")))?;
+            let decl = &self.ty(*id).shape;
+            if decl.len() != shape.len() {
+                let msg = format!(
+                    "input `{name}` has rank {} but {} was declared",
+                    shape.len(),
+                    shape_string(decl)
+                );
+                return Err(IrError::Binding(msg));
+            }
+            for (d, &v) in decl.iter().zip(shape) {
+                let mut syms = d.symbols();
+                if let (Some(s), None) = (syms.next(), syms.next()) {
+                    if *d == Dim::sym(s) {
+                        if let Some(prev) = env.insert(s.to_string(), v) {
+                            if prev != v {
+                                let msg = format!(
+                                    "symbol `{s}` is {prev} elsewhere but {v} in input `{name}`"
+                                );
+                                return Err(IrError::Binding(msg));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (name, id) in &inputs {
+            let decl = &self.ty(*id).shape;
+            let want = crate::dim::eval_shape(decl, &env).map_err(IrError::Binding)?;
+            if want != actual[*name] {
+                let msg = format!(
+                    "input `{name}` has shape {:?}, declared {}",
+                    actual[*name],
+                    shape_string(decl)
+                );
+                return Err(IrError::Binding(msg));
+            }
+        }
+        Ok(env)
+    }
+
+    fn push(&mut self, op: Op, inputs: Vec<NodeId>, ty: TensorType) -> NodeId {
+        let id = NodeId(self.nodes.len() as u32);
+        self.nodes.push(Node {
+            op,
+            inputs,
+            ty,
+            scope: self.scope.clone(),
+        });
+        id
+    }
+
+    fn error(&self, op: &Op, inputs: &[NodeId], msg: &str) -> IrError {
+        let args: Vec<String> = inputs
+            .iter()
+            .map(|&i| match self.nodes.get(i.0 as usize) {
+                Some(n) => format!("{i}: {}", n.ty),
+                None => i.to_string(),
+            })
+            .collect();
+        IrError::Type {
+            node: format!("%{} {}", self.nodes.len(), op.name()),
+            scope: self.scope.clone(),
+            message: format!("{msg} (inputs: {})", args.join(", ")),
+        }
+    }
+}
+
+/// A weight the module declares: every entry point reading it sees this type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+/// A tensor carried from one call of an entry point to the next (the KV cache): each entry point
+/// has an input and an output of this name; the output becomes the next call's input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateSpec {
+    pub name: String,
+    pub dtype: DType,
+    /// Shape of the input, e.g. `[batch, kv_heads, past, head_dim]`.
+    pub shape: Shape,
+}
+
+/// One callable graph of a module (`prefill`, `decode`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntryPoint {
+    pub name: String,
+    pub graph: Graph,
+}
+
+/// What the runtime needs to know about the model beyond its graphs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The Hugging Face `model_type` (`llama`, `qwen2`, `gpt2`, …).
+    pub architecture: String,
+    pub vocab_size: usize,
+    /// Longest sequence (prompt + generated) the model supports.
+    pub max_context: usize,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+}
+
+/// Entry points that share one set of weights and one set of state tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Module {
+    pub info: ModelInfo,
+    pub weights: Vec<WeightSpec>,
+    pub state: Vec<StateSpec>,
+    pub entries: Vec<EntryPoint>,
+}
+
+impl Module {
+    pub fn entry(&self, name: &str) -> Option<&EntryPoint> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
+    pub fn weight(&self, name: &str) -> Option<&WeightSpec> {
+        self.weights.iter().find(|w| w.name == name)
+    }
+
+    /// Checks every entry point: graphs verify, weights they read are declared with the same type,
+    /// and every state tensor is both an input and an output of every entry point.
+    pub fn validate(&self) -> Result<(), IrError> {
+        for entry in &self.entries {
+            let at = |msg: String| IrError::Invalid(format!("entry point `{}`: {msg}", entry.name));
+            entry.graph.verify()?;
+            for node in &entry.graph.nodes {
+                if let Op::Weight { name } = &node.op {
+                    let spec = self
+                        .weight(name)
+                        .ok_or_else(|| at(format!("weight `{name}` is not declared")))?;
+                    let declared =
+                        TensorType::new(spec.dtype, spec.shape.iter().map(|&d| d.into()).collect());
+                    if declared != node.ty {
+                        return Err(at(format!(
+                            "weight `{name}` is read as {} but declared {declared}",
+                            node.ty
+                        )));
+                    }
+                }
+            }
+            for s in &self.state {
+                if !entry.graph.inputs().any(|(n, _)| n == s.name) {
+                    return Err(at(format!("state `{}` is not an input", s.name)));
+                }
+                if entry.graph.output_node(&s.name).is_none() {
+                    return Err(at(format!("state `{}` is not an output", s.name)));
+                }
+            }
+        }
+        Ok(())
+    }
+}

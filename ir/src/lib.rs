@@ -1,0 +1,22 @@
+//! tessera's intermediate representation and everything that must agree on it: element types,
+//! symbolic shapes, the tensor [`Graph`], the artifact container, and the reference interpreter
+//! that defines what every op means. Depends on no other tessera crate.
+
+mod dim;
+mod dtype;
+mod error;
+mod graph;
+mod infer;
+mod op;
+mod text;
+
+pub mod npy;
+
+pub use dim::{eval_shape, shape_string, Dim, DimEnv, Shape};
+pub use dtype::{DType, QuantBlock, QK};
+pub use error::IrError;
+pub use graph::{
+    EntryPoint, Graph, ModelInfo, Module, Node, NodeId, StateSpec, TensorType, WeightSpec,
+};
+pub use infer::{broadcast, infer};
+pub use op::{BinaryOp, Op, ReduceOp, RopeLayout, UnaryOp};

@@ -1,0 +1,1 @@
+//! Loads a tessera artifact and generates tokens.
