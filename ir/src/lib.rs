@@ -10,6 +10,7 @@ mod infer;
 mod op;
 mod text;
 
+pub mod artifact;
 pub mod npy;
 
 pub use dim::{eval_shape, shape_string, Dim, DimEnv, Shape};

@@ -1,1 +1,17 @@
-//! Loads a tessera artifact and generates tokens.
+//! tessera's runtime: loads a `.tsr` artifact (mmap, verified), executes its entry points on a
+//! device through an [`Executor`], keeps the KV cache state, samples and detokenizes.
+//! Later backends replace the executor, not this API.
+
+mod artifact;
+mod engine;
+mod error;
+mod executor;
+mod sampler;
+mod tokenizer;
+
+pub use artifact::Artifact;
+pub use engine::{Engine, FinishReason, GenerateOptions, Generation};
+pub use error::RuntimeError;
+pub use executor::{Executor, ReferenceExecutor};
+pub use sampler::{argmax, Sampler, SamplingParams};
+pub use tokenizer::{TextStream, Tokenizer};

@@ -1,0 +1,7 @@
+//! The compile driver: ties the importers, the optimizer (later), the code generators (later) and
+//! the artifact writer together. The `tessera` binary is a thin CLI over this library.
+
+pub mod compile;
+pub mod demo;
+
+pub use compile::{compile_model, write_artifact, CompileOptions, CompileReport, Target};

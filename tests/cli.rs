@@ -1,0 +1,171 @@
+//! The `tessera` binary end to end: compile, run (ids, text, JSON, logits), inspect, demo, and the
+//! errors a user meets with bad input.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).output().expect("spawn tessera")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = tessera(args);
+    assert!(out.status.success(), "tessera {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail and returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let out = tessera(args);
+    assert!(!out.status.success(), "tessera {args:?} should have failed");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains("panicked"), "tessera {args:?} panicked:\n{err}");
+    err
+}
+
+fn last_json(stdout: &str) -> Value {
+    serde_json::from_str(stdout.lines().last().expect("output")).expect("last line is JSON")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn compile(name: &str, dir: &Path) -> String {
+    let out = dir.join(format!("{name}.tsr"));
+    let out = out.to_str().unwrap().to_string();
+    ok(&["compile", fixture(name).to_str().unwrap(), "-o", &out]);
+    out
+}
+
+fn expected(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [vec!["--help"], vec!["compile", "--help"], vec!["run", "--help"], vec!["inspect", "--help"], vec!["demo", "--help"]] {
+        assert!(ok(&cmd).contains("Usage"), "{cmd:?}");
+    }
+}
+
+#[test]
+fn run_json_and_dump_logits_match_the_fixture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let artifact = compile("llama", tmp.path());
+    let want = expected("llama");
+    let ids: Vec<String> = want["prompt_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    let n = want["generated_ids"].as_array().unwrap().len();
+    let npy = tmp.path().join("logits.npy");
+    let stdout = ok(&[
+        "run", &artifact, "--prompt-ids", &ids.join(","), "--max-tokens", &n.to_string(), "--ignore-eos", "--json",
+        "--dump-logits", npy.to_str().unwrap(),
+    ]);
+    let report = last_json(&stdout);
+    assert_eq!(report["generated_ids"], want["generated_ids"]);
+    assert_eq!(report["prompt_ids"], want["prompt_ids"]);
+    assert!(report["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["text"].is_string(), "the fixture has a tokenizer");
+    let logits = tessera_ir::npy::read::<f32>(&npy).unwrap();
+    let reference = tessera_ir::npy::read::<f32>(&fixture("llama").join("logits.npy")).unwrap();
+    assert_eq!(logits.shape, reference.shape);
+    let worst = logits.data.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(worst <= 1e-3, "max |Δlogit| {worst}");
+}
+
+#[test]
+fn text_prompt_uses_the_embedded_tokenizer_and_sampling_is_seeded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let artifact = compile("gpt2", tmp.path());
+    let prompt = expected("gpt2")["prompt"].as_str().unwrap().to_string();
+    let greedy = last_json(&ok(&["run", &artifact, "--prompt", &prompt, "--max-tokens", "5", "--json"]));
+    assert!(!greedy["prompt_ids"].as_array().unwrap().is_empty());
+    let sample = |seed: &str| {
+        let args = ["run", &artifact, "--prompt", &prompt, "--max-tokens", "8", "--ignore-eos", "--json", "--temperature", "1.5", "--top-k", "50", "--top-p", "0.95", "--seed", seed];
+        last_json(&ok(&args))["generated_ids"].clone()
+    };
+    assert_eq!(sample("7"), sample("7"), "same seed, same tokens");
+    let streamed = ok(&["run", &artifact, "--prompt", &prompt, "--max-tokens", "5"]);
+    assert_eq!(streamed, greedy["text"].as_str().unwrap(), "streamed text equals the decoded text");
+}
+
+#[test]
+fn inspect_describes_the_artifact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let artifact = compile("qwen2", tmp.path());
+    let info = last_json(&ok(&["inspect", &artifact, "--json"]));
+    assert_eq!(info["architecture"], "qwen2");
+    assert_eq!(info["target"], "reference");
+    let entries: Vec<&str> = info["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(entries, ["prefill", "decode"]);
+    assert!(ok(&["inspect", &artifact]).contains("entry decode"));
+}
+
+#[test]
+fn demo_generates() {
+    let report = last_json(&ok(&["demo", "--json"]));
+    assert!(report["generated_ids"].as_array().unwrap().len() >= 8);
+    assert!(report["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn corrupt_truncated_and_foreign_artifacts_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let artifact = compile("gpt2", tmp.path());
+    let bytes = std::fs::read(&artifact).unwrap();
+    let write = |name: &str, data: &[u8]| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, data).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() - 100;
+    flipped[mid] ^= 1;
+    let corrupt = write("corrupt.tsr", &flipped);
+    let err = fails(&["run", &corrupt, "--prompt-ids", "1,2"]);
+    assert!(err.contains("corrupt.tsr") && err.contains("checksum"), "{err}");
+    let truncated = write("truncated.tsr", &bytes[..bytes.len() / 2]);
+    let err = fails(&["inspect", &truncated]);
+    assert!(err.contains("truncated.tsr") && err.contains("truncated"), "{err}");
+    let foreign = write("model.gguf", b"GGUF\x03\x00\x00\x00 not an artifact");
+    assert!(fails(&["run", &foreign, "--prompt-ids", "1"]).contains("bad magic"));
+    let missing = tmp.path().join("missing.tsr");
+    assert!(fails(&["inspect", missing.to_str().unwrap()]).contains("missing.tsr"));
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A model folder without tokenizer.json: --prompt must say so.
+    let plain = tmp.path().join("gpt2-no-tokenizer");
+    std::fs::create_dir(&plain).unwrap();
+    for entry in std::fs::read_dir(fixture("gpt2")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "tokenizer.json" {
+            std::fs::copy(&path, plain.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let out = tmp.path().join("plain.tsr");
+    let out = out.to_str().unwrap();
+    ok(&["compile", plain.to_str().unwrap(), "-o", out]);
+    assert!(fails(&["run", out, "--prompt", "hello"]).contains("no tokenizer"));
+    assert!(fails(&["run", out, "--prompt-ids", "1,99999"]).contains("outside the vocabulary"));
+    assert!(fails(&["run", out, "--prompt-ids", "1", "--max-tokens", "100000"]).contains("exceeds the model's context"));
+    assert!(fails(&["run", out, "--prompt-ids", "1", "--top-p", "0"]).contains("--top-p"));
+    let err = fails(&["compile", tmp.path().join("nowhere").to_str().unwrap(), "-o", out]);
+    assert!(err.contains("nowhere"), "{err}");
+    let err = fails(&["compile", plain.to_str().unwrap(), "-o", out, "--target", "cuda"]);
+    assert!(err.contains("cuda"), "{err}");
+}
+
+#[test]
+fn unknown_architecture_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("weird");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "mamba2", "hidden_size": 8}"#).unwrap();
+    let err = fails(&["compile", dir.to_str().unwrap(), "-o", tmp.path().join("w.tsr").to_str().unwrap()]);
+    assert!(err.contains("mamba2"), "{err}");
+}

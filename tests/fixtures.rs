@@ -1,0 +1,88 @@
+//! Every transformers fixture, compiled and run through tessera, must reproduce transformers'
+//! greedy tokens exactly and its logits to 1e-3 (prefill row, then each decode step).
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tessera::{compile_model, CompileOptions, Target};
+use tessera_ir::npy;
+use tessera_runtime::{Engine, GenerateOptions, SamplingParams};
+
+const LOGIT_TOLERANCE: f32 = 1e-3;
+
+#[derive(Deserialize)]
+struct Expected {
+    prompt_ids: Vec<u32>,
+    generated_ids: Vec<u32>,
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn check_fixture(name: &str) {
+    let dir = fixture(name);
+    let expected: Expected = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let want_logits = npy::read::<f32>(&dir.join("logits.npy")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let output = tmp.path().join(format!("{name}.tsr"));
+    compile_model(&dir, &CompileOptions { target: Target::Reference, output: output.clone() }, &mut |_, _| {})
+        .unwrap_or_else(|e| panic!("compiling fixture {name}: {e:#}"));
+    let mut engine = Engine::load(&output).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: expected.generated_ids.len(),
+        sampling: SamplingParams::default(),
+        stop_at_eos: false,
+        keep_logits: true,
+    };
+    let gen = engine.generate(&expected.prompt_ids, &opts, &mut |_| {}).unwrap();
+
+    let vocab = engine.info().vocab_size;
+    assert_eq!(want_logits.shape, vec![expected.generated_ids.len(), vocab], "{name}: logits.npy shape");
+    let mut worst = (0.0f32, 0, 0);
+    for (step, row) in gen.logits.iter().enumerate() {
+        for (i, (got, want)) in row.iter().zip(&want_logits.data[step * vocab..(step + 1) * vocab]).enumerate() {
+            let d = (got - want).abs();
+            if d > worst.0 || d.is_nan() {
+                worst = (d, step, i);
+            }
+        }
+    }
+    assert!(
+        worst.0 <= LOGIT_TOLERANCE,
+        "{name}: max |Δlogit| = {} at step {} token {} (tolerance {LOGIT_TOLERANCE})",
+        worst.0,
+        worst.1,
+        worst.2
+    );
+    assert_eq!(gen.generated, expected.generated_ids, "{name}: greedy ids differ from transformers");
+}
+
+#[test]
+fn llama_sharded_f32() {
+    check_fixture("llama");
+}
+
+#[test]
+fn llama3_rope_scaling_gqa_tied_bf16() {
+    check_fixture("llama3");
+}
+
+#[test]
+fn llama_linear_rope_old_schema_head_dim_f16() {
+    check_fixture("llama_linear");
+}
+
+#[test]
+fn mistral_sliding_window() {
+    check_fixture("mistral");
+}
+
+#[test]
+fn qwen2_qkv_bias() {
+    check_fixture("qwen2");
+}
+
+#[test]
+fn gpt2_conv1d_learned_positions() {
+    check_fixture("gpt2");
+}
