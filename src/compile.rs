@@ -47,10 +47,17 @@ pub struct CompileReport {
 }
 
 /// Imports the model at `model` (a Hugging Face folder) and writes the artifact.
-pub fn compile_model(model: &Path, opts: &CompileOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<CompileReport> {
+pub fn compile_model(
+    model: &Path,
+    opts: &CompileOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<CompileReport> {
     let start = Instant::now();
     if !model.is_dir() {
-        anyhow::bail!("{}: expected a Hugging Face model folder (config.json + *.safetensors)", model.display());
+        anyhow::bail!(
+            "{}: expected a Hugging Face model folder (config.json + *.safetensors)",
+            model.display()
+        );
     }
     let imported = tessera_models::import_hf(model)?;
     tracing::info!(architecture = %imported.module.info.architecture, weights = imported.weights.len(), "imported");
@@ -68,7 +75,12 @@ pub fn write_artifact(
 ) -> Result<CompileReport> {
     let start = Instant::now();
     model.module.validate()?;
-    let slots = artifact::layout_weights(model.weights.iter().map(|w| (w.spec.name.as_str(), w.bytes().len() as u64)));
+    let slots = artifact::layout_weights(
+        model
+            .weights
+            .iter()
+            .map(|w| (w.spec.name.as_str(), w.bytes().len() as u64)),
+    );
     let weight_bytes: u64 = model.weights.iter().map(|w| w.bytes().len() as u64).sum();
     let manifest = Manifest {
         producer: format!("tessera {}", env!("CARGO_PKG_VERSION")),
@@ -83,10 +95,21 @@ pub fn write_artifact(
     let mut writer = BufWriter::new(file);
     let mut bytes = model.weights.iter().map(|w| w.bytes());
     let total = slots_end(&manifest);
-    artifact::write(&mut writer, &manifest, model.tokenizer_json.as_deref(), &mut bytes, &mut |done| progress(done, total))
-        .with_context(|| format!("writing {}", out.display()))?;
+    artifact::write(
+        &mut writer,
+        &manifest,
+        model.tokenizer_json.as_deref(),
+        &mut bytes,
+        &mut |done| progress(done, total),
+    )
+    .with_context(|| format!("writing {}", out.display()))?;
     drop(writer);
-    let parameters = model.module.weights.iter().map(|w| w.shape.iter().product::<usize>() as u64).sum();
+    let parameters = model
+        .module
+        .weights
+        .iter()
+        .map(|w| w.shape.iter().product::<usize>() as u64)
+        .sum();
     Ok(CompileReport {
         source: source.to_string(),
         output: out.display().to_string(),

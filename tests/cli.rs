@@ -6,12 +6,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).output().expect("spawn tessera")
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .output()
+        .expect("spawn tessera")
 }
 
 fn ok(args: &[&str]) -> String {
     let out = tessera(args);
-    assert!(out.status.success(), "tessera {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tessera {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -20,7 +27,10 @@ fn fails(args: &[&str]) -> String {
     let out = tessera(args);
     assert!(!out.status.success(), "tessera {args:?} should have failed");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(!err.contains("panicked"), "tessera {args:?} panicked:\n{err}");
+    assert!(
+        !err.contains("panicked"),
+        "tessera {args:?} panicked:\n{err}"
+    );
     err
 }
 
@@ -29,7 +39,9 @@ fn last_json(stdout: &str) -> Value {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn compile(name: &str, dir: &Path) -> String {
@@ -40,12 +52,19 @@ fn compile(name: &str, dir: &Path) -> String {
 }
 
 fn expected(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap())
+        .unwrap()
 }
 
 #[test]
 fn every_command_has_help() {
-    for cmd in [vec!["--help"], vec!["compile", "--help"], vec!["run", "--help"], vec!["inspect", "--help"], vec!["demo", "--help"]] {
+    for cmd in [
+        vec!["--help"],
+        vec!["compile", "--help"],
+        vec!["run", "--help"],
+        vec!["inspect", "--help"],
+        vec!["demo", "--help"],
+    ] {
         assert!(ok(&cmd).contains("Usage"), "{cmd:?}");
     }
 }
@@ -55,12 +74,25 @@ fn run_json_and_dump_logits_match_the_fixture() {
     let tmp = tempfile::tempdir().unwrap();
     let artifact = compile("llama", tmp.path());
     let want = expected("llama");
-    let ids: Vec<String> = want["prompt_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    let ids: Vec<String> = want["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
     let n = want["generated_ids"].as_array().unwrap().len();
     let npy = tmp.path().join("logits.npy");
     let stdout = ok(&[
-        "run", &artifact, "--prompt-ids", &ids.join(","), "--max-tokens", &n.to_string(), "--ignore-eos", "--json",
-        "--dump-logits", npy.to_str().unwrap(),
+        "run",
+        &artifact,
+        "--prompt-ids",
+        &ids.join(","),
+        "--max-tokens",
+        &n.to_string(),
+        "--ignore-eos",
+        "--json",
+        "--dump-logits",
+        npy.to_str().unwrap(),
     ]);
     let report = last_json(&stdout);
     assert_eq!(report["generated_ids"], want["generated_ids"]);
@@ -71,7 +103,12 @@ fn run_json_and_dump_logits_match_the_fixture() {
     let logits = tessera_ir::npy::read::<f32>(&npy).unwrap();
     let reference = tessera_ir::npy::read::<f32>(&fixture("llama").join("logits.npy")).unwrap();
     assert_eq!(logits.shape, reference.shape);
-    let worst = logits.data.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let worst = logits
+        .data
+        .iter()
+        .zip(&reference.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     assert!(worst <= 1e-3, "max |Δlogit| {worst}");
 }
 
@@ -80,15 +117,44 @@ fn text_prompt_uses_the_embedded_tokenizer_and_sampling_is_seeded() {
     let tmp = tempfile::tempdir().unwrap();
     let artifact = compile("gpt2", tmp.path());
     let prompt = expected("gpt2")["prompt"].as_str().unwrap().to_string();
-    let greedy = last_json(&ok(&["run", &artifact, "--prompt", &prompt, "--max-tokens", "5", "--json"]));
+    let greedy = last_json(&ok(&[
+        "run",
+        &artifact,
+        "--prompt",
+        &prompt,
+        "--max-tokens",
+        "5",
+        "--json",
+    ]));
     assert!(!greedy["prompt_ids"].as_array().unwrap().is_empty());
     let sample = |seed: &str| {
-        let args = ["run", &artifact, "--prompt", &prompt, "--max-tokens", "8", "--ignore-eos", "--json", "--temperature", "1.5", "--top-k", "50", "--top-p", "0.95", "--seed", seed];
+        let args = [
+            "run",
+            &artifact,
+            "--prompt",
+            &prompt,
+            "--max-tokens",
+            "8",
+            "--ignore-eos",
+            "--json",
+            "--temperature",
+            "1.5",
+            "--top-k",
+            "50",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+        ];
         last_json(&ok(&args))["generated_ids"].clone()
     };
     assert_eq!(sample("7"), sample("7"), "same seed, same tokens");
     let streamed = ok(&["run", &artifact, "--prompt", &prompt, "--max-tokens", "5"]);
-    assert_eq!(streamed, greedy["text"].as_str().unwrap(), "streamed text equals the decoded text");
+    assert_eq!(
+        streamed,
+        greedy["text"].as_str().unwrap(),
+        "streamed text equals the decoded text"
+    );
 }
 
 #[test]
@@ -98,7 +164,12 @@ fn inspect_describes_the_artifact() {
     let info = last_json(&ok(&["inspect", &artifact, "--json"]));
     assert_eq!(info["architecture"], "qwen2");
     assert_eq!(info["target"], "reference");
-    let entries: Vec<&str> = info["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let entries: Vec<&str> = info["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
     assert_eq!(entries, ["prefill", "decode"]);
     assert!(ok(&["inspect", &artifact]).contains("entry decode"));
 }
@@ -125,10 +196,16 @@ fn corrupt_truncated_and_foreign_artifacts_are_clear_errors() {
     flipped[mid] ^= 1;
     let corrupt = write("corrupt.tsr", &flipped);
     let err = fails(&["run", &corrupt, "--prompt-ids", "1,2"]);
-    assert!(err.contains("corrupt.tsr") && err.contains("checksum"), "{err}");
+    assert!(
+        err.contains("corrupt.tsr") && err.contains("checksum"),
+        "{err}"
+    );
     let truncated = write("truncated.tsr", &bytes[..bytes.len() / 2]);
     let err = fails(&["inspect", &truncated]);
-    assert!(err.contains("truncated.tsr") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("truncated.tsr") && err.contains("truncated"),
+        "{err}"
+    );
     let foreign = write("model.gguf", b"GGUF\x03\x00\x00\x00 not an artifact");
     assert!(fails(&["run", &foreign, "--prompt-ids", "1"]).contains("bad magic"));
     let missing = tmp.path().join("missing.tsr");
@@ -152,11 +229,26 @@ fn bad_requests_are_clear_errors() {
     ok(&["compile", plain.to_str().unwrap(), "-o", out]);
     assert!(fails(&["run", out, "--prompt", "hello"]).contains("no tokenizer"));
     assert!(fails(&["run", out, "--prompt-ids", "1,99999"]).contains("outside the vocabulary"));
-    assert!(fails(&["run", out, "--prompt-ids", "1", "--max-tokens", "100000"]).contains("exceeds the model's context"));
+    assert!(
+        fails(&["run", out, "--prompt-ids", "1", "--max-tokens", "100000"])
+            .contains("exceeds the model's context")
+    );
     assert!(fails(&["run", out, "--prompt-ids", "1", "--top-p", "0"]).contains("--top-p"));
-    let err = fails(&["compile", tmp.path().join("nowhere").to_str().unwrap(), "-o", out]);
+    let err = fails(&[
+        "compile",
+        tmp.path().join("nowhere").to_str().unwrap(),
+        "-o",
+        out,
+    ]);
     assert!(err.contains("nowhere"), "{err}");
-    let err = fails(&["compile", plain.to_str().unwrap(), "-o", out, "--target", "cuda"]);
+    let err = fails(&[
+        "compile",
+        plain.to_str().unwrap(),
+        "-o",
+        out,
+        "--target",
+        "cuda",
+    ]);
     assert!(err.contains("cuda"), "{err}");
 }
 
@@ -165,7 +257,16 @@ fn unknown_architecture_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("weird");
     std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), r#"{"model_type": "mamba2", "hidden_size": 8}"#).unwrap();
-    let err = fails(&["compile", dir.to_str().unwrap(), "-o", tmp.path().join("w.tsr").to_str().unwrap()]);
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_type": "mamba2", "hidden_size": 8}"#,
+    )
+    .unwrap();
+    let err = fails(&[
+        "compile",
+        dir.to_str().unwrap(),
+        "-o",
+        tmp.path().join("w.tsr").to_str().unwrap(),
+    ]);
     assert!(err.contains("mamba2"), "{err}");
 }

@@ -16,17 +16,27 @@ struct Expected {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn check_fixture(name: &str) {
     let dir = fixture(name);
-    let expected: Expected = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let expected: Expected =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let want_logits = npy::read::<f32>(&dir.join("logits.npy")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let output = tmp.path().join(format!("{name}.tsr"));
-    compile_model(&dir, &CompileOptions { target: Target::Reference, output: output.clone() }, &mut |_, _| {})
-        .unwrap_or_else(|e| panic!("compiling fixture {name}: {e:#}"));
+    compile_model(
+        &dir,
+        &CompileOptions {
+            target: Target::Reference,
+            output: output.clone(),
+        },
+        &mut |_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("compiling fixture {name}: {e:#}"));
     let mut engine = Engine::load(&output).unwrap();
     let opts = GenerateOptions {
         max_tokens: expected.generated_ids.len(),
@@ -34,13 +44,23 @@ fn check_fixture(name: &str) {
         stop_at_eos: false,
         keep_logits: true,
     };
-    let gen = engine.generate(&expected.prompt_ids, &opts, &mut |_| {}).unwrap();
+    let gen = engine
+        .generate(&expected.prompt_ids, &opts, &mut |_| {})
+        .unwrap();
 
     let vocab = engine.info().vocab_size;
-    assert_eq!(want_logits.shape, vec![expected.generated_ids.len(), vocab], "{name}: logits.npy shape");
+    assert_eq!(
+        want_logits.shape,
+        vec![expected.generated_ids.len(), vocab],
+        "{name}: logits.npy shape"
+    );
     let mut worst = (0.0f32, 0, 0);
     for (step, row) in gen.logits.iter().enumerate() {
-        for (i, (got, want)) in row.iter().zip(&want_logits.data[step * vocab..(step + 1) * vocab]).enumerate() {
+        for (i, (got, want)) in row
+            .iter()
+            .zip(&want_logits.data[step * vocab..(step + 1) * vocab])
+            .enumerate()
+        {
             let d = (got - want).abs();
             if d > worst.0 || d.is_nan() {
                 worst = (d, step, i);
@@ -54,7 +74,10 @@ fn check_fixture(name: &str) {
         worst.1,
         worst.2
     );
-    assert_eq!(gen.generated, expected.generated_ids, "{name}: greedy ids differ from transformers");
+    assert_eq!(
+        gen.generated, expected.generated_ids,
+        "{name}: greedy ids differ from transformers"
+    );
 }
 
 #[test]

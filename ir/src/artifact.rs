@@ -78,7 +78,11 @@ pub fn layout_weights<'a>(weights: impl IntoIterator<Item = (&'a str, u64)>) -> 
     weights
         .into_iter()
         .map(|(name, len)| {
-            let slot = WeightSlot { name: name.to_string(), offset, len };
+            let slot = WeightSlot {
+                name: name.to_string(),
+                offset,
+                len,
+            };
             offset = align(offset + len, TENSOR_ALIGN);
             slot
         })
@@ -124,30 +128,46 @@ pub fn write<W: Write + Seek>(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), IrError> {
     let io = |e: std::io::Error| IrError::Format(format!("writing artifact: {e}"));
-    let manifest_json = serde_json::to_vec(manifest).map_err(|e| IrError::Format(format!("encoding manifest: {e}")))?;
+    let manifest_json = serde_json::to_vec(manifest)
+        .map_err(|e| IrError::Format(format!("encoding manifest: {e}")))?;
     let mut small: Vec<(SectionKind, &[u8])> = vec![(SectionKind::Manifest, &manifest_json)];
     if let Some(t) = tokenizer {
         small.push((SectionKind::Tokenizer, t.as_bytes()));
     }
     let count = small.len() + 1;
-    out.write_all(&vec![0u8; header_len(count) as usize]).map_err(io)?;
+    out.write_all(&vec![0u8; header_len(count) as usize])
+        .map_err(io)?;
     let mut pos = header_len(count);
     let mut entries = Vec::with_capacity(count);
     for (kind, bytes) in small {
         let offset = align(pos, TENSOR_ALIGN);
-        out.write_all(&vec![0u8; (offset - pos) as usize]).map_err(io)?;
+        out.write_all(&vec![0u8; (offset - pos) as usize])
+            .map_err(io)?;
         out.write_all(bytes).map_err(io)?;
-        entries.push(Entry { kind, offset, len: bytes.len() as u64, crc: crc32fast::hash(bytes) });
+        entries.push(Entry {
+            kind,
+            offset,
+            len: bytes.len() as u64,
+            crc: crc32fast::hash(bytes),
+        });
         pos = offset + bytes.len() as u64;
     }
     let weights_start = align(pos, WEIGHTS_ALIGN);
-    out.write_all(&vec![0u8; (weights_start - pos) as usize]).map_err(io)?;
+    out.write_all(&vec![0u8; (weights_start - pos) as usize])
+        .map_err(io)?;
     let mut hasher = crc32fast::Hasher::new();
     let mut written = 0u64;
     for slot in &manifest.weight_slots {
-        let bytes = weights.next().ok_or_else(|| IrError::Format(format!("no bytes given for weight `{}`", slot.name)))?;
+        let bytes = weights
+            .next()
+            .ok_or_else(|| IrError::Format(format!("no bytes given for weight `{}`", slot.name)))?;
         if bytes.len() as u64 != slot.len {
-            let msg = format!("weight `{}` has {} bytes, its slot {}", slot.name, bytes.len(), slot.len);
+            let msg = format!(
+                "weight `{}` has {} bytes, its slot {}",
+                slot.name,
+                bytes.len(),
+                slot.len
+            );
             return Err(IrError::Format(msg));
         }
         let pad = vec![0u8; (slot.offset - written) as usize];
@@ -158,7 +178,12 @@ pub fn write<W: Write + Seek>(
         written = slot.offset + slot.len;
         progress(written);
     }
-    entries.push(Entry { kind: SectionKind::Weights, offset: weights_start, len: written, crc: hasher.finalize() });
+    entries.push(Entry {
+        kind: SectionKind::Weights,
+        offset: weights_start,
+        len: written,
+        crc: hasher.finalize(),
+    });
     out.seek(SeekFrom::Start(0)).map_err(io)?;
     out.write_all(&encode_header(&entries)).map_err(io)?;
     out.flush().map_err(io)
@@ -198,7 +223,10 @@ pub fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<ArtifactView<'a>, IrErro
     let count = u32_at(12) as usize;
     let hlen = header_len(count.min(64)) as usize;
     if count > 64 || bytes.len() < hlen {
-        return Err(bad(format!("truncated header ({} bytes, {count} sections)", bytes.len())));
+        return Err(bad(format!(
+            "truncated header ({} bytes, {count} sections)",
+            bytes.len()
+        )));
     }
     if crc32fast::hash(&bytes[8..hlen - 4]) != u32_at(hlen - 4) {
         return Err(bad("header checksum mismatch: the file is corrupt".into()));
@@ -208,40 +236,66 @@ pub fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<ArtifactView<'a>, IrErro
     let mut weights = None;
     for i in 0..count {
         let at = 16 + i * ENTRY_BYTES;
-        let kind = SectionKind::from_u32(u32_at(at)).ok_or_else(|| bad(format!("unknown section kind {}", u32_at(at))))?;
+        let kind = SectionKind::from_u32(u32_at(at))
+            .ok_or_else(|| bad(format!("unknown section kind {}", u32_at(at))))?;
         let (offset, len, crc) = (u64_at(at + 8), u64_at(at + 16), u32_at(at + 24));
         let end = offset.checked_add(len).filter(|&e| e <= bytes.len() as u64);
         let end = end.ok_or_else(|| {
-            bad(format!("truncated: {kind:?} section ends at byte {}, file has {}", offset.saturating_add(len), bytes.len()))
+            bad(format!(
+                "truncated: {kind:?} section ends at byte {}, file has {}",
+                offset.saturating_add(len),
+                bytes.len()
+            ))
         })?;
         let body = &bytes[offset as usize..end as usize];
         if crc32fast::hash(body) != crc {
-            return Err(bad(format!("{kind:?} section checksum mismatch: the file is corrupt")));
+            return Err(bad(format!(
+                "{kind:?} section checksum mismatch: the file is corrupt"
+            )));
         }
         match kind {
             SectionKind::Manifest => manifest = Some(body),
             SectionKind::Tokenizer => {
-                tokenizer = Some(std::str::from_utf8(body).map_err(|_| bad("tokenizer section is not UTF-8".into()))?)
+                tokenizer = Some(
+                    std::str::from_utf8(body)
+                        .map_err(|_| bad("tokenizer section is not UTF-8".into()))?,
+                )
             }
             SectionKind::Weights => weights = Some(body),
         }
     }
     let manifest = manifest.ok_or_else(|| bad("no manifest section".into()))?;
-    let manifest: Manifest = serde_json::from_slice(manifest).map_err(|e| bad(format!("manifest: {e}")))?;
+    let manifest: Manifest =
+        serde_json::from_slice(manifest).map_err(|e| bad(format!("manifest: {e}")))?;
     let weights = weights.ok_or_else(|| bad("no weights section".into()))?;
-    check_slots(&manifest, weights.len() as u64).map_err(|m| bad(m))?;
-    Ok(ArtifactView { manifest, tokenizer, weights })
+    check_slots(&manifest, weights.len() as u64).map_err(bad)?;
+    Ok(ArtifactView {
+        manifest,
+        tokenizer,
+        weights,
+    })
 }
 
 fn check_slots(manifest: &Manifest, section_len: u64) -> Result<(), String> {
     let specs = &manifest.module.weights;
     if specs.len() != manifest.weight_slots.len() {
-        return Err(format!("{} weights declared but {} slots", specs.len(), manifest.weight_slots.len()));
+        return Err(format!(
+            "{} weights declared but {} slots",
+            specs.len(),
+            manifest.weight_slots.len()
+        ));
     }
     for (spec, slot) in specs.iter().zip(&manifest.weight_slots) {
-        let want = spec.dtype.storage_bytes(&spec.shape).map_err(|e| format!("weight `{}`: {e}", spec.name))?;
-        if spec.name != slot.name || slot.len != want as u64 || slot.offset + slot.len > section_len {
-            return Err(format!("weight slot `{}` does not match its declaration", slot.name));
+        let want = spec
+            .dtype
+            .storage_bytes(&spec.shape)
+            .map_err(|e| format!("weight `{}`: {e}", spec.name))?;
+        if spec.name != slot.name || slot.len != want as u64 || slot.offset + slot.len > section_len
+        {
+            return Err(format!(
+                "weight slot `{}` does not match its declaration",
+                slot.name
+            ));
         }
     }
     manifest.module.validate().map_err(|e| e.to_string())
@@ -269,14 +323,37 @@ mod tests {
                 hidden_size: 3,
             },
             weights: vec![
-                WeightSpec { name: "w".into(), dtype: DType::F32, shape: vec![3] },
-                WeightSpec { name: "b".into(), dtype: DType::U8, shape: vec![5] },
+                WeightSpec {
+                    name: "w".into(),
+                    dtype: DType::F32,
+                    shape: vec![3],
+                },
+                WeightSpec {
+                    name: "b".into(),
+                    dtype: DType::U8,
+                    shape: vec![5],
+                },
             ],
             state: vec![],
-            entries: vec![EntryPoint { name: "main".into(), graph: g }],
+            entries: vec![EntryPoint {
+                name: "main".into(),
+                graph: g,
+            }],
         };
-        let data = vec![[1.0f32, 2.0, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect(), vec![9u8; 5]];
-        let weight_slots = layout_weights(module.weights.iter().zip(&data).map(|(w, d)| (w.name.as_str(), d.len() as u64)));
+        let data = vec![
+            [1.0f32, 2.0, 3.0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            vec![9u8; 5],
+        ];
+        let weight_slots = layout_weights(
+            module
+                .weights
+                .iter()
+                .zip(&data)
+                .map(|(w, d)| (w.name.as_str(), d.len() as u64)),
+        );
         let manifest = Manifest {
             producer: "test".into(),
             target: "reference".into(),
@@ -311,7 +388,9 @@ mod tests {
     #[test]
     fn truncated_corrupt_and_wrong_version_are_errors() {
         let (_, bytes) = encode(None);
-        let err = parse(&bytes[..bytes.len() - 2], "m.tsr").unwrap_err().to_string();
+        let err = parse(&bytes[..bytes.len() - 2], "m.tsr")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("m.tsr") && err.contains("truncated"), "{err}");
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1;
@@ -322,7 +401,10 @@ mod tests {
         old[8] = 7;
         let err = parse(&old, "m.tsr").unwrap_err().to_string();
         assert!(err.contains("version 7"), "{err}");
-        assert!(parse(b"GGUF....", "m.tsr").unwrap_err().to_string().contains("bad magic"));
+        assert!(parse(b"GGUF....", "m.tsr")
+            .unwrap_err()
+            .to_string()
+            .contains("bad magic"));
         assert!(parse(&bytes[..20], "m.tsr").is_err());
     }
 }

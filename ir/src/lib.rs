@@ -11,7 +11,9 @@ mod op;
 mod text;
 
 pub mod artifact;
+pub mod interp;
 pub mod npy;
+pub mod quant;
 
 pub use dim::{eval_shape, shape_string, Dim, DimEnv, Shape};
 pub use dtype::{DType, QuantBlock, QK};

@@ -18,7 +18,10 @@ pub struct Artifact {
 
 impl Artifact {
     pub fn open(path: &Path) -> Result<Artifact, RuntimeError> {
-        let io = |source| RuntimeError::Io { path: path.display().to_string(), source };
+        let io = |source| RuntimeError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the mapping is read-only; tessera never writes to an artifact it has open, and
         // every section is checksummed before use.
@@ -28,7 +31,13 @@ impl Artifact {
         let weights = start..start + view.weights.len();
         let tokenizer = view.tokenizer.map(str::to_string);
         let manifest = view.manifest;
-        Ok(Artifact { path: path.to_path_buf(), map, manifest, tokenizer, weights })
+        Ok(Artifact {
+            path: path.to_path_buf(),
+            map,
+            manifest,
+            tokenizer,
+            weights,
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -24,7 +24,12 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 32, sampling: SamplingParams::default(), stop_at_eos: true, keep_logits: false }
+        GenerateOptions {
+            max_tokens: 32,
+            sampling: SamplingParams::default(),
+            stop_at_eos: true,
+            keep_logits: false,
+        }
     }
 }
 
@@ -79,17 +84,25 @@ impl Engine {
     /// Loads and verifies an artifact and prepares the executor for its target.
     pub fn load(path: &Path) -> Result<Engine, RuntimeError> {
         let artifact = Artifact::open(path)?;
-        let tokenizer = artifact.tokenizer_json().map(Tokenizer::from_json).transpose()?.map(Arc::new);
+        let tokenizer = artifact
+            .tokenizer_json()
+            .map(Tokenizer::from_json)
+            .transpose()?
+            .map(Arc::new);
         let executor: Box<dyn Executor> = match artifact.manifest().target.as_str() {
             "reference" => Box::new(ReferenceExecutor::new(&artifact)?),
             other => {
                 return Err(RuntimeError::Unsupported(format!(
-                    "{}: target `{other}` cannot be executed by this runtime (supported: reference)",
-                    path.display()
-                )))
+                "{}: target `{other}` cannot be executed by this runtime (supported: reference)",
+                path.display()
+            )))
             }
         };
-        Ok(Engine { artifact, tokenizer, executor })
+        Ok(Engine {
+            artifact,
+            tokenizer,
+            executor,
+        })
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -141,7 +154,7 @@ impl Engine {
         let start = Instant::now();
         let mut logits = self.step("prefill", prompt, 0, &mut state)?;
         gen.prefill_seconds = start.elapsed().as_secs_f64();
-        let eos = &self.info().eos_token_ids;
+        let eos = self.info().eos_token_ids.clone();
         let decode_start = Instant::now();
         loop {
             let token = sampler.sample(&logits)?;
@@ -168,7 +181,9 @@ impl Engine {
     fn check_request(&self, prompt: &[u32], max_tokens: usize) -> Result<(), RuntimeError> {
         let info = self.info();
         if prompt.is_empty() {
-            return Err(RuntimeError::Request("the prompt is empty: give at least one token".into()));
+            return Err(RuntimeError::Request(
+                "the prompt is empty: give at least one token".into(),
+            ));
         }
         if let Some(bad) = prompt.iter().find(|&&t| t as usize >= info.vocab_size) {
             return Err(RuntimeError::Request(format!(
@@ -213,18 +228,27 @@ impl Engine {
     ) -> Result<Vec<f32>, RuntimeError> {
         let n = tokens.len();
         let mut inputs = std::mem::take(state);
-        inputs.insert("tokens".into(), Tensor::i32(vec![1, n], tokens.iter().map(|&t| t as i32).collect()));
-        inputs.insert("positions".into(), Tensor::i32(vec![1, n], (past..past + n).map(|p| p as i32).collect()));
+        inputs.insert(
+            "tokens".into(),
+            Tensor::i32(vec![1, n], tokens.iter().map(|&t| t as i32).collect()),
+        );
+        inputs.insert(
+            "positions".into(),
+            Tensor::i32(vec![1, n], (past..past + n).map(|p| p as i32).collect()),
+        );
         let mut outputs = self.executor.run(entry, &inputs)?;
         for spec in &self.artifact.manifest().module.state {
             let t = outputs.remove(&spec.name).ok_or_else(|| {
-                RuntimeError::Unsupported(format!("entry point `{entry}` did not return state `{}`", spec.name))
+                RuntimeError::Unsupported(format!(
+                    "entry point `{entry}` did not return state `{}`",
+                    spec.name
+                ))
             })?;
             state.insert(spec.name.clone(), t);
         }
-        let logits = outputs
-            .remove("logits")
-            .ok_or_else(|| RuntimeError::Unsupported(format!("entry point `{entry}` has no `logits` output")))?;
+        let logits = outputs.remove("logits").ok_or_else(|| {
+            RuntimeError::Unsupported(format!("entry point `{entry}` has no `logits` output"))
+        })?;
         match logits.as_f32() {
             Some(v) if v.len() == self.info().vocab_size => Ok(v.to_vec()),
             _ => Err(RuntimeError::Unsupported(format!(

@@ -9,7 +9,11 @@ use tessera_ir::Module;
 /// Runs entry points of a module on host tensors.
 pub trait Executor {
     /// Runs `entry` with `inputs` (token ids, positions, state) and returns its named outputs.
-    fn run(&mut self, entry: &str, inputs: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>, RuntimeError>;
+    fn run(
+        &mut self,
+        entry: &str,
+        inputs: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, RuntimeError>;
 }
 
 /// Executes the Graph with the reference interpreter (`--target reference`): the oracle, not fast.
@@ -28,16 +32,22 @@ impl ReferenceExecutor {
             let t = Tensor::from_le_bytes(spec.dtype, spec.shape.clone(), bytes, &spec.name)?;
             weights.insert(spec.name.clone(), t);
         }
-        Ok(ReferenceExecutor { module: manifest.module.clone(), weights })
+        Ok(ReferenceExecutor {
+            module: manifest.module.clone(),
+            weights,
+        })
     }
 }
 
 impl Executor for ReferenceExecutor {
-    fn run(&mut self, entry: &str, inputs: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
-        let ep = self
-            .module
-            .entry(entry)
-            .ok_or_else(|| RuntimeError::Unsupported(format!("the artifact has no entry point `{entry}`")))?;
+    fn run(
+        &mut self,
+        entry: &str,
+        inputs: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
+        let ep = self.module.entry(entry).ok_or_else(|| {
+            RuntimeError::Unsupported(format!("the artifact has no entry point `{entry}`"))
+        })?;
         Ok(interp::run(&ep.graph, &self.weights, inputs)?)
     }
 }

@@ -13,5 +13,5 @@ pub use artifact::Artifact;
 pub use engine::{Engine, FinishReason, GenerateOptions, Generation};
 pub use error::RuntimeError;
 pub use executor::{Executor, ReferenceExecutor};
-pub use sampler::{argmax, Sampler, SamplingParams};
+pub use sampler::{argmax, Sampler, SamplingParams, SplitMix64};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -16,7 +16,12 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -24,41 +29,67 @@ impl SamplingParams {
     /// Rejects values that have no meaning, naming the option.
     pub fn validate(&self) -> Result<(), RuntimeError> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(RuntimeError::Request(format!("--temperature must be ≥ 0, got {}", self.temperature)));
+            return Err(RuntimeError::Request(format!(
+                "--temperature must be ≥ 0, got {}",
+                self.temperature
+            )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(RuntimeError::Request(format!("--top-p must be in (0, 1], got {}", self.top_p)));
+            return Err(RuntimeError::Request(format!(
+                "--top-p must be in (0, 1], got {}",
+                self.top_p
+            )));
         }
         Ok(())
     }
 }
 
-/// A sampler with its own deterministic random stream (SplitMix64).
+/// A small, fast, seedable random stream (SplitMix64): the same seed gives the same numbers on
+/// every platform, which is what reproducible sampling needs.
+#[derive(Clone, Debug)]
+pub struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> SplitMix64 {
+        SplitMix64 { state: seed }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A sampler with its own deterministic random stream.
 pub struct Sampler {
     params: SamplingParams,
-    state: u64,
+    rng: SplitMix64,
 }
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Sampler, RuntimeError> {
         params.validate()?;
-        let state = params.seed;
-        Ok(Sampler { params, state })
-    }
-
-    fn next_unit(&mut self) -> f64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        let rng = SplitMix64::new(params.seed);
+        Ok(Sampler { params, rng })
     }
 
     /// Picks the next token from `logits`; non-finite logits are an error, never a silent pick.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32, RuntimeError> {
         if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
-            return Err(RuntimeError::Request(format!("logit {i} is {} (the model produced non-finite values)", logits[i])));
+            return Err(RuntimeError::Request(format!(
+                "logit {i} is {} (the model produced non-finite values)",
+                logits[i]
+            )));
         }
         if logits.is_empty() {
             return Err(RuntimeError::Request("empty logits row".into()));
@@ -68,13 +99,19 @@ impl Sampler {
             return Ok(argmax(logits));
         }
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-        order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        order.sort_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
         if p.top_k > 0 {
             order.truncate(p.top_k);
         }
         let max = logits[order[0] as usize];
-        let mut probs: Vec<f64> =
-            order.iter().map(|&i| (((logits[i as usize] - max) / p.temperature) as f64).exp()).collect();
+        let mut probs: Vec<f64> = order
+            .iter()
+            .map(|&i| (((logits[i as usize] - max) / p.temperature) as f64).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|q| *q /= total);
         if p.top_p < 1.0 {
@@ -86,7 +123,7 @@ impl Sampler {
             probs.truncate(keep.map_or(probs.len(), |k| k + 1));
         }
         let total: f64 = probs.iter().sum();
-        let mut r = self.next_unit() * total;
+        let mut r = self.rng.next_unit() * total;
         for (i, q) in probs.iter().enumerate() {
             if r < *q {
                 return Ok(order[i]);
@@ -113,7 +150,13 @@ mod tests {
     use super::*;
 
     fn sampler(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> Sampler {
-        Sampler::new(SamplingParams { temperature, top_k, top_p, seed }).unwrap()
+        Sampler::new(SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            seed,
+        })
+        .unwrap()
     }
 
     #[test]
@@ -146,16 +189,29 @@ mod tests {
         let mut s = sampler(1.0, 1, 1.0, 3);
         assert!((0..100).all(|_| s.sample(&logits).unwrap() == 0));
         let mut s = sampler(1.0, 0, 0.3, 3);
-        assert!((0..100).all(|_| s.sample(&logits).unwrap() == 0), "top-p 0.3 keeps only the first");
+        assert!(
+            (0..100).all(|_| s.sample(&logits).unwrap() == 0),
+            "top-p 0.3 keeps only the first"
+        );
         let mut s = sampler(5.0, 2, 1.0, 3);
         assert!((0..200).all(|_| s.sample(&logits).unwrap() < 2));
     }
 
     #[test]
     fn bad_options_and_nan_are_errors() {
-        assert!(Sampler::new(SamplingParams { temperature: -1.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplingParams { top_p: 0.0, ..Default::default() }).is_err());
-        let err = sampler(0.0, 0, 1.0, 0).sample(&[0.0, f32::NAN]).unwrap_err();
+        assert!(Sampler::new(SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        })
+        .is_err());
+        let err = sampler(0.0, 0, 1.0, 0)
+            .sample(&[0.0, f32::NAN])
+            .unwrap_err();
         assert!(err.to_string().contains("logit 1"));
     }
 }

@@ -20,7 +20,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let opts = CompileOptions { target: args.target, output: args.output };
+    let opts = CompileOptions {
+        target: args.target,
+        output: args.output,
+    };
     let bar = byte_progress("writing weights");
     let report = compile_model(&args.model, &opts, &mut |done, total| {
         bar.set_length(total);

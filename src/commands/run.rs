@@ -68,7 +68,12 @@ pub fn run(args: Args) -> Result<()> {
     };
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
-        sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
         stop_at_eos: !args.ignore_eos,
         keep_logits: args.dump_logits.is_some(),
     };
@@ -78,7 +83,10 @@ pub fn run(args: Args) -> Result<()> {
         let flat: Vec<f32> = gen.logits.concat();
         tessera_ir::npy::write(path, &[gen.logits.len(), vocab], &flat)?;
     }
-    let text = engine.tokenizer().map(|t| t.decode(&gen.generated)).transpose()?;
+    let text = engine
+        .tokenizer()
+        .map(|t| t.decode(&gen.generated))
+        .transpose()?;
     let report = Report {
         prompt_ids: prompt,
         generated_ids: gen.generated.clone(),
@@ -109,8 +117,17 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// Generates, printing text (or ids without a tokenizer) as tokens arrive when `stream` is set.
-fn generate_streaming(engine: &mut Engine, prompt: &[u32], opts: &GenerateOptions, stream: bool) -> Result<Generation> {
-    tracing::info!(prompt_tokens = prompt.len(), max_tokens = opts.max_tokens, "generating");
+fn generate_streaming(
+    engine: &mut Engine,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    stream: bool,
+) -> Result<Generation> {
+    tracing::info!(
+        prompt_tokens = prompt.len(),
+        max_tokens = opts.max_tokens,
+        "generating"
+    );
     let tokenizer = engine.tokenizer();
     let mut text_stream = tokenizer.as_ref().map(|t| t.stream());
     let mut stdout = std::io::stdout();
