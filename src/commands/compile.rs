@@ -1,6 +1,6 @@
 //! `tessera compile MODEL -o OUT.tsr`.
 
-use super::{byte_progress, print_json};
+use super::{print_json, ByteProgress};
 use std::path::PathBuf;
 use tessera::{compile_model, CompileOptions, Target};
 
@@ -24,12 +24,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         target: args.target,
         output: args.output,
     };
-    let bar = byte_progress("writing weights");
+    let bar = ByteProgress::new("writing weights");
     let report = compile_model(&args.model, &opts, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
+        bar.update(done, total)
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     if args.json {
         return print_json(&report);
     }

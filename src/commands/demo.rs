@@ -1,6 +1,6 @@
 //! `tessera demo`: the whole pipeline on a built-in model, no download.
 
-use super::{byte_progress, print_json};
+use super::{print_json, ByteProgress};
 use std::path::PathBuf;
 use tessera::demo::run_demo;
 
@@ -21,12 +21,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let output = args
         .output
         .unwrap_or_else(|| std::env::temp_dir().join("tessera-demo.tsr"));
-    let bar = byte_progress("writing weights");
+    let bar = ByteProgress::new("writing weights");
     let r = run_demo(&output, args.max_tokens, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
+        bar.update(done, total)
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     if args.json {
         return print_json(&r);
     }
