@@ -7,7 +7,7 @@ use std::fmt;
 ///
 /// `Q8_0` and `Q4_0` are block-quantized exactly as GGUF stores them: blocks of 32 weights along
 /// the last axis, each block an f16 scale followed by the quantized values (see [`QuantBlock`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,

@@ -12,6 +12,7 @@ mod text;
 
 pub mod artifact;
 pub mod interp;
+pub mod kernel;
 pub mod npy;
 pub mod quant;
 
