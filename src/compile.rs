@@ -1,13 +1,18 @@
-//! `tessera compile`: import a model, prepare it for a target, write one `.tsr` artifact.
+//! `tessera compile`: import a model, prepare it for a target (compute the derived weights its
+//! KernelGraphs read), write one `.tsr` artifact.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tessera_ir::artifact::{self, Manifest};
-use tessera_models::ImportedModel;
+use tessera_ir::interp::{self, Tensor};
+use tessera_ir::kernel::{DerivedWeight, BODY_OUTPUT};
+use tessera_ir::WeightSpec;
+use tessera_models::{ImportedModel, Weight, WeightData};
 
 /// What the artifact's code runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -25,10 +30,14 @@ impl Target {
     }
 }
 
+/// How to compile.
 #[derive(Clone, Debug)]
 pub struct CompileOptions {
     pub target: Target,
     pub output: PathBuf,
+    /// Run the optimizer, storing a KernelGraph per entry point; `false` (`--no-opt`) stores only
+    /// the Graphs, which the runtime then interprets as imported.
+    pub optimize: bool,
 }
 
 /// What `compile` did, for the one-line summary and `--json`.
@@ -43,10 +52,13 @@ pub struct CompileReport {
     pub weight_bytes: u64,
     pub artifact_bytes: u64,
     pub has_tokenizer: bool,
+    /// Whether every entry point carries a KernelGraph (what `--no-opt` turns off).
+    pub optimized: bool,
     pub seconds: f64,
 }
 
-/// Imports the model at `model` (a Hugging Face folder) and writes the artifact.
+/// Imports the model at `model` (a Hugging Face folder), materializes the weights its
+/// KernelGraphs derive, and writes the artifact.
 pub fn compile_model(
     model: &Path,
     opts: &CompileOptions,
@@ -59,8 +71,9 @@ pub fn compile_model(
             model.display()
         );
     }
-    let imported = tessera_models::import_hf(model)?;
+    let mut imported = tessera_models::import_hf(model)?;
     tracing::info!(architecture = %imported.module.info.architecture, weights = imported.weights.len(), "imported");
+    materialize_derived_weights(&mut imported)?;
     let mut report = write_artifact(&imported, &model.display().to_string(), opts, progress)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
@@ -120,10 +133,234 @@ pub fn write_artifact(
         weight_bytes,
         artifact_bytes: std::fs::metadata(out).map(|m| m.len()).unwrap_or(0),
         has_tokenizer: model.tokenizer_json.is_some(),
+        optimized: !model.module.entries.is_empty()
+            && model.module.entries.iter().all(|e| e.kernels.is_some()),
         seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Computes the weights the module's KernelGraphs derive from imported ones (e.g. Q, K and V
+/// projections concatenated for one merged matmul) and appends them to `model.weights` and
+/// `model.module.weights`, in the dtype their body yields. Each derived weight is evaluated once
+/// with the reference interpreter, however many entry points read it; two entry points defining
+/// one name differently, or a name the module already declares, is an error. Later derived
+/// weights may read earlier ones.
+pub fn materialize_derived_weights(model: &mut ImportedModel) -> Result<()> {
+    let mut done: BTreeMap<String, DerivedWeight> = BTreeMap::new();
+    let derived: Vec<DerivedWeight> = model
+        .module
+        .entries
+        .iter()
+        .filter_map(|e| e.kernels.as_ref())
+        .flat_map(|kg| kg.derived_weights.iter().cloned())
+        .collect();
+    for d in derived {
+        if let Some(first) = done.get(&d.name) {
+            if *first != d {
+                bail!(
+                    "derived weight `{}` is defined differently by two entry points",
+                    d.name
+                );
+            }
+            continue;
+        }
+        if model.module.weight(&d.name).is_some() {
+            bail!(
+                "derived weight `{}` has the name of a declared weight",
+                d.name
+            );
+        }
+        let weight = evaluate_derived(model, &d)?;
+        tracing::debug!(name = %d.name, dtype = %weight.spec.dtype, shape = ?weight.spec.shape, "derived weight");
+        model.module.weights.push(weight.spec.clone());
+        model.weights.push(weight);
+        done.insert(d.name.clone(), d);
+    }
+    Ok(())
+}
+
+/// Runs a derived weight's body over its decoded source weights.
+fn evaluate_derived(model: &ImportedModel, derived: &DerivedWeight) -> Result<Weight> {
+    let (graph, _) = derived.body_graph(|n| model.module.weight(n).map(WeightSpec::ty))?;
+    let mut sources = BTreeMap::new();
+    for name in &derived.sources {
+        let w = model
+            .weights
+            .iter()
+            .find(|w| w.spec.name == *name)
+            .with_context(|| format!("derived weight `{}`: no data for `{name}`", derived.name))?;
+        let t = Tensor::from_le_bytes(w.spec.dtype, w.spec.shape.clone(), w.bytes(), name)?;
+        sources.insert(name.clone(), t);
+    }
+    let value = interp::run(&graph, &sources, &BTreeMap::new())
+        .with_context(|| format!("computing derived weight `{}`", derived.name))?
+        .remove(BODY_OUTPUT)
+        .context("the body has no result")?;
+    Ok(Weight {
+        data: WeightData::Owned(value.to_le_bytes()?),
+        spec: WeightSpec {
+            name: derived.name.clone(),
+            dtype: value.dtype,
+            shape: value.shape,
+        },
     })
 }
 
 fn slots_end(manifest: &Manifest) -> u64 {
     manifest.weight_slots.last().map_or(0, |s| s.offset + s.len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_ir::kernel::{
+        run_kernels, BodyArg, BodyOp, Buffer, BufferId, BufferSource, Kernel, KernelGraph,
+        KernelKind,
+    };
+    use tessera_ir::{DType, EntryPoint, Graph, ModelInfo, Module, Op, UnaryOp};
+    use tessera_models::ModelConfig;
+
+    fn f16_bytes(values: &[f32]) -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect()
+    }
+
+    fn weight(name: &str, shape: &[usize], values: &[f32]) -> Weight {
+        Weight {
+            spec: WeightSpec {
+                name: name.into(),
+                dtype: DType::F16,
+                shape: shape.to_vec(),
+            },
+            data: WeightData::Owned(f16_bytes(values)),
+        }
+    }
+
+    /// `y = -concat(a, b)`; its KernelGraph reads the concatenation as the derived weight `ab`.
+    fn entry(name: &str, derived: DerivedWeight) -> EntryPoint {
+        let mut g = Graph::new();
+        let a = g.weight("a", DType::F16, &[2, 3]);
+        let b = g.weight("b", DType::F16, &[1, 3]);
+        let ab = g.add(Op::Concat { axis: 0 }, &[a, b]).unwrap();
+        let y = g.add(Op::Unary(UnaryOp::Neg), &[ab]).unwrap();
+        g.output("y", y);
+        let ty = g.ty(ab).clone();
+        let kg = KernelGraph {
+            buffers: vec![
+                Buffer {
+                    ty: ty.clone(),
+                    source: BufferSource::Weight(derived.name.clone()),
+                },
+                Buffer {
+                    ty,
+                    source: BufferSource::Computed,
+                },
+            ],
+            kernels: vec![Kernel {
+                scope: "neg".into(),
+                kind: KernelKind::Elementwise,
+                body: vec![BodyOp {
+                    op: Op::Unary(UnaryOp::Neg),
+                    args: vec![BodyArg::Input(0)],
+                }],
+                inputs: vec![BufferId(0)],
+                output: BufferId(1),
+                estimate_seconds: 0.0,
+            }],
+            outputs: vec![("y".into(), BufferId(1))],
+            derived_weights: vec![derived],
+        };
+        EntryPoint {
+            name: name.into(),
+            graph: g,
+            kernels: Some(kg),
+        }
+    }
+
+    fn concat(name: &str, axis: usize) -> DerivedWeight {
+        DerivedWeight {
+            name: name.into(),
+            sources: vec!["a".into(), "b".into()],
+            body: vec![BodyOp {
+                op: Op::Concat { axis },
+                args: vec![BodyArg::Input(0), BodyArg::Input(1)],
+            }],
+        }
+    }
+
+    fn model(entries: Vec<EntryPoint>) -> ImportedModel {
+        let weights = vec![
+            weight("a", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+            weight("b", &[1, 3], &[-0.5, 0.25, 1e-3]),
+        ];
+        ImportedModel {
+            module: Module {
+                info: ModelInfo {
+                    architecture: "test".into(),
+                    vocab_size: 1,
+                    max_context: 1,
+                    bos_token_id: None,
+                    eos_token_ids: vec![],
+                    num_layers: 0,
+                    hidden_size: 3,
+                },
+                weights: weights.iter().map(|w| w.spec.clone()).collect(),
+                state: vec![],
+                entries,
+            },
+            weights,
+            tokenizer_json: None,
+            config: ModelConfig::llama(1, 4, 4, 1, 1, 1),
+        }
+    }
+
+    #[test]
+    fn derived_weights_are_computed_once_in_their_dtype() {
+        let mut m = model(vec![
+            entry("prefill", concat("ab", 0)),
+            entry("decode", concat("ab", 0)),
+        ]);
+        assert!(m.module.validate().is_err(), "`ab` is not declared yet");
+        materialize_derived_weights(&mut m).unwrap();
+        m.module.validate().unwrap();
+        assert_eq!(m.weights.len(), 3);
+        let ab = &m.weights[2];
+        assert_eq!(ab.spec, m.module.weights[2]);
+        assert_eq!((ab.spec.name.as_str(), ab.spec.dtype), ("ab", DType::F16));
+        assert_eq!(ab.spec.shape, [3, 3]);
+        let mut want = m.weights[0].bytes().to_vec();
+        want.extend_from_slice(m.weights[1].bytes());
+        assert_eq!(ab.bytes(), want, "concatenated f16 bits, unchanged");
+
+        let decoded: BTreeMap<String, Tensor> = m
+            .weights
+            .iter()
+            .map(|w| {
+                let t = Tensor::from_le_bytes(w.spec.dtype, w.spec.shape.clone(), w.bytes(), "w");
+                (w.spec.name.clone(), t.unwrap())
+            })
+            .collect();
+        let entry = &m.module.entries[0];
+        let none = BTreeMap::new();
+        let kernels = run_kernels(entry.kernels.as_ref().unwrap(), &decoded, &none).unwrap();
+        assert_eq!(kernels, interp::run(&entry.graph, &decoded, &none).unwrap());
+    }
+
+    #[test]
+    fn conflicting_derived_weights_are_errors() {
+        let mut m = model(vec![
+            entry("prefill", concat("ab", 0)),
+            entry("decode", concat("ab", 1)),
+        ]);
+        let err = materialize_derived_weights(&mut m).unwrap_err().to_string();
+        assert!(err.contains("`ab` is defined differently"), "{err}");
+        let mut m = model(vec![entry("prefill", concat("a", 0))]);
+        let err = materialize_derived_weights(&mut m).unwrap_err().to_string();
+        assert!(
+            err.contains("`a` has the name of a declared weight"),
+            "{err}"
+        );
+    }
 }

@@ -89,6 +89,7 @@ pub fn run_demo(
     let opts = CompileOptions {
         target: Target::Reference,
         output: artifact.to_path_buf(),
+        optimize: true,
     };
     let compiled = write_artifact(&model, "demo", &opts, progress)?;
     let compile_seconds = start.elapsed().as_secs_f64();

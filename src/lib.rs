@@ -4,4 +4,7 @@
 pub mod compile;
 pub mod demo;
 
-pub use compile::{compile_model, write_artifact, CompileOptions, CompileReport, Target};
+pub use compile::{
+    compile_model, materialize_derived_weights, write_artifact, CompileOptions, CompileReport,
+    Target,
+};

@@ -175,6 +175,32 @@ fn inspect_describes_the_artifact() {
 }
 
 #[test]
+fn no_opt_stores_only_graphs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("plain.tsr");
+    let out = out.to_str().unwrap();
+    let model = fixture("gpt2");
+    let report = last_json(&ok(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        out,
+        "--no-opt",
+        "--json",
+    ]));
+    assert_eq!(report["optimized"], false);
+    let info = last_json(&ok(&["inspect", out, "--json"]));
+    let entries = info["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for e in entries {
+        assert!(e["kernels"].is_null(), "{e}");
+        assert!(e["nodes"].as_u64().unwrap() > 0, "{e}");
+    }
+    assert!(ok(&["inspect", out]).contains("nodes (unoptimized)"));
+    assert!(ok(&["inspect", out, "--graphs"]).contains("entry decode (graph):"));
+}
+
+#[test]
 fn demo_generates() {
     let report = last_json(&ok(&["demo", "--json"]));
     assert!(report["generated_ids"].as_array().unwrap().len() >= 8);

@@ -33,6 +33,7 @@ fn check_fixture(name: &str) {
         &CompileOptions {
             target: Target::Reference,
             output: output.clone(),
+            optimize: true,
         },
         &mut |_, _| {},
     )

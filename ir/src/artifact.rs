@@ -338,6 +338,7 @@ mod tests {
             entries: vec![EntryPoint {
                 name: "main".into(),
                 graph: g,
+                kernels: None,
             }],
         };
         let data = vec![

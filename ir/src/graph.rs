@@ -2,6 +2,7 @@
 //! checks every node's type as it is added, and the Module that groups entry points sharing weights.
 
 use crate::dim::shape_string;
+use crate::kernel::{BufferSource, KernelGraph};
 use crate::{infer, DType, Dim, IrError, Op, Shape};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -198,50 +199,11 @@ impl Graph {
         &self,
         actual: &BTreeMap<String, Vec<usize>>,
     ) -> Result<crate::DimEnv, IrError> {
-        let mut env = crate::DimEnv::new();
-        let inputs: Vec<(&str, NodeId)> = self.inputs().collect();
-        for (name, id) in &inputs {
-            let shape = actual
-                .get(*name)
-                .ok_or_else(|| IrError::Binding(format!("input `{name}` was not given")))?;
-            let decl = &self.ty(*id).shape;
-            if decl.len() != shape.len() {
-                let msg = format!(
-                    "input `{name}` has rank {} but {} was declared",
-                    shape.len(),
-                    shape_string(decl)
-                );
-                return Err(IrError::Binding(msg));
-            }
-            for (d, &v) in decl.iter().zip(shape) {
-                let mut syms = d.symbols();
-                if let (Some(s), None) = (syms.next(), syms.next()) {
-                    if *d == Dim::sym(s) {
-                        if let Some(prev) = env.insert(s.to_string(), v) {
-                            if prev != v {
-                                let msg = format!(
-                                    "symbol `{s}` is {prev} elsewhere but {v} in input `{name}`"
-                                );
-                                return Err(IrError::Binding(msg));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        for (name, id) in &inputs {
-            let decl = &self.ty(*id).shape;
-            let want = crate::dim::eval_shape(decl, &env).map_err(IrError::Binding)?;
-            if want != actual[*name] {
-                let msg = format!(
-                    "input `{name}` has shape {:?}, declared {}",
-                    actual[*name],
-                    shape_string(decl)
-                );
-                return Err(IrError::Binding(msg));
-            }
-        }
-        Ok(env)
+        let declared: Vec<(&str, &Shape)> = self
+            .inputs()
+            .map(|(name, id)| (name, &self.ty(id).shape))
+            .collect();
+        bind_dims(&declared, actual)
     }
 
     fn push(&mut self, op: Op, inputs: Vec<NodeId>, ty: TensorType) -> NodeId {
@@ -271,12 +233,70 @@ impl Graph {
     }
 }
 
+/// Binds the symbols of `declared` input shapes from the `actual` ones: a declared dim that is a
+/// lone symbol takes the actual size; every other dim is checked against the binding. A missing
+/// input, a rank or size that does not fit, or a symbol bound to two sizes is an
+/// [`IrError::Binding`].
+pub(crate) fn bind_dims(
+    declared: &[(&str, &Shape)],
+    actual: &BTreeMap<String, Vec<usize>>,
+) -> Result<crate::DimEnv, IrError> {
+    let mut env = crate::DimEnv::new();
+    for &(name, decl) in declared {
+        let shape = actual
+            .get(name)
+            .ok_or_else(|| IrError::Binding(format!("input `{name}` was not given")))?;
+        if decl.len() != shape.len() {
+            let msg = format!(
+                "input `{name}` has rank {} but {} was declared",
+                shape.len(),
+                shape_string(decl)
+            );
+            return Err(IrError::Binding(msg));
+        }
+        for (d, &v) in decl.iter().zip(shape) {
+            let mut syms = d.symbols();
+            if let (Some(s), None) = (syms.next(), syms.next()) {
+                if *d == Dim::sym(s) {
+                    if let Some(prev) = env.insert(s.to_string(), v) {
+                        if prev != v {
+                            let msg = format!(
+                                "symbol `{s}` is {prev} elsewhere but {v} in input `{name}`"
+                            );
+                            return Err(IrError::Binding(msg));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for &(name, decl) in declared {
+        let want = crate::dim::eval_shape(decl, &env).map_err(IrError::Binding)?;
+        if want != actual[name] {
+            let msg = format!(
+                "input `{name}` has shape {:?}, declared {}",
+                actual[name],
+                shape_string(decl)
+            );
+            return Err(IrError::Binding(msg));
+        }
+    }
+    Ok(env)
+}
+
 /// A weight the module declares: every entry point reading it sees this type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WeightSpec {
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<usize>,
+}
+
+impl WeightSpec {
+    /// The type a Graph or kernel reading this weight must give it.
+    pub fn ty(&self) -> TensorType {
+        TensorType::new(self.dtype, self.shape.iter().map(|&d| d.into()).collect())
+    }
 }
 
 /// A tensor carried from one call of an entry point to the next (the KV cache): each entry point
@@ -293,7 +313,12 @@ pub struct StateSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EntryPoint {
     pub name: String,
+    /// The program as imported: always present, it defines the entry point's meaning.
     pub graph: Graph,
+    /// The optimized program that computes the same outputs; what executors run when present.
+    /// `None` (compiled with `--no-opt`) means the Graph itself runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<KernelGraph>,
 }
 
 /// What the runtime needs to know about the model beyond its graphs.
@@ -329,7 +354,8 @@ impl Module {
     }
 
     /// Checks every entry point: graphs verify, weights they read are declared with the same type,
-    /// and every state tensor is both an input and an output of every entry point.
+    /// every state tensor is both an input and an output of every entry point, and a KernelGraph
+    /// verifies and fits its Graph and the module's weights.
     pub fn validate(&self) -> Result<(), IrError> {
         for entry in &self.entries {
             let at = |msg: String| IrError::Invalid(format!("entry point `{}`: {msg}", entry.name));
@@ -339,15 +365,18 @@ impl Module {
                     let spec = self
                         .weight(name)
                         .ok_or_else(|| at(format!("weight `{name}` is not declared")))?;
-                    let declared =
-                        TensorType::new(spec.dtype, spec.shape.iter().map(|&d| d.into()).collect());
-                    if declared != node.ty {
+                    if spec.ty() != node.ty {
                         return Err(at(format!(
-                            "weight `{name}` is read as {} but declared {declared}",
-                            node.ty
+                            "weight `{name}` is read as {} but declared {}",
+                            node.ty,
+                            spec.ty()
                         )));
                     }
                 }
+            }
+            if let Some(kg) = &entry.kernels {
+                self.validate_kernels(&entry.graph, kg)
+                    .map_err(|m| at(format!("kernels: {m}")))?;
             }
             for s in &self.state {
                 if !entry.graph.inputs().any(|(n, _)| n == s.name) {
@@ -356,6 +385,82 @@ impl Module {
                 if entry.graph.output_node(&s.name).is_none() {
                     return Err(at(format!("state `{}` is not an output", s.name)));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a KernelGraph against the Graph it replaces and this module: it verifies, its input
+    /// buffers are inputs of the Graph and its weight buffers declared weights (both with the
+    /// same types), it yields the Graph's outputs by name and type, and each derived weight is
+    /// declared — materialized by the compile driver — with the type its body yields.
+    fn validate_kernels(&self, graph: &Graph, kg: &KernelGraph) -> Result<(), String> {
+        let message = |e: IrError| match e {
+            IrError::Invalid(m) => m,
+            e => e.to_string(),
+        };
+        kg.verify().map_err(message)?;
+        for (i, buffer) in kg.buffers.iter().enumerate() {
+            let (what, name, ty) = match &buffer.source {
+                BufferSource::Input(name) => {
+                    let ty = graph
+                        .inputs()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, id)| graph.ty(id).clone());
+                    ("input", name, ty)
+                }
+                BufferSource::Weight(name) => ("weight", name, self.weight(name).map(|w| w.ty())),
+                BufferSource::Computed => continue,
+            };
+            let ty =
+                ty.ok_or_else(|| format!("b{i} reads {what} `{name}`, which is not declared"))?;
+            if ty != buffer.ty {
+                return Err(format!(
+                    "b{i} reads {what} `{name}` as {} but it is {ty}",
+                    buffer.ty
+                ));
+            }
+        }
+        for (name, node) in &graph.outputs {
+            let id = kg
+                .outputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, id)| *id)
+                .ok_or_else(|| format!("output `{name}` is missing"))?;
+            if kg.buffer(id).ty != *graph.ty(*node) {
+                return Err(format!(
+                    "output `{name}` is {} but the graph yields {}",
+                    kg.buffer(id).ty,
+                    graph.ty(*node)
+                ));
+            }
+        }
+        for (i, (name, _)) in kg.outputs.iter().enumerate() {
+            if graph.output_node(name).is_none() {
+                return Err(format!("yields `{name}`, which the graph does not"));
+            }
+            if kg.outputs[..i].iter().any(|(n, _)| n == name) {
+                return Err(format!("yields `{name}` twice"));
+            }
+        }
+        for derived in &kg.derived_weights {
+            let spec = self.weight(&derived.name).ok_or_else(|| {
+                format!(
+                    "derived weight `{}` is not declared (not materialized)",
+                    derived.name
+                )
+            })?;
+            let (body, out) = derived
+                .body_graph(|n| self.weight(n).map(WeightSpec::ty))
+                .map_err(message)?;
+            if *body.ty(out) != spec.ty() {
+                return Err(format!(
+                    "derived weight `{}` is declared {} but its body yields {}",
+                    derived.name,
+                    spec.ty(),
+                    body.ty(out)
+                ));
             }
         }
         Ok(())

@@ -1,12 +1,14 @@
 //! tessera's intermediate representation and everything that must agree on it: element types,
-//! symbolic shapes, the tensor [`Graph`], the artifact container, and the reference interpreter
-//! that defines what every op means. Depends on no other tessera crate.
+//! symbolic shapes, the tensor [`Graph`], the optimized [`kernel::KernelGraph`], the artifact
+//! container, and the reference interpreter that defines what every op means. Depends on no other
+//! tessera crate.
 
 mod dim;
 mod dtype;
 mod error;
 mod graph;
 mod infer;
+mod kernel_text;
 mod op;
 mod text;
 

@@ -108,6 +108,10 @@ impl fmt::Display for Module {
         for e in &self.entries {
             writeln!(f, "entry {} ({} nodes)", e.name, e.graph.nodes.len())?;
             write!(f, "{}", e.graph)?;
+            if let Some(kg) = &e.kernels {
+                writeln!(f, "kernels of {} ({} kernels)", e.name, kg.kernels.len())?;
+                write!(f, "{kg}")?;
+            }
         }
         Ok(())
     }

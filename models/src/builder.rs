@@ -67,6 +67,7 @@ pub(crate) fn build_module(cfg: &ModelConfig, dtype_of: DTypeOf) -> Result<Modul
         entries.push(EntryPoint {
             name: name.into(),
             graph: b.g,
+            kernels: None,
         });
     }
     let state = (0..cfg.num_hidden_layers)

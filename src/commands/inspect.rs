@@ -5,6 +5,8 @@ use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use tessera_ir::kernel::KernelGraph;
+use tessera_ir::EntryPoint;
 use tessera_runtime::Artifact;
 
 #[derive(clap::Args)]
@@ -14,7 +16,7 @@ pub struct Args {
     /// Print one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
-    /// Also print every entry point's graph.
+    /// Also print every entry point's program: its kernels when optimized, else its graph.
     #[arg(long)]
     graphs: bool,
 }
@@ -22,8 +24,53 @@ pub struct Args {
 #[derive(Serialize)]
 struct EntrySummary {
     name: String,
+    /// The Graph, always stored.
     nodes: usize,
     ops: BTreeMap<&'static str, usize>,
+    /// The optimized program; `null` when the entry point runs its Graph (`--no-opt`).
+    kernels: Option<KernelSummary>,
+}
+
+/// What a KernelGraph launches: a lone reshape is free and not counted.
+#[derive(Serialize)]
+struct KernelSummary {
+    launched: usize,
+    /// Launched kernels by template (`gemm`, `row_reduce`, …).
+    by_kind: BTreeMap<&'static str, usize>,
+}
+
+impl EntrySummary {
+    fn new(e: &EntryPoint) -> EntrySummary {
+        let mut ops = BTreeMap::new();
+        for n in &e.graph.nodes {
+            *ops.entry(n.op.name()).or_insert(0) += 1;
+        }
+        EntrySummary {
+            name: e.name.clone(),
+            nodes: e.graph.nodes.len(),
+            ops,
+            kernels: e.kernels.as_ref().map(KernelSummary::new),
+        }
+    }
+}
+
+impl KernelSummary {
+    fn new(kg: &KernelGraph) -> KernelSummary {
+        let mut by_kind = BTreeMap::new();
+        for k in kg.kernels.iter().filter(|k| k.is_launched()) {
+            *by_kind.entry(k.kind.name()).or_insert(0) += 1;
+        }
+        KernelSummary {
+            launched: by_kind.values().sum(),
+            by_kind,
+        }
+    }
+}
+
+/// `name×count` pairs joined by spaces.
+fn histogram(counts: &BTreeMap<&str, usize>) -> String {
+    let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+    parts.join(" ")
 }
 
 #[derive(Serialize)]
@@ -56,22 +103,7 @@ pub fn run(args: Args) -> Result<()> {
             .entry(w.dtype.to_string())
             .or_insert(0) += slot.len;
     }
-    let entries = m
-        .module
-        .entries
-        .iter()
-        .map(|e| {
-            let mut ops = BTreeMap::new();
-            for n in &e.graph.nodes {
-                *ops.entry(n.op.name()).or_insert(0) += 1;
-            }
-            EntrySummary {
-                name: e.name.clone(),
-                nodes: e.graph.nodes.len(),
-                ops,
-            }
-        })
-        .collect();
+    let entries = m.module.entries.iter().map(EntrySummary::new).collect();
     let summary = Summary {
         file: args.artifact.display().to_string(),
         file_bytes: artifact.file_bytes(),
@@ -147,12 +179,27 @@ pub fn run(args: Args) -> Result<()> {
         }
     );
     for e in &summary.entries {
-        let ops: Vec<String> = e.ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
-        println!("  entry {}: {} nodes: {}", e.name, e.nodes, ops.join(" "));
+        match &e.kernels {
+            Some(k) => println!(
+                "  entry {}: {} kernels launched: {}",
+                e.name,
+                k.launched,
+                histogram(&k.by_kind)
+            ),
+            None => println!(
+                "  entry {}: {} nodes (unoptimized): {}",
+                e.name,
+                e.nodes,
+                histogram(&e.ops)
+            ),
+        }
     }
     if args.graphs {
         for e in &m.module.entries {
-            println!("\nentry {}:\n{}", e.name, e.graph);
+            match &e.kernels {
+                Some(kg) => println!("\nentry {} (kernels):\n{kg}", e.name),
+                None => println!("\nentry {} (graph):\n{}", e.name, e.graph),
+            }
         }
     }
     Ok(())

@@ -17,7 +17,7 @@ mod rope;
 mod tensor;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use tensor::{Tensor, TensorData};
 

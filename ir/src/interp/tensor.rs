@@ -137,6 +137,28 @@ impl Tensor {
         Ok(Tensor { dtype, shape, data })
     }
 
+    /// Encodes as little-endian raw bytes of its dtype, the inverse of [`Tensor::from_le_bytes`]:
+    /// how weights computed at compile time are stored. An inconsistent tensor is an error.
+    pub fn to_le_bytes(&self) -> Result<Vec<u8>, IrError> {
+        self.check()
+            .map_err(|e| IrError::Format(format!("encoding {}: {e}", self.describe())))?;
+        Ok(match (&self.data, self.dtype) {
+            (TensorData::F32(v), DType::F16) => v
+                .iter()
+                .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+                .collect(),
+            (TensorData::F32(v), DType::Bf16) => v
+                .iter()
+                .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+                .collect(),
+            (TensorData::F32(v), _) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            (TensorData::I32(v), DType::I8 | DType::U8) => v.iter().map(|&x| x as u8).collect(),
+            (TensorData::I32(v), _) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            (TensorData::Bool(v), _) => v.iter().map(|&b| u8::from(b)).collect(),
+            (TensorData::Bytes(v), _) => v.clone(),
+        })
+    }
+
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {
             TensorData::F32(v) => Some(v),
@@ -294,6 +316,30 @@ mod tests {
         let q = Tensor::from_le_bytes(DType::Q4_0, vec![1, 32], &[0x88; 18], "q").unwrap();
         assert_eq!(q.as_bytes().map(<[u8]>::len), Some(18));
         assert_eq!(q.to_f32(), Ok(vec![0.0; 32]));
+    }
+
+    #[test]
+    fn to_le_bytes_inverts_from_le_bytes() {
+        let cases: [(DType, Vec<usize>, Vec<u8>); 8] = [
+            (DType::F32, vec![2], vec![0, 0, 128, 63, 0, 0, 0, 192]),
+            (DType::F16, vec![2], vec![0, 0x3C, 0, 0xC1]),
+            (DType::Bf16, vec![2], vec![0x80, 0x3F, 0x20, 0xC0]),
+            (DType::I32, vec![1], vec![0xFE, 0xFF, 0xFF, 0xFF]),
+            (DType::I8, vec![2], vec![0xFF, 0x7F]),
+            (DType::U8, vec![2], vec![0xFF, 0x7F]),
+            (DType::Bool, vec![2], vec![0, 1]),
+            (DType::Q4_0, vec![1, 32], vec![0x88; 18]),
+        ];
+        for (dtype, shape, bytes) in cases {
+            let t = Tensor::from_le_bytes(dtype, shape, &bytes, "t").unwrap();
+            assert_eq!(t.to_le_bytes().unwrap(), bytes, "{dtype}");
+        }
+        let torn = Tensor {
+            dtype: DType::F32,
+            shape: vec![2],
+            data: TensorData::F32(vec![0.0]),
+        };
+        assert!(torn.to_le_bytes().is_err());
     }
 
     #[test]
