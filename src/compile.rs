@@ -11,8 +11,10 @@ use std::time::Instant;
 use tessera_ir::artifact::{self, Manifest};
 use tessera_ir::interp::{self, Tensor};
 use tessera_ir::kernel::{DerivedWeight, BODY_OUTPUT};
-use tessera_ir::WeightSpec;
+use tessera_ir::{Module, WeightSpec};
 use tessera_models::{ImportedModel, Weight, WeightData};
+use tessera_passes::cost::{Roofline, TargetSpec};
+use tessera_passes::optimize::{optimize_module, EntryReport};
 
 /// What the artifact's code runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -26,6 +28,14 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Reference => "reference",
+        }
+    }
+
+    /// The machine description whose cost model chooses kernels for this target. The reference
+    /// target executes any choice exactly, so it optimizes as for the host CPU.
+    pub fn spec(self) -> TargetSpec {
+        match self {
+            Target::Reference => TargetSpec::cpu_host(),
         }
     }
 }
@@ -54,6 +64,8 @@ pub struct CompileReport {
     pub has_tokenizer: bool,
     /// Whether every entry point carries a KernelGraph (what `--no-opt` turns off).
     pub optimized: bool,
+    /// What the optimizer did per entry point (empty with `--no-opt`).
+    pub entries: Vec<EntryReport>,
     pub seconds: f64,
 }
 
@@ -73,10 +85,50 @@ pub fn compile_model(
     }
     let mut imported = tessera_models::import_hf(model)?;
     tracing::info!(architecture = %imported.module.info.architecture, weights = imported.weights.len(), "imported");
-    materialize_derived_weights(&mut imported)?;
+    let optimized = if opts.optimize {
+        optimize_model(&mut imported, opts.target)?
+    } else {
+        Vec::new()
+    };
     let mut report = write_artifact(&imported, &model.display().to_string(), opts, progress)?;
+    report.entries = optimized;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Runs the optimizer on every entry point for `target`'s cost model and materializes the
+/// weights the chosen kernels derive (merged projections).
+pub fn optimize_model(model: &mut ImportedModel, target: Target) -> Result<Vec<EntryReport>> {
+    let spec = target.spec();
+    let reports = optimize_module(
+        &mut model.module,
+        &spec,
+        &Roofline {
+            target: spec.clone(),
+        },
+    )?;
+    for r in &reports {
+        tracing::info!(entry = %r.entry, kernels = r.kernels, per_layer = r.kernels_per_layer, seconds = r.optimize_seconds, "optimized");
+    }
+    materialize_derived_weights(model)?;
+    Ok(reports)
+}
+
+/// The Module of a model folder: imported with its weights when it has safetensors, built from
+/// config.json alone otherwise (what `explain` needs: shapes, not weights).
+pub fn load_module(model: &Path) -> Result<Module> {
+    let has_weights = std::fs::read_dir(model)
+        .with_context(|| format!("{}: not a readable model folder", model.display()))?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().ends_with(".safetensors"));
+    if has_weights {
+        return Ok(tessera_models::import_hf(model)?.module);
+    }
+    let path = model.join("config.json");
+    let json =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config = tessera_models::parse_config(&json, &path.display().to_string())?;
+    Ok(tessera_models::build_module(&config)?)
 }
 
 /// Writes `model` as an artifact for `opts.target` to `opts.output`.
@@ -135,6 +187,7 @@ pub fn write_artifact(
         has_tokenizer: model.tokenizer_json.is_some(),
         optimized: !model.module.entries.is_empty()
             && model.module.entries.iter().all(|e| e.kernels.is_some()),
+        entries: Vec::new(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -1,7 +1,7 @@
 //! `tessera demo`: a small Llama-architecture model with seeded random weights, built in-process
 //! (no download), compiled to an artifact, loaded and run — the whole pipeline in one command.
 
-use crate::compile::{write_artifact, CompileOptions, Target};
+use crate::compile::{optimize_model, write_artifact, CompileOptions, Target};
 use anyhow::Result;
 use serde::Serialize;
 use std::path::Path;
@@ -24,6 +24,8 @@ pub struct DemoReport {
     pub parameters: u64,
     pub artifact: String,
     pub artifact_bytes: u64,
+    /// Launched kernels per transformer block, per entry point.
+    pub kernels_per_layer: std::collections::BTreeMap<String, usize>,
     pub compile_seconds: f64,
     pub load_seconds: f64,
     pub prompt_ids: Vec<u32>,
@@ -85,13 +87,18 @@ pub fn run_demo(
 ) -> Result<DemoReport> {
     let config = demo_config();
     let start = Instant::now();
-    let model = random_model(config.clone(), 0)?;
+    let mut model = random_model(config.clone(), 0)?;
+    let optimized = optimize_model(&mut model, Target::Reference)?;
     let opts = CompileOptions {
         target: Target::Reference,
         output: artifact.to_path_buf(),
         optimize: true,
     };
     let compiled = write_artifact(&model, "demo", &opts, progress)?;
+    let kernels_per_layer = optimized
+        .iter()
+        .map(|r| (r.entry.clone(), r.kernels_per_layer))
+        .collect();
     let compile_seconds = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
@@ -117,6 +124,7 @@ pub fn run_demo(
         parameters: compiled.parameters,
         artifact: compiled.output,
         artifact_bytes: compiled.artifact_bytes,
+        kernels_per_layer,
         compile_seconds,
         load_seconds,
         prompt_ids: prompt,

@@ -1,10 +1,10 @@
-//! The compile driver: ties the importers, the optimizer (later), the code generators (later) and
-//! the artifact writer together. The `tessera` binary is a thin CLI over this library.
+//! The compile driver: ties the importers, the optimizer, the code generators (later) and the
+//! artifact writer together. The `tessera` binary is a thin CLI over this library.
 
 pub mod compile;
 pub mod demo;
 
 pub use compile::{
-    compile_model, materialize_derived_weights, write_artifact, CompileOptions, CompileReport,
-    Target,
+    compile_model, load_module, materialize_derived_weights, optimize_model, write_artifact,
+    CompileOptions, CompileReport, Target,
 };

@@ -24,6 +24,8 @@ enum Command {
     Run(commands::run::Args),
     /// Show what an artifact holds: model, entry points, ops, weights, sizes.
     Inspect(commands::inspect::Args),
+    /// Show what the optimizer sees and chooses for a model (a config.json alone is enough).
+    Explain(commands::explain::Args),
     /// Build a small Llama-architecture model with seeded random weights, compile, load and run it.
     Demo(commands::demo::Args),
 }
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Run(a) => commands::run::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Explain(a) => commands::explain::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,7 +21,14 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Checks the fixture through the optimized KernelGraphs and through the plain Graphs (`--no-opt`).
 fn check_fixture(name: &str) {
+    for optimize in [true, false] {
+        check_path(name, optimize);
+    }
+}
+
+fn check_path(name: &str, optimize: bool) {
     let dir = fixture(name);
     let expected: Expected =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
@@ -33,11 +40,15 @@ fn check_fixture(name: &str) {
         &CompileOptions {
             target: Target::Reference,
             output: output.clone(),
-            optimize: true,
+            optimize,
         },
         &mut |_, _| {},
     )
     .unwrap_or_else(|e| panic!("compiling fixture {name}: {e:#}"));
+    let name = &format!(
+        "{name} ({})",
+        if optimize { "optimized" } else { "--no-opt" }
+    );
     let mut engine = Engine::load(&output).unwrap();
     let opts = GenerateOptions {
         max_tokens: expected.generated_ids.len(),

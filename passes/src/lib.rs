@@ -1,1 +1,10 @@
-//! Optimizer and lowering: equality saturation from Graph to KernelGraph, memory planning, kernel templates to LIR (not built yet).
+//! tessera's optimizer: equality saturation (egg) from the tensor Graph to a KernelGraph —
+//! fusion, attention and matmul selection, tiling by a roofline cost model — plus layer rolling
+//! and the memory plan. Never sees a target's syntax: it chooses templates, `lower` (later)
+//! writes them.
+
+pub mod cost;
+pub mod optimize;
+pub mod plan;
+pub mod rolling;
+pub mod saturate;

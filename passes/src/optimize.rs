@@ -8,7 +8,7 @@ use crate::saturate::analysis::{TEGraph, Types};
 use crate::saturate::convert::graph_to_egraph;
 use crate::saturate::extract::extract;
 use crate::saturate::lang::TNode;
-use crate::saturate::rules::{Phase, RuleContext};
+use crate::saturate::rules::RuleContext;
 use crate::saturate::runner::{saturate, Budget, PhaseStats};
 use crate::saturate::to_kernels::to_kernel_graph;
 use egg::Id;
@@ -16,7 +16,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Instant;
 use tessera_ir::kernel::{Buffer, BufferId, BufferSource, DerivedWeight, Kernel, KernelGraph};
-use tessera_ir::{DimEnv, EntryPoint, Graph, Module, ModelInfo, NodeId};
+use tessera_ir::{DimEnv, EntryPoint, Graph, ModelInfo, Module, NodeId};
 
 /// Why optimization failed; the message names the entry point and segment.
 #[derive(Debug, thiserror::Error)]
@@ -71,19 +71,12 @@ pub fn default_bucket(entry: &str, info: &ModelInfo) -> DimEnv {
     env
 }
 
-/// Phase budgets: generous for the cheap phases, tight where rules multiply nodes.
-pub fn default_budget(phase: Phase) -> Budget {
-    use std::time::Duration;
-    match phase {
-        Phase::Algebra | Phase::Recognition => Budget { node_limit: 20_000, iter_limit: 20, time_limit: Duration::from_millis(300) },
-        Phase::Merge => Budget { node_limit: 20_000, iter_limit: 6, time_limit: Duration::from_millis(300) },
-        Phase::Fusion => Budget { node_limit: 30_000, iter_limit: 8, time_limit: Duration::from_millis(800) },
-        Phase::Selection => Budget { node_limit: 60_000, iter_limit: 2, time_limit: Duration::from_millis(500) },
-    }
-}
-
 /// Optimizes every entry point of `module` for its default bucket, storing the KernelGraphs.
-pub fn optimize_module(module: &mut Module, target: &TargetSpec, cost: &dyn CostModel) -> Result<Vec<EntryReport>, PassError> {
+pub fn optimize_module(
+    module: &mut Module,
+    target: &TargetSpec,
+    cost: &dyn CostModel,
+) -> Result<Vec<EntryReport>, PassError> {
     let info = module.info.clone();
     let mut reports = Vec::new();
     for entry in &mut module.entries {
@@ -103,7 +96,11 @@ pub fn optimize_entry(
     env: &DimEnv,
 ) -> Result<(KernelGraph, EntryReport), PassError> {
     let start = Instant::now();
-    let fail = |scope: &str, message: String| PassError { entry: entry.name.clone(), scope: scope.into(), message };
+    let fail = |scope: &str, message: String| PassError {
+        entry: entry.name.clone(),
+        scope: scope.into(),
+        message,
+    };
     let graph = &entry.graph;
     let segments = rolling::split(graph).map_err(|e| fail("", e.to_string()))?;
     let mut optimized: HashMap<&str, (KernelGraph, usize)> = HashMap::new();
@@ -112,7 +109,8 @@ pub fn optimize_entry(
     for seg in &segments {
         let scope = segment_scope(graph, seg);
         if !optimized.contains_key(seg.key.as_str()) {
-            let (kg, report) = optimize_segment(seg, &scope, target, cost, env).map_err(|m| fail(&scope, m))?;
+            let (kg, report) =
+                optimize_segment(seg, &scope, target, cost, env).map_err(|m| fail(&scope, m))?;
             optimized.insert(&seg.key, (kg, reports.len()));
             reports.push(report);
         }
@@ -120,11 +118,16 @@ pub fn optimize_entry(
         if let Some(layer) = seg.layer {
             reports[*report].layers.push(layer);
         }
-        assembly.instantiate(kg, seg, &unroll_name(&scope, seg.layer)).map_err(|m| fail(&scope, m))?;
+        assembly
+            .instantiate(kg, seg, &unroll_name(&scope, seg.layer))
+            .map_err(|m| fail(&scope, m))?;
     }
     let kg = assembly.finish(graph).map_err(|m| fail("", m))?;
     kg.verify().map_err(|e| fail("", e.to_string()))?;
-    let kernels_per_layer = reports.iter().find(|r| !r.layers.is_empty()).map_or(0, |r| r.kernels);
+    let kernels_per_layer = reports
+        .iter()
+        .find(|r| !r.layers.is_empty())
+        .map_or(0, |r| r.kernels);
     let report = EntryReport {
         entry: entry.name.clone(),
         bucket: env.clone(),
@@ -140,8 +143,16 @@ pub fn optimize_entry(
 fn segment_scope(graph: &Graph, seg: &Segment) -> String {
     match seg.layer {
         Some(i) => {
-            let first = seg.exports.first().map(|id| graph.node(*id).scope.as_str()).unwrap_or("");
-            let block = first.split('.').take_while(|p| *p != i.to_string()).collect::<Vec<_>>().join(".");
+            let first = seg
+                .exports
+                .first()
+                .map(|id| graph.node(*id).scope.as_str())
+                .unwrap_or("");
+            let block = first
+                .split('.')
+                .take_while(|p| *p != i.to_string())
+                .collect::<Vec<_>>()
+                .join(".");
             format!("{block}.{}", rolling::LAYER)
         }
         None if seg.externals.is_empty() => "prologue".into(),
@@ -158,11 +169,20 @@ fn optimize_segment(
 ) -> Result<(KernelGraph, SegmentReport), String> {
     let mut egraph = TEGraph::new(Types::default());
     let ids = graph_to_egraph(&seg.graph, &mut egraph);
-    let outputs: Vec<(String, Id)> = seg.graph.outputs.iter().map(|(n, id)| (n.clone(), ids[id])).collect();
+    let outputs: Vec<(String, Id)> = seg
+        .graph
+        .outputs
+        .iter()
+        .map(|(n, id)| (n.clone(), ids[id]))
+        .collect();
     let roots: Vec<Id> = outputs.iter().map(|(_, id)| *id).collect();
     let ctx = RuleContext { target, env };
-    let (egraph, roots, phases) = saturate(egraph, &roots, &ctx, &default_budget)?;
-    let outputs: Vec<(String, Id)> = outputs.into_iter().zip(roots).map(|((n, _), id)| (n, id)).collect();
+    let (egraph, roots, phases) = saturate(egraph, &roots, &ctx, &Budget::default_for)?;
+    let outputs: Vec<(String, Id)> = outputs
+        .into_iter()
+        .zip(roots)
+        .map(|((n, _), id)| (n, id))
+        .collect();
     let start = Instant::now();
     let node_cost = |class: Id, node: &TNode| price(&egraph, class, node, cost, env);
     let roots: Vec<Id> = outputs.iter().map(|(_, id)| *id).collect();
@@ -188,12 +208,20 @@ fn price(egraph: &TEGraph, class: Id, node: &TNode, cost: &dyn CostModel, env: &
         TNode::Attr(_) | TNode::Input(_) | TNode::Weight(_) => 0.0,
         TNode::Kernel(_) if data.weight_only() => f64::INFINITY,
         TNode::Kernel(children) => {
-            let (Some(crate::saturate::lang::Attr::Kind(kind)), Some(crate::saturate::lang::Attr::Body(body))) =
-                (egraph[children[0]].data.attr(), egraph[children[1]].data.attr())
+            let (
+                Some(crate::saturate::lang::Attr::Kind(kind)),
+                Some(crate::saturate::lang::Attr::Body(body)),
+            ) = (
+                egraph[children[0]].data.attr(),
+                egraph[children[1]].data.attr(),
+            )
             else {
                 return f64::INFINITY;
             };
-            let inputs: Option<Vec<_>> = children[2..].iter().map(|c| egraph[*c].data.ty().cloned()).collect();
+            let inputs: Option<Vec<_>> = children[2..]
+                .iter()
+                .map(|c| egraph[*c].data.ty().cloned())
+                .collect();
             match (inputs, data.ty()) {
                 (Some(inputs), Some(out)) => cost.kernel_cost(kind, &body.ops, &inputs, out, env),
                 _ => f64::INFINITY,
@@ -230,18 +258,35 @@ impl Assembly {
     }
 
     /// Adds one instance of a segment's kernels, mapping its buffers to global ones.
-    fn instantiate(&mut self, frag: &KernelGraph, seg: &Segment, scope: &str) -> Result<(), String> {
+    fn instantiate(
+        &mut self,
+        frag: &KernelGraph,
+        seg: &Segment,
+        scope: &str,
+    ) -> Result<(), String> {
         let unroll = |n: &str| unroll_name(n, seg.layer);
         let mut map = Vec::with_capacity(frag.buffers.len());
         for b in &frag.buffers {
             let id = match &b.source {
                 BufferSource::Input(n) if n.starts_with("in.") => {
-                    let k: usize = n[3..].parse().map_err(|_| format!("bad segment input `{n}`"))?;
-                    let orig = seg.externals.get(k).ok_or_else(|| format!("segment input `{n}` out of range"))?;
-                    *self.exported.get(orig).ok_or_else(|| format!("segment input `{n}` is computed nowhere"))?
+                    let k: usize = n[3..]
+                        .parse()
+                        .map_err(|_| format!("bad segment input `{n}`"))?;
+                    let orig = seg
+                        .externals
+                        .get(k)
+                        .ok_or_else(|| format!("segment input `{n}` out of range"))?;
+                    *self
+                        .exported
+                        .get(orig)
+                        .ok_or_else(|| format!("segment input `{n}` is computed nowhere"))?
                 }
-                BufferSource::Input(n) => self.named_buffer(BufferSource::Input(unroll(n)), b.ty.clone()),
-                BufferSource::Weight(n) => self.named_buffer(BufferSource::Weight(unroll(n)), b.ty.clone()),
+                BufferSource::Input(n) => {
+                    self.named_buffer(BufferSource::Input(unroll(n)), b.ty.clone())
+                }
+                BufferSource::Weight(n) => {
+                    self.named_buffer(BufferSource::Weight(unroll(n)), b.ty.clone())
+                }
                 BufferSource::Computed => {
                     self.kg.buffers.push(b.clone());
                     BufferId(self.kg.buffers.len() as u32 - 1)
@@ -261,11 +306,18 @@ impl Assembly {
             let name = unroll(&d.name);
             if !self.kg.derived_weights.iter().any(|x| x.name == name) {
                 let sources = d.sources.iter().map(|s| unroll(s)).collect();
-                self.kg.derived_weights.push(DerivedWeight { name, sources, body: d.body.clone() });
+                self.kg.derived_weights.push(DerivedWeight {
+                    name,
+                    sources,
+                    body: d.body.clone(),
+                });
             }
         }
         for (name, b) in &frag.outputs {
-            let k: usize = name.strip_prefix("out.").and_then(|k| k.parse().ok()).ok_or_else(|| format!("bad segment output `{name}`"))?;
+            let k: usize = name
+                .strip_prefix("out.")
+                .and_then(|k| k.parse().ok())
+                .ok_or_else(|| format!("bad segment output `{name}`"))?;
             self.exported.insert(seg.exports[k], map[b.0 as usize]);
         }
         Ok(())

@@ -38,7 +38,10 @@ pub fn layer_of(scope: &str) -> Option<usize> {
 pub fn roll_name(name: &str, layer: usize) -> String {
     let index = layer.to_string();
     let parts: Vec<&str> = name.split('.').collect();
-    let rolled: Vec<&str> = parts.iter().map(|p| if *p == index { LAYER } else { p }).collect();
+    let rolled: Vec<&str> = parts
+        .iter()
+        .map(|p| if *p == index { LAYER } else { p })
+        .collect();
     rolled.join(".")
 }
 
@@ -51,7 +54,10 @@ pub fn unroll_name(name: &str, layer: Option<usize>) -> String {
 }
 
 fn is_leaf(op: &Op) -> bool {
-    matches!(op, Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. })
+    matches!(
+        op,
+        Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. }
+    )
 }
 
 /// Cuts `graph` into segments of consecutive non-leaf nodes with the same block index.
@@ -83,7 +89,9 @@ pub fn split(graph: &Graph) -> Result<Vec<Segment>, IrError> {
             }
         }
     }
-    runs.into_iter().map(|(layer, nodes)| build(graph, layer, &nodes, &used_later, &graph_outputs)).collect()
+    runs.into_iter()
+        .map(|(layer, nodes)| build(graph, layer, &nodes, &used_later, &graph_outputs))
+        .collect()
 }
 
 fn build(
@@ -113,14 +121,25 @@ fn build(
             let id = match &src.op {
                 Op::Input { name } => g.input(&roll(name), src.ty.dtype, src.ty.shape.clone()),
                 Op::Weight { name } => {
-                    let dims: Option<Vec<usize>> = src.ty.shape.iter().map(|d| d.as_const().map(|v| v as usize)).collect();
-                    let dims = dims.ok_or_else(|| IrError::Invalid(format!("weight `{name}` has a symbolic shape")))?;
+                    let dims: Option<Vec<usize>> = src
+                        .ty
+                        .shape
+                        .iter()
+                        .map(|d| d.as_const().map(|v| v as usize))
+                        .collect();
+                    let dims = dims.ok_or_else(|| {
+                        IrError::Invalid(format!("weight `{name}` has a symbolic shape"))
+                    })?;
                     g.weight(&roll(name), src.ty.dtype, &dims)
                 }
                 Op::Constant { value } => g.constant(*value, src.ty.dtype),
                 _ => {
                     externals.push(*x);
-                    g.input(&format!("in.{}", externals.len() - 1), src.ty.dtype, src.ty.shape.clone())
+                    g.input(
+                        &format!("in.{}", externals.len() - 1),
+                        src.ty.dtype,
+                        src.ty.shape.clone(),
+                    )
                 }
             };
             map.insert(xi, id);
@@ -137,7 +156,13 @@ fn build(
         }
     }
     let key = g.to_string();
-    Ok(Segment { layer, graph: g, externals, exports, key })
+    Ok(Segment {
+        layer,
+        graph: g,
+        externals,
+        exports,
+        key,
+    })
 }
 
 #[cfg(test)]
@@ -151,7 +176,10 @@ mod tests {
         assert_eq!(layer_of("model.norm"), None);
         let rolled = roll_name("model.layers.12.mlp.up_proj.weight", 12);
         assert_eq!(rolled, "model.layers.{L}.mlp.up_proj.weight");
-        assert_eq!(unroll_name(&rolled, Some(4)), "model.layers.4.mlp.up_proj.weight");
+        assert_eq!(
+            unroll_name(&rolled, Some(4)),
+            "model.layers.4.mlp.up_proj.weight"
+        );
         assert_eq!(roll_name("cache.12.k", 12), "cache.{L}.k");
     }
 }

@@ -36,18 +36,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         return print_json(&report);
     }
+    let optimization = if report.optimized {
+        let per_layer: Vec<String> = report
+            .entries
+            .iter()
+            .map(|e| format!("{} {} kernels/layer", e.entry, e.kernels_per_layer))
+            .collect();
+        let seconds: f64 = report.entries.iter().map(|e| e.optimize_seconds).sum();
+        format!(" ({}; optimized in {seconds:.2}s)", per_layer.join(", "))
+    } else {
+        " (unoptimized)".to_string()
+    };
     println!(
-        "compiled {} ({}, {} layers, {:.1}M parameters) for {}{} → {} ({:.1} MB) in {:.2}s",
+        "compiled {} ({}, {} layers, {:.1}M parameters) for {}{optimization} → {} ({:.1} MB) in {:.2}s",
         report.source,
         report.architecture,
         report.layers,
         report.parameters as f64 / 1e6,
         report.target.name(),
-        if report.optimized {
-            ""
-        } else {
-            " (unoptimized)"
-        },
         report.output,
         report.artifact_bytes as f64 / 1e6,
         report.seconds

@@ -40,6 +40,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         r.compile_seconds,
         r.load_seconds
     );
+    let per_layer: Vec<String> = r
+        .kernels_per_layer
+        .iter()
+        .map(|(e, n)| format!("{e} {n}"))
+        .collect();
+    println!(
+        "optimized: kernels per transformer block: {}",
+        per_layer.join(", ")
+    );
     println!("prompt ids:    {:?}", r.prompt_ids);
     println!("generated ids: {:?}", r.generated_ids);
     println!(

@@ -13,7 +13,10 @@ use tessera_ir::TensorType;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
     Attr(Attr),
-    Tensor { ty: TensorType, weight_only: bool },
+    Tensor {
+        ty: TensorType,
+        weight_only: bool,
+    },
     /// A node whose type could not be inferred: only an unsound rule produces one.
     Invalid(String),
 }
@@ -34,7 +37,13 @@ impl Data {
     }
 
     pub fn weight_only(&self) -> bool {
-        matches!(self, Data::Tensor { weight_only: true, .. })
+        matches!(
+            self,
+            Data::Tensor {
+                weight_only: true,
+                ..
+            }
+        )
     }
 }
 
@@ -54,7 +63,10 @@ impl Analysis<TNode> for Types {
         let attr = |id: Id| data(id).attr().cloned();
         let leaf = |id: Id, weight_only: bool| match attr(id) {
             Some(Attr::Name(name)) => match egraph.analysis.leaves.get(&name) {
-                Some(ty) => Data::Tensor { ty: ty.clone(), weight_only },
+                Some(ty) => Data::Tensor {
+                    ty: ty.clone(),
+                    weight_only,
+                },
                 None => Data::Invalid(format!("leaf `{name}` has no declared type")),
             },
             _ => Data::Invalid("leaf without a name".into()),
@@ -82,12 +94,15 @@ impl Analysis<TNode> for Types {
             TNode::Fused(children) | TNode::Kernel(children) => {
                 let k = attr_prefix(enode);
                 match attr(children[k - 1]) {
-                    Some(Attr::Body(body)) => tensor_children(&children[k..]).and_then(|(types, w)| {
-                        let inputs: Vec<BodyInput> = types.into_iter().map(BodyInput::Value).collect();
-                        body_graph(&body.ops, &inputs)
-                            .map(|(g, out)| (g.ty(out).clone(), w))
-                            .map_err(|e| e.to_string())
-                    }),
+                    Some(Attr::Body(body)) => {
+                        tensor_children(&children[k..]).and_then(|(types, w)| {
+                            let inputs: Vec<BodyInput> =
+                                types.into_iter().map(BodyInput::Value).collect();
+                            body_graph(&body.ops, &inputs)
+                                .map(|(g, out)| (g.ty(out).clone(), w))
+                                .map_err(|e| e.to_string())
+                        })
+                    }
                     _ => Err("fused/kernel node without a body".into()),
                 }
             }
@@ -96,7 +111,7 @@ impl Analysis<TNode> for Types {
                     let refs: Vec<&TensorType> = types.iter().collect();
                     tessera_ir::infer(&op, &refs).map(|ty| (ty, w))
                 }),
-                None => Err(format!("malformed {} node", node.to_string())),
+                None => Err(format!("malformed {node} node")),
             },
         };
         match result {
@@ -112,11 +127,20 @@ impl Analysis<TNode> for Types {
                 *a = b;
                 DidMerge(true, false)
             }
-            (Data::Tensor { ty, weight_only }, Data::Tensor { ty: ty_b, weight_only: w_b }) if ty == ty_b => {
+            (
+                Data::Tensor { ty, weight_only },
+                Data::Tensor {
+                    ty: ty_b,
+                    weight_only: w_b,
+                },
+            ) if ty == ty_b => {
                 // Equal values: weight-only if either representation is.
                 let w = *weight_only || *w_b;
                 let changed = w != *weight_only;
-                *a = Data::Tensor { ty: ty.clone(), weight_only: w };
+                *a = Data::Tensor {
+                    ty: ty.clone(),
+                    weight_only: w,
+                };
                 DidMerge(changed, w != *w_b)
             }
             (Data::Tensor { ty, .. }, Data::Tensor { ty: ty_b, .. }) => {
@@ -133,7 +157,11 @@ impl Analysis<TNode> for Types {
 pub fn check_types(egraph: &TEGraph) -> Result<(), String> {
     for class in egraph.classes() {
         if let Data::Invalid(msg) = &class.data {
-            let node = class.nodes.first().map(|n| n.to_string()).unwrap_or_default();
+            let node = class
+                .nodes
+                .first()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
             return Err(format!("e-class {} ({node} …): {msg}", class.id));
         }
     }

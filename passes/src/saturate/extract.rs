@@ -30,7 +30,11 @@ struct Best {
 
 /// Extracts the cheapest program for `roots`; `node_cost` prices a node by itself (infinite
 /// where no kernel implements it). Fails, naming the class, if a root has no finite program.
-pub fn extract(egraph: &TEGraph, roots: &[Id], node_cost: &dyn Fn(Id, &TNode) -> f64) -> Result<Extraction, String> {
+pub fn extract(
+    egraph: &TEGraph,
+    roots: &[Id],
+    node_cost: &dyn Fn(Id, &TNode) -> f64,
+) -> Result<Extraction, String> {
     let mut best: HashMap<Id, Best> = HashMap::new();
     let mut changed = true;
     while changed {
@@ -57,17 +61,36 @@ pub fn extract(egraph: &TEGraph, roots: &[Id], node_cost: &dyn Fn(Id, &TNode) ->
                 }
                 needs.insert(class.id, own);
                 let total: f64 = needs.values().sum();
-                let better = best.get(&class.id).is_none_or(|b| total < b.total - 1e-15 * b.total.abs());
+                let better = best
+                    .get(&class.id)
+                    .is_none_or(|b| total < b.total - 1e-15 * b.total.abs());
                 if better {
-                    best.insert(class.id, Best { node: node.clone(), needs: Rc::new(needs), total });
+                    best.insert(
+                        class.id,
+                        Best {
+                            node: node.clone(),
+                            needs: Rc::new(needs),
+                            total,
+                        },
+                    );
                     changed = true;
                 }
             }
         }
     }
-    let mut extraction = Extraction { choice: HashMap::new(), order: Vec::new(), cost: 0.0 };
+    let mut extraction = Extraction {
+        choice: HashMap::new(),
+        order: Vec::new(),
+        cost: 0.0,
+    };
     for &root in roots {
-        walk(egraph, &best, egraph.find(root), &mut Vec::new(), &mut extraction)?;
+        walk(
+            egraph,
+            &best,
+            egraph.find(root),
+            &mut Vec::new(),
+            &mut extraction,
+        )?;
     }
     Ok(extraction)
 }
@@ -87,7 +110,11 @@ fn walk(
         return Err(format!("extraction found a cycle through e-class {id}"));
     }
     let b = best.get(&id).ok_or_else(|| {
-        let node = egraph[id].nodes.first().map(|n| n.to_string()).unwrap_or_default();
+        let node = egraph[id]
+            .nodes
+            .first()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
         format!("no kernel implements e-class {id} ({node} …)")
     })?;
     path.push(id);

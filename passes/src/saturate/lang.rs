@@ -68,7 +68,10 @@ pub struct Body {
 impl Body {
     pub fn new(ops: Vec<BodyOp>) -> Body {
         let key = Symbol::from(serde_json::to_string(&ops).expect("body ops serialize"));
-        Body { key, ops: Arc::new(ops) }
+        Body {
+            key,
+            ops: Arc::new(ops),
+        }
     }
 }
 
@@ -152,7 +155,13 @@ impl fmt::Display for Attr {
             Attr::Layout(l) => write!(f, "l:{}", snake(l)),
             Attr::Window(None) => f.write_str("w:none"),
             Attr::Window(Some(w)) => write!(f, "w:{w}"),
-            Attr::Kind(k) => write!(f, "k:{}", serde_json::to_string(k).map_err(|_| fmt::Error)?.replace(' ', "")),
+            Attr::Kind(k) => write!(
+                f,
+                "k:{}",
+                serde_json::to_string(k)
+                    .map_err(|_| fmt::Error)?
+                    .replace(' ', "")
+            ),
             // JSON of ops has spaces only inside dims (`past + seq`), which parse without them.
             Attr::Body(b) => write!(f, "body:{}", b.key.as_str().replace(' ', "")),
         }
@@ -164,7 +173,10 @@ fn enum_from_snake<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Stri
 }
 
 fn parse_list<T>(text: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
-    let inner = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).ok_or(format!("expected [..], got `{text}`"))?;
+    let inner = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .ok_or(format!("expected [..], got `{text}`"))?;
     inner.split(',').filter(|s| !s.is_empty()).map(f).collect()
 }
 
@@ -174,7 +186,9 @@ impl FromStr for Attr {
         if let Ok(b) = s.parse::<bool>() {
             return Ok(Attr::Bool(b));
         }
-        let (tag, rest) = s.split_once(':').ok_or_else(|| format!("not an attribute: `{s}`"))?;
+        let (tag, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("not an attribute: `{s}`"))?;
         let int = |t: &str| t.parse::<i64>().map_err(|e| e.to_string());
         Ok(match tag {
             "n" => Attr::Name(Symbol::from(rest)),
@@ -182,8 +196,12 @@ impl FromStr for Attr {
             "f" => Attr::Float(Bits::new(rest.parse::<f64>().map_err(|e| e.to_string())?)),
             "dim" => Attr::Dim(Dim::parse(rest)?),
             "d" => Attr::Dims(parse_list(rest, Dim::parse)?),
-            "a" => Attr::Axes(parse_list(rest, |t| t.parse::<usize>().map_err(|e| e.to_string()))?),
-            "t" => Attr::DType(DType::parse(rest).ok_or_else(|| format!("unknown dtype `{rest}`"))?),
+            "a" => Attr::Axes(parse_list(rest, |t| {
+                t.parse::<usize>().map_err(|e| e.to_string())
+            })?),
+            "t" => {
+                Attr::DType(DType::parse(rest).ok_or_else(|| format!("unknown dtype `{rest}`"))?)
+            }
             "u" => Attr::Unary(enum_from_snake(rest)?),
             "b" => Attr::Binary(enum_from_snake(rest)?),
             "r" => Attr::Reduce(enum_from_snake(rest)?),
@@ -208,7 +226,10 @@ mod tests {
 
     #[test]
     fn attributes_round_trip_through_text() {
-        let body = Body::new(vec![BodyOp { op: Op::Softmax, args: vec![tessera_ir::kernel::BodyArg::Input(0)] }]);
+        let body = Body::new(vec![BodyOp {
+            op: Op::Softmax,
+            args: vec![tessera_ir::kernel::BodyArg::Input(0)],
+        }]);
         let attrs = [
             Attr::Name(Symbol::from("model.layers.0.q_proj.weight")),
             Attr::Int(-3),
@@ -224,7 +245,10 @@ mod tests {
             Attr::Layout(RopeLayout::Half),
             Attr::Window(Some(4096)),
             Attr::Window(None),
-            Attr::Kind(KernelKind::Gemv { tile_n: 8, split_k: 2 }),
+            Attr::Kind(KernelKind::Gemv {
+                tile_n: 8,
+                split_k: 2,
+            }),
             Attr::Body(body),
         ];
         for a in attrs {

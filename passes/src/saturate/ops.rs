@@ -17,7 +17,11 @@ pub fn op_node(op: &Op, inputs: &[Id], add: &mut dyn FnMut(TNode) -> Id) -> TNod
         Op::Binary(b) => TNode::Binary([attr(Attr::Binary(*b)), i(0), i(1)]),
         Op::Select => TNode::Select([i(0), i(1), i(2)]),
         Op::Cast { to } => TNode::Cast([attr(Attr::DType(*to)), i(0)]),
-        Op::Reduce { op, axes, keep_dims } => TNode::Reduce([
+        Op::Reduce {
+            op,
+            axes,
+            keep_dims,
+        } => TNode::Reduce([
             attr(Attr::Reduce(*op)),
             attr(Attr::Axes(axes.clone())),
             attr(Attr::Bool(*keep_dims)),
@@ -40,10 +44,18 @@ pub fn op_node(op: &Op, inputs: &[Id], add: &mut dyn FnMut(TNode) -> Id) -> TNod
         Op::Gather => TNode::Gather([i(0), i(1)]),
         Op::MatMul { transpose_b } => TNode::MatMul([attr(Attr::Bool(*transpose_b)), i(0), i(1)]),
         Op::Softmax => TNode::Softmax([i(0)]),
-        Op::RmsNorm { eps } => TNode::RmsNorm([attr(Attr::Float(Bits::new(*eps as f64))), i(0), i(1)]),
-        Op::LayerNorm { eps } => TNode::LayerNorm([attr(Attr::Float(Bits::new(*eps as f64))), i(0), i(1), i(2)]),
+        Op::RmsNorm { eps } => {
+            TNode::RmsNorm([attr(Attr::Float(Bits::new(*eps as f64))), i(0), i(1)])
+        }
+        Op::LayerNorm { eps } => {
+            TNode::LayerNorm([attr(Attr::Float(Bits::new(*eps as f64))), i(0), i(1), i(2)])
+        }
         Op::Rope { layout } => TNode::Rope([attr(Attr::Layout(*layout)), i(0), i(1), i(2)]),
-        Op::Attention { scale, causal, window } => TNode::Attention([
+        Op::Attention {
+            scale,
+            causal,
+            window,
+        } => TNode::Attention([
             attr(Attr::Float(Bits::new(*scale as f64))),
             attr(Attr::Bool(*causal)),
             attr(Attr::Window(*window)),
@@ -52,7 +64,9 @@ pub fn op_node(op: &Op, inputs: &[Id], add: &mut dyn FnMut(TNode) -> Id) -> TNod
             i(2),
         ]),
         Op::Dequantize => TNode::Dequantize([i(0)]),
-        Op::QuantMatMul { transpose_b } => TNode::QuantMatMul([attr(Attr::Bool(*transpose_b)), i(0), i(1)]),
+        Op::QuantMatMul { transpose_b } => {
+            TNode::QuantMatMul([attr(Attr::Bool(*transpose_b)), i(0), i(1)])
+        }
         Op::KvAppend => TNode::KvAppend([i(0), i(1)]),
     }
 }
@@ -115,34 +129,73 @@ pub fn node_op(node: &TNode, attr: &dyn Fn(Id) -> Option<Attr>) -> Option<(Op, V
             _ => return None,
         },
         TNode::Reduce([r, a, k, x]) => match attr(*r)? {
-            Attr::Reduce(op) => (Op::Reduce { op, axes: axes(*a)?, keep_dims: boolean(*k)? }, vec![*x]),
+            Attr::Reduce(op) => (
+                Op::Reduce {
+                    op,
+                    axes: axes(*a)?,
+                    keep_dims: boolean(*k)?,
+                },
+                vec![*x],
+            ),
             _ => return None,
         },
         TNode::Reshape([s, x]) => (Op::Reshape { shape: dims(*s)? }, vec![*x]),
         TNode::Permute([p, x]) => (Op::Permute { perm: axes(*p)? }, vec![*x]),
         TNode::Expand([s, x]) => (Op::Expand { shape: dims(*s)? }, vec![*x]),
-        TNode::Slice([a, s, e, x]) => (Op::Slice { axis: int(*a)?, start: dim(*s)?, end: dim(*e)? }, vec![*x]),
+        TNode::Slice([a, s, e, x]) => (
+            Op::Slice {
+                axis: int(*a)?,
+                start: dim(*s)?,
+                end: dim(*e)?,
+            },
+            vec![*x],
+        ),
         TNode::Concat(children) => {
             let (axis, xs) = children.split_first()?;
             (Op::Concat { axis: int(*axis)? }, xs.to_vec())
         }
         TNode::Gather([t, ids]) => (Op::Gather, vec![*t, *ids]),
-        TNode::MatMul([tb, a, b]) => (Op::MatMul { transpose_b: boolean(*tb)? }, vec![*a, *b]),
+        TNode::MatMul([tb, a, b]) => (
+            Op::MatMul {
+                transpose_b: boolean(*tb)?,
+            },
+            vec![*a, *b],
+        ),
         TNode::Softmax([x]) => (Op::Softmax, vec![*x]),
-        TNode::RmsNorm([e, x, w]) => (Op::RmsNorm { eps: float(*e)? as f32 }, vec![*x, *w]),
-        TNode::LayerNorm([e, x, w, b]) => (Op::LayerNorm { eps: float(*e)? as f32 }, vec![*x, *w, *b]),
+        TNode::RmsNorm([e, x, w]) => (
+            Op::RmsNorm {
+                eps: float(*e)? as f32,
+            },
+            vec![*x, *w],
+        ),
+        TNode::LayerNorm([e, x, w, b]) => (
+            Op::LayerNorm {
+                eps: float(*e)? as f32,
+            },
+            vec![*x, *w, *b],
+        ),
         TNode::Rope([l, x, p, f]) => match attr(*l)? {
             Attr::Layout(layout) => (Op::Rope { layout }, vec![*x, *p, *f]),
             _ => return None,
         },
         TNode::Attention([s, c, w, q, k, v]) => match attr(*w)? {
-            Attr::Window(window) => {
-                (Op::Attention { scale: float(*s)? as f32, causal: boolean(*c)?, window }, vec![*q, *k, *v])
-            }
+            Attr::Window(window) => (
+                Op::Attention {
+                    scale: float(*s)? as f32,
+                    causal: boolean(*c)?,
+                    window,
+                },
+                vec![*q, *k, *v],
+            ),
             _ => return None,
         },
         TNode::Dequantize([w]) => (Op::Dequantize, vec![*w]),
-        TNode::QuantMatMul([tb, a, b]) => (Op::QuantMatMul { transpose_b: boolean(*tb)? }, vec![*a, *b]),
+        TNode::QuantMatMul([tb, a, b]) => (
+            Op::QuantMatMul {
+                transpose_b: boolean(*tb)?,
+            },
+            vec![*a, *b],
+        ),
         TNode::KvAppend([c, n]) => (Op::KvAppend, vec![*c, *n]),
         TNode::Fused(_) | TNode::Kernel(_) | TNode::Attr(_) => return None,
     })
@@ -164,19 +217,39 @@ mod tests {
             Op::Binary(BinaryOp::Mul),
             Op::Select,
             Op::Cast { to: DType::F16 },
-            Op::Reduce { op: ReduceOp::Sum, axes: vec![1, 2], keep_dims: true },
-            Op::Reshape { shape: vec![Dim::sym("seq"), Dim::c(4)] },
-            Op::Permute { perm: vec![0, 2, 1, 3] },
-            Op::Expand { shape: vec![Dim::c(2), Dim::sym("seq")] },
-            Op::Slice { axis: 1, start: Dim::sym("seq") - Dim::c(1), end: Dim::sym("seq") },
+            Op::Reduce {
+                op: ReduceOp::Sum,
+                axes: vec![1, 2],
+                keep_dims: true,
+            },
+            Op::Reshape {
+                shape: vec![Dim::sym("seq"), Dim::c(4)],
+            },
+            Op::Permute {
+                perm: vec![0, 2, 1, 3],
+            },
+            Op::Expand {
+                shape: vec![Dim::c(2), Dim::sym("seq")],
+            },
+            Op::Slice {
+                axis: 1,
+                start: Dim::sym("seq") - Dim::c(1),
+                end: Dim::sym("seq"),
+            },
             Op::Concat { axis: 0 },
             Op::Gather,
             Op::MatMul { transpose_b: true },
             Op::Softmax,
             Op::RmsNorm { eps: 1e-6 },
             Op::LayerNorm { eps: 1e-5 },
-            Op::Rope { layout: RopeLayout::Interleaved },
-            Op::Attention { scale: 0.125, causal: true, window: Some(8) },
+            Op::Rope {
+                layout: RopeLayout::Interleaved,
+            },
+            Op::Attention {
+                scale: 0.125,
+                causal: true,
+                window: Some(8),
+            },
             Op::Dequantize,
             Op::QuantMatMul { transpose_b: false },
             Op::KvAppend,
@@ -190,7 +263,8 @@ mod tests {
                 TNode::Attr(a) => Some(a.clone()),
                 _ => None,
             };
-            let (back, _) = node_op(&node, &attr).unwrap_or_else(|| panic!("{op:?} did not convert back"));
+            let (back, _) =
+                node_op(&node, &attr).unwrap_or_else(|| panic!("{op:?} did not convert back"));
             assert_eq!(back, op);
         }
     }

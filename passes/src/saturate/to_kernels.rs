@@ -9,7 +9,9 @@ use super::ops::{attr_prefix, node_op};
 use crate::cost::CostModel;
 use egg::Id;
 use std::collections::HashMap;
-use tessera_ir::kernel::{BodyArg, BodyOp, Buffer, BufferId, BufferSource, DerivedWeight, Kernel, KernelGraph};
+use tessera_ir::kernel::{
+    BodyArg, BodyOp, Buffer, BufferId, BufferSource, DerivedWeight, Kernel, KernelGraph,
+};
 use tessera_ir::{DimEnv, Op, TensorType};
 
 /// Builds the KernelGraph of `outputs` (name, class) from `extraction`; kernels get `scope`.
@@ -26,20 +28,35 @@ pub fn to_kernel_graph(
     let attr = |id: Id| egraph[id].data.attr().cloned();
     for &id in &extraction.order {
         let node = &extraction.choice[&id];
-        let Some(ty) = egraph[id].data.ty().cloned() else { continue };
+        let Some(ty) = egraph[id].data.ty().cloned() else {
+            continue;
+        };
         let source = match node {
             TNode::Input([n]) => BufferSource::Input(name(&attr(*n))?),
             TNode::Weight([n]) => BufferSource::Weight(name(&attr(*n))?),
             TNode::Kernel(children) => {
-                let (Some(Attr::Kind(kind)), Some(Attr::Body(body))) = (attr(children[0]), attr(children[1])) else {
-                    return Err(format!("kernel node of e-class {id} lacks its kind or body"));
+                let (Some(Attr::Kind(kind)), Some(Attr::Body(body))) =
+                    (attr(children[0]), attr(children[1]))
+                else {
+                    return Err(format!(
+                        "kernel node of e-class {id} lacks its kind or body"
+                    ));
                 };
                 let args = &children[attr_prefix(node)..];
-                let inputs: Vec<BufferId> = args.iter().map(|a| buffers[&egraph.find(*a)]).collect();
-                let input_types: Vec<TensorType> = inputs.iter().map(|b| kg.buffer(*b).ty.clone()).collect();
+                let inputs: Vec<BufferId> =
+                    args.iter().map(|a| buffers[&egraph.find(*a)]).collect();
+                let input_types: Vec<TensorType> =
+                    inputs.iter().map(|b| kg.buffer(*b).ty.clone()).collect();
                 let estimate_seconds = cost.kernel_cost(&kind, &body.ops, &input_types, &ty, env);
                 let output = push(&mut kg, ty, BufferSource::Computed);
-                kg.kernels.push(Kernel { scope: scope.to_string(), kind, body: body.ops.to_vec(), inputs, output, estimate_seconds });
+                kg.kernels.push(Kernel {
+                    scope: scope.to_string(),
+                    kind,
+                    body: body.ops.to_vec(),
+                    inputs,
+                    output,
+                    estimate_seconds,
+                });
                 buffers.insert(id, output);
                 continue;
             }
@@ -51,13 +68,19 @@ pub fn to_kernel_graph(
                 }
                 source
             }
-            other => return Err(format!("e-class {id} chose {other}, which no kernel implements")),
+            other => {
+                return Err(format!(
+                    "e-class {id} chose {other}, which no kernel implements"
+                ))
+            }
         };
         buffers.insert(id, push(&mut kg, ty, source));
     }
     for (name, id) in outputs {
         let id = egraph.find(*id);
-        let b = buffers.get(&id).ok_or_else(|| format!("output `{name}` was not extracted"))?;
+        let b = buffers
+            .get(&id)
+            .ok_or_else(|| format!("output `{name}` was not extracted"))?;
         kg.outputs.push((name.clone(), *b));
     }
     Ok(kg)
@@ -77,11 +100,19 @@ fn name(a: &Option<Attr>) -> Result<String, String> {
 
 /// The compile-time computation of a weight-only class as a body over its source weights, named
 /// by the term it computes (deterministic, and renamable per layer like the weights it reads).
-fn derive_weight(egraph: &TEGraph, extraction: &Extraction, id: Id) -> Result<DerivedWeight, String> {
+fn derive_weight(
+    egraph: &TEGraph,
+    extraction: &Extraction,
+    id: Id,
+) -> Result<DerivedWeight, String> {
     let mut body = Vec::new();
     let mut sources = Vec::new();
     let (_, term) = derived_term(egraph, extraction, id, &mut body, &mut sources)?;
-    Ok(DerivedWeight { name: format!("derived:{term}"), sources, body })
+    Ok(DerivedWeight {
+        name: format!("derived:{term}"),
+        sources,
+        body,
+    })
 }
 
 /// Appends the ops computing class `id` to `body`; returns the argument that refers to its value
@@ -95,7 +126,8 @@ fn derived_term(
 ) -> Result<(BodyArg, String), String> {
     let node = &extraction.choice[&egraph.find(id)];
     let attr = |id: Id| egraph[id].data.attr().cloned();
-    let (op, inputs) = node_op(node, &attr).ok_or_else(|| format!("weight-only e-class {id} chose {node}"))?;
+    let (op, inputs) =
+        node_op(node, &attr).ok_or_else(|| format!("weight-only e-class {id} chose {node}"))?;
     if let Op::Weight { name } = &op {
         let index = sources.iter().position(|s| s == name).unwrap_or_else(|| {
             sources.push(name.clone());
@@ -116,5 +148,7 @@ fn derived_term(
 }
 
 fn op_text(op: &Op) -> String {
-    serde_json::to_string(op).unwrap_or_else(|_| op.name().to_string()).replace([' ', '"'], "")
+    serde_json::to_string(op)
+        .unwrap_or_else(|_| op.name().to_string())
+        .replace([' ', '"'], "")
 }

@@ -14,8 +14,17 @@ struct ClassSearcher(Matches);
 struct ClassApplier(Expand);
 
 impl Searcher<TNode, Types> for ClassSearcher {
-    fn search_eclass_with_limit(&self, egraph: &TEGraph, eclass: Id, limit: usize) -> Option<SearchMatches<'_, TNode>> {
-        (limit > 0 && (self.0)(egraph, eclass)).then(|| SearchMatches { eclass, substs: vec![Subst::default()], ast: None })
+    fn search_eclass_with_limit(
+        &self,
+        egraph: &TEGraph,
+        eclass: Id,
+        limit: usize,
+    ) -> Option<SearchMatches<'_, TNode>> {
+        (limit > 0 && (self.0)(egraph, eclass)).then(|| SearchMatches {
+            eclass,
+            substs: vec![Subst::default()],
+            ast: None,
+        })
     }
 
     fn vars(&self) -> Vec<Var> {
@@ -33,7 +42,11 @@ impl Applier<TNode, Types> for ClassApplier {
         _rule: Symbol,
     ) -> Vec<Id> {
         let equivalents = (self.0)(egraph, eclass);
-        equivalents.into_iter().filter(|&id| egraph.union(eclass, id)).map(|_| eclass).collect()
+        equivalents
+            .into_iter()
+            .filter(|&id| egraph.union(eclass, id))
+            .map(|_| eclass)
+            .collect()
     }
 }
 
@@ -44,8 +57,12 @@ pub(super) fn class_rule(
     matches: impl Fn(&TEGraph, Id) -> bool + Send + Sync + 'static,
     expand: impl Fn(&mut TEGraph, Id) -> Vec<Id> + Send + Sync + 'static,
 ) -> Rule {
-    Rewrite::new(name, ClassSearcher(Box::new(matches)), ClassApplier(Box::new(expand)))
-        .expect("class rules bind no variables")
+    Rewrite::new(
+        name,
+        ClassSearcher(Box::new(matches)),
+        ClassApplier(Box::new(expand)),
+    )
+    .expect("class rules bind no variables")
 }
 
 /// The tensor-input children of a fused or kernel node (after its attribute prefix).

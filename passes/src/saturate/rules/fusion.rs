@@ -18,7 +18,10 @@ const MAX_BODY_OPS: usize = 16;
 const MAX_BODY_INPUTS: usize = 8;
 
 pub(super) fn rules() -> Vec<Rule> {
-    vec![class_rule("lift-to-fused", has_liftable, lift), class_rule("fuse-producer", has_fused, fuse)]
+    vec![
+        class_rule("lift-to-fused", has_liftable, lift),
+        class_rule("fuse-producer", has_fused, fuse),
+    ]
 }
 
 /// Ops a kernel is built around; everything else is elementwise or data movement.
@@ -61,12 +64,20 @@ fn liftable(egraph: &TEGraph, node: &TNode) -> Option<(Op, Vec<Id>)> {
 }
 
 fn has_liftable(egraph: &TEGraph, id: Id) -> bool {
-    !egraph[id].data.weight_only() && egraph[id].nodes.iter().any(|n| liftable(egraph, n).is_some())
+    !egraph[id].data.weight_only()
+        && egraph[id]
+            .nodes
+            .iter()
+            .any(|n| liftable(egraph, n).is_some())
 }
 
 /// `(op args…)` → `(fused [op] args…)`, with constant arguments inlined into the body.
 fn lift(egraph: &mut TEGraph, id: Id) -> Vec<Id> {
-    let lifted: Vec<(Op, Vec<Id>)> = egraph[id].nodes.iter().filter_map(|n| liftable(egraph, n)).collect();
+    let lifted: Vec<(Op, Vec<Id>)> = egraph[id]
+        .nodes
+        .iter()
+        .filter_map(|n| liftable(egraph, n))
+        .collect();
     lifted
         .into_iter()
         .map(|(op, inputs)| {
@@ -76,7 +87,10 @@ fn lift(egraph: &mut TEGraph, id: Id) -> Vec<Id> {
             for c in inputs {
                 match constant(egraph, c) {
                     Some(value) => {
-                        body.push(BodyOp { op: Op::Constant { value }, args: vec![] });
+                        body.push(BodyOp {
+                            op: Op::Constant { value },
+                            args: vec![],
+                        });
                         refs.push(BodyArg::Op(body.len() - 1));
                     }
                     None => refs.push(BodyArg::Input(position(&mut args, c))),
@@ -114,39 +128,65 @@ fn fused_parts(egraph: &TEGraph, node: &TNode) -> Option<(Body, Vec<Id>)> {
 }
 
 pub(super) fn has_fused(egraph: &TEGraph, id: Id) -> bool {
-    egraph[id].nodes.iter().any(|n| matches!(n, TNode::Fused(_)))
+    egraph[id]
+        .nodes
+        .iter()
+        .any(|n| matches!(n, TNode::Fused(_)))
 }
 
 /// For every fused node of the class and every argument produced by a fused node, the merged
 /// body when a template can run it.
 fn fuse(egraph: &mut TEGraph, id: Id) -> Vec<Id> {
-    let consumers: Vec<(Body, Vec<Id>)> = egraph[id].nodes.iter().filter_map(|n| fused_parts(egraph, n)).collect();
+    let consumers: Vec<(Body, Vec<Id>)> = egraph[id]
+        .nodes
+        .iter()
+        .filter_map(|n| fused_parts(egraph, n))
+        .collect();
     let mut merged = Vec::new();
     for (body, args) in &consumers {
         for (j, &arg) in args.iter().enumerate() {
-            let producers: Vec<(Body, Vec<Id>)> =
-                egraph[arg].nodes.iter().filter_map(|n| fused_parts(egraph, n)).collect();
+            let producers: Vec<(Body, Vec<Id>)> = egraph[arg]
+                .nodes
+                .iter()
+                .filter_map(|n| fused_parts(egraph, n))
+                .collect();
             for (p_body, p_args) in producers {
                 merged.extend(inline(&body.ops, args, j, &p_body.ops, &p_args));
             }
         }
     }
-    merged.into_iter().map(|(ops, new_args)| add_fused(egraph, ops, &new_args)).collect()
+    merged
+        .into_iter()
+        .map(|(ops, new_args)| add_fused(egraph, ops, &new_args))
+        .collect()
 }
 
 /// Inlines the producer body (over `p_args`) into the consumer body at its input `j`, if legal.
-fn inline(consumer: &[BodyOp], c_args: &[Id], j: usize, producer: &[BodyOp], p_args: &[Id]) -> Option<(Vec<BodyOp>, Vec<Id>)> {
+fn inline(
+    consumer: &[BodyOp],
+    c_args: &[Id],
+    j: usize,
+    producer: &[BodyOp],
+    p_args: &[Id],
+) -> Option<(Vec<BodyOp>, Vec<Id>)> {
     if consumer.len() + producer.len() > MAX_BODY_OPS || !legal(consumer, j, producer) {
         return None;
     }
     let mut args = Vec::new();
-    let c_map: Vec<Option<usize>> = c_args.iter().enumerate().map(|(i, &a)| (i != j).then(|| position(&mut args, a))).collect();
+    let c_map: Vec<Option<usize>> = c_args
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| (i != j).then(|| position(&mut args, a)))
+        .collect();
     let p_map: Vec<usize> = p_args.iter().map(|&a| position(&mut args, a)).collect();
     if args.len() > MAX_BODY_INPUTS {
         return None;
     }
     let produced = producer.len() - 1;
-    let remap = |b: &BodyOp, f: &dyn Fn(BodyArg) -> BodyArg| BodyOp { op: b.op.clone(), args: b.args.iter().map(|&a| f(a)).collect() };
+    let remap = |b: &BodyOp, f: &dyn Fn(BodyArg) -> BodyArg| BodyOp {
+        op: b.op.clone(),
+        args: b.args.iter().map(|&a| f(a)).collect(),
+    };
     let mut ops: Vec<BodyOp> = producer
         .iter()
         .map(|b| {
@@ -168,16 +208,25 @@ fn inline(consumer: &[BodyOp], c_args: &[Id], j: usize, producer: &[BodyOp], p_a
 
 /// Whether one template can run the producer inlined into the consumer at input `j`.
 fn legal(consumer: &[BodyOp], j: usize, producer: &[BodyOp]) -> bool {
-    let anchors = |ops: &[BodyOp]| ops.iter().filter(|b| is_anchor(&b.op)).map(|b| b.op.clone()).collect::<Vec<_>>();
+    let anchors = |ops: &[BodyOp]| {
+        ops.iter()
+            .filter(|b| is_anchor(&b.op))
+            .map(|b| b.op.clone())
+            .collect::<Vec<_>>()
+    };
     match (anchors(producer).as_slice(), anchors(consumer).as_slice()) {
         // Elementwise and layout work folds into whatever reads it (a prologue).
         ([], _) => true,
         // An elementwise consumer becomes the producer's epilogue.
         ([_], []) => true,
         // A norm becomes the prologue of the matmul whose left operand it feeds.
-        ([Op::RmsNorm { .. } | Op::LayerNorm { .. }], [Op::MatMul { .. } | Op::QuantMatMul { .. }]) => consumer
-            .iter()
-            .any(|b| matches!(b.op, Op::MatMul { .. } | Op::QuantMatMul { .. }) && feeds(consumer, b.args[0], j)),
+        (
+            [Op::RmsNorm { .. } | Op::LayerNorm { .. }],
+            [Op::MatMul { .. } | Op::QuantMatMul { .. }],
+        ) => consumer.iter().any(|b| {
+            matches!(b.op, Op::MatMul { .. } | Op::QuantMatMul { .. })
+                && feeds(consumer, b.args[0], j)
+        }),
         _ => false,
     }
 }

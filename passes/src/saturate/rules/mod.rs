@@ -4,6 +4,7 @@
 //! selection of templates with their tile alternatives.
 
 mod algebra;
+mod class_rule;
 mod fusion;
 mod merge;
 mod recognition;
@@ -27,7 +28,13 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [Phase::Algebra, Phase::Recognition, Phase::Merge, Phase::Fusion, Phase::Selection];
+    pub const ALL: [Phase; 5] = [
+        Phase::Algebra,
+        Phase::Recognition,
+        Phase::Merge,
+        Phase::Fusion,
+        Phase::Selection,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -64,6 +71,10 @@ pub fn rules(phase: Phase, ctx: &RuleContext) -> Vec<Rule> {
 pub fn registry(ctx: &RuleContext) -> Vec<(String, Phase)> {
     Phase::ALL
         .iter()
-        .flat_map(|&p| rules(p, ctx).into_iter().map(move |r| (r.name.to_string(), p)))
+        .flat_map(|&p| {
+            rules(p, ctx)
+                .into_iter()
+                .map(move |r| (r.name.to_string(), p))
+        })
         .collect()
 }

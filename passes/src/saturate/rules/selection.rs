@@ -7,25 +7,36 @@
 use super::class_rule::{args, class_rule};
 use super::fusion::has_fused;
 use super::{Rule, RuleContext};
-use crate::cost::{attention_candidates, matmul_candidates, TargetSpec};
+use crate::cost::{attention_candidates, matmul_candidates, quant_matmul_candidates, TargetSpec};
 use crate::saturate::analysis::TEGraph;
 use crate::saturate::lang::{Attr, TNode};
 use egg::Id;
 use tessera_ir::kernel::{body_graph, BodyArg, BodyInput, BodyOp, KernelKind};
-use tessera_ir::{eval_shape, DType, Dim, DimEnv, Op, TensorType};
+use tessera_ir::{eval_shape, Dim, DimEnv, Op, TensorType};
 
 pub(super) fn rules(ctx: &RuleContext) -> Vec<Rule> {
     let target = ctx.target.clone();
     let env = ctx.env.clone();
-    vec![class_rule("select-template", has_fused, move |egraph, id| select(egraph, id, &target, &env))]
+    vec![class_rule(
+        "select-template",
+        has_fused,
+        move |egraph, id| select(egraph, id, &target, &env),
+    )]
 }
 
 fn select(egraph: &mut TEGraph, id: Id, target: &TargetSpec, env: &DimEnv) -> Vec<Id> {
     let mut kernels = Vec::new();
     for node in egraph[id].nodes.clone() {
-        let TNode::Fused(children) = &node else { continue };
-        let Some(Attr::Body(body)) = egraph[children[0]].data.attr().cloned() else { continue };
-        let inputs: Option<Vec<TensorType>> = args(&node).iter().map(|&a| egraph[a].data.ty().cloned()).collect();
+        let TNode::Fused(children) = &node else {
+            continue;
+        };
+        let Some(Attr::Body(body)) = egraph[children[0]].data.attr().cloned() else {
+            continue;
+        };
+        let inputs: Option<Vec<TensorType>> = args(&node)
+            .iter()
+            .map(|&a| egraph[a].data.ty().cloned())
+            .collect();
         let Some(inputs) = inputs else { continue };
         for kind in templates(&body.ops, &inputs, target, env) {
             let kind = egraph.add(TNode::Attr(Attr::Kind(kind)));
@@ -38,7 +49,12 @@ fn select(egraph: &mut TEGraph, id: Id, target: &TargetSpec, env: &DimEnv) -> Ve
 }
 
 /// The templates (with tile alternatives) that can run `body` over inputs of these types.
-pub(crate) fn templates(body: &[BodyOp], inputs: &[TensorType], target: &TargetSpec, env: &DimEnv) -> Vec<KernelKind> {
+pub(crate) fn templates(
+    body: &[BodyOp],
+    inputs: &[TensorType],
+    target: &TargetSpec,
+    env: &DimEnv,
+) -> Vec<KernelKind> {
     let body_inputs: Vec<BodyInput> = inputs.iter().cloned().map(BodyInput::Value).collect();
     let Ok((graph, _)) = body_graph(body, &body_inputs) else {
         return vec![];
@@ -51,18 +67,28 @@ pub(crate) fn templates(body: &[BodyOp], inputs: &[TensorType], target: &TargetS
     let anchor = |want: fn(&Op) -> bool| body.iter().find(|b| want(&b.op));
     if let Some(mm) = anchor(|op| matches!(op, Op::MatMul { .. } | Op::QuantMatMul { .. })) {
         let lhs = ty(mm.args[0]);
-        let rows = eval_shape(&lhs.shape[..lhs.rank().saturating_sub(1)], env).ok().map(|d| d.iter().product());
-        let candidates = matmul_candidates(target, rows);
+        let rows = eval_shape(&lhs.shape[..lhs.rank().saturating_sub(1)], env)
+            .ok()
+            .map(|d| d.iter().product());
         return match mm.op {
-            Op::QuantMatMul { .. } => quantized(&candidates, ty(mm.args[1]).dtype),
-            _ => candidates,
+            Op::QuantMatMul { .. } => quant_matmul_candidates(target, ty(mm.args[1]).dtype, rows),
+            _ => matmul_candidates(target, rows),
         };
     }
     if let Some(att) = anchor(|op| matches!(op, Op::Attention { .. })) {
-        let decode = ty(att.args[0]).shape.get(2) == Some(&Dim::c(1));
-        return attention_candidates(target, decode);
+        let q = ty(att.args[0]);
+        let decode = q.shape.get(2) == Some(&Dim::c(1));
+        let head_dim = q.shape.get(3).and_then(Dim::as_const).unwrap_or(0) as usize;
+        return attention_candidates(target, decode, head_dim);
     }
-    if anchor(|op| matches!(op, Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Softmax | Op::Reduce { .. })).is_some() {
+    if anchor(|op| {
+        matches!(
+            op,
+            Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Softmax | Op::Reduce { .. }
+        )
+    })
+    .is_some()
+    {
         return vec![KernelKind::RowReduce];
     }
     if anchor(|op| matches!(op, Op::Gather)).is_some() {
@@ -71,21 +97,19 @@ pub(crate) fn templates(body: &[BodyOp], inputs: &[TensorType], target: &TargetS
     if anchor(|op| matches!(op, Op::KvAppend)).is_some() {
         return vec![KernelKind::KvAppend];
     }
-    let layout_only = body
-        .iter()
-        .all(|b| matches!(b.op, Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. } | Op::Concat { .. } | Op::Expand { .. }));
-    vec![if layout_only { KernelKind::Layout } else { KernelKind::Elementwise }]
-}
-
-/// The quantized counterparts of matmul templates for a `format` weight.
-fn quantized(candidates: &[KernelKind], format: DType) -> Vec<KernelKind> {
-    candidates
-        .iter()
-        .filter_map(|k| match *k {
-            KernelKind::Gemv { tile_n, split_k } => Some(KernelKind::QGemv { format, tile_n, split_k }),
-            KernelKind::FlatGemm { tile_n, tile_k } => Some(KernelKind::QGemm { format, tile_m: 8, tile_n, tile_k }),
-            KernelKind::Gemm { tile_m, tile_n, tile_k, .. } => Some(KernelKind::QGemm { format, tile_m, tile_n, tile_k }),
-            _ => None,
-        })
-        .collect()
+    let layout_only = body.iter().all(|b| {
+        matches!(
+            b.op,
+            Op::Reshape { .. }
+                | Op::Permute { .. }
+                | Op::Slice { .. }
+                | Op::Concat { .. }
+                | Op::Expand { .. }
+        )
+    });
+    vec![if layout_only {
+        KernelKind::Layout
+    } else {
+        KernelKind::Elementwise
+    }]
 }

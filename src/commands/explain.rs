@@ -1,0 +1,163 @@
+//! `tessera explain MODEL --target T --emit graph|egraph|kernels`: what the optimizer sees and
+//! chooses, per entry point. MODEL may be a folder with only config.json (shapes, no weights).
+
+use super::print_json;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tessera_ir::DimEnv;
+use tessera_passes::cost::{Roofline, TargetSpec};
+use tessera_passes::optimize::{default_bucket, optimize_entry, EntryReport};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Emit {
+    /// The tensor Graph of each entry point.
+    Graph,
+    /// E-graph statistics per phase and segment: nodes, classes, iterations, time, stop reason.
+    Egraph,
+    /// The chosen kernels: template, tiles, fused body, estimated time.
+    Kernels,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A Hugging Face folder; config.json alone is enough.
+    model: PathBuf,
+    /// The target whose cost model drives the choices: cpu, sm_80, sm_90, vulkan.
+    #[arg(long, default_value = "cpu")]
+    target: String,
+    /// What to show.
+    #[arg(long, value_enum, default_value_t = Emit::Kernels)]
+    emit: Emit,
+    /// Only this entry point (prefill or decode).
+    #[arg(long)]
+    entry: Option<String>,
+    /// Override the shape bucket, e.g. `seq=4` or `past=4096,batch=2`.
+    #[arg(long, value_name = "SYM=N,…")]
+    bucket: Option<String>,
+    /// Print one JSON object on the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Explanation {
+    target: String,
+    optimize_seconds: f64,
+    kernels_per_layer: BTreeMap<String, usize>,
+    entries: Vec<EntryReport>,
+}
+
+fn parse_bucket(text: &str, env: &mut DimEnv) -> Result<()> {
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("--bucket entry `{part}` is not SYM=N"))?;
+        let v: usize = v
+            .trim()
+            .parse()
+            .with_context(|| format!("--bucket value `{v}` is not a number"))?;
+        env.insert(k.trim().to_string(), v);
+    }
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let module = tessera::load_module(&args.model)?;
+    let target = TargetSpec::by_name(&args.target).map_err(anyhow::Error::msg)?;
+    let cost = Roofline {
+        target: target.clone(),
+    };
+    let entries: Vec<_> = module
+        .entries
+        .iter()
+        .filter(|e| args.entry.as_ref().is_none_or(|n| *n == e.name))
+        .collect();
+    if entries.is_empty() {
+        bail!(
+            "no entry point `{}` (the model has prefill and decode)",
+            args.entry.unwrap_or_default()
+        );
+    }
+    let mut explanation = Explanation {
+        target: target.name.clone(),
+        optimize_seconds: 0.0,
+        kernels_per_layer: BTreeMap::new(),
+        entries: vec![],
+    };
+    for entry in entries {
+        if args.emit == Emit::Graph && !args.json {
+            println!("entry {}:\n{}", entry.name, entry.graph);
+            continue;
+        }
+        let mut env = default_bucket(&entry.name, &module.info);
+        if let Some(b) = &args.bucket {
+            parse_bucket(b, &mut env)?;
+        }
+        let (kg, report) = optimize_entry(entry, &target, &cost, &env)?;
+        explanation.optimize_seconds += report.optimize_seconds;
+        explanation
+            .kernels_per_layer
+            .insert(entry.name.clone(), report.kernels_per_layer);
+        if !args.json {
+            print_entry(&report, &kg, args.emit);
+        }
+        explanation.entries.push(report);
+    }
+    if args.json {
+        return print_json(&explanation);
+    }
+    if args.emit != Emit::Graph {
+        println!(
+            "optimized in {:.3}s for {}",
+            explanation.optimize_seconds, explanation.target
+        );
+    }
+    Ok(())
+}
+
+fn print_entry(report: &EntryReport, kg: &tessera_ir::kernel::KernelGraph, emit: Emit) {
+    let bucket: Vec<String> = report
+        .bucket
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "entry {} [{}]: {} kernels ({} per layer), estimated {:.1} µs, optimized in {:.3}s",
+        report.entry,
+        bucket.join(", "),
+        report.kernels,
+        report.kernels_per_layer,
+        report.estimated_seconds * 1e6,
+        report.optimize_seconds
+    );
+    match emit {
+        Emit::Egraph => {
+            for seg in &report.segments {
+                let layers = if seg.layers.is_empty() {
+                    String::new()
+                } else {
+                    format!(" × {} layers", seg.layers.len())
+                };
+                println!(
+                    "  segment {}{layers}: {} kernels, extraction {:.3}s",
+                    seg.scope, seg.kernels, seg.extract_seconds
+                );
+                for p in &seg.phases {
+                    println!(
+                        "    {:<12} {:>7} nodes {:>6} classes {:>3} iterations {:>8.3}s  {}",
+                        p.phase.name(),
+                        p.nodes,
+                        p.classes,
+                        p.iterations,
+                        p.seconds,
+                        p.stop_reason
+                    );
+                }
+            }
+        }
+        Emit::Kernels => print!("{kg}"),
+        Emit::Graph => {}
+    }
+}
