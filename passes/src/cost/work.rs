@@ -208,6 +208,20 @@ impl Work {
                 _ => 0.0,
             };
         }
+        // An input read only through slices costs only the slices (the consumers of a merged
+        // projection each read their share of its output).
+        for (i, full) in work.input_bytes.iter_mut().enumerate() {
+            let uses: Vec<usize> = (0..body.len())
+                .filter(|&j| body[j].args.contains(&BodyArg::Input(i)))
+                .collect();
+            if !uses.is_empty() && uses.iter().all(|&j| matches!(body[j].op, Op::Slice { .. })) {
+                let sliced = uses
+                    .iter()
+                    .map(|&j| vals[j].bytes())
+                    .sum::<Result<f64, _>>()?;
+                *full = full.min(sliced);
+            }
+        }
         Ok(work)
     }
 
@@ -395,6 +409,24 @@ mod tests {
         let out = ty(DType::F32, &[1, 2, 11, 4]);
         let w = Work::analyze(&append, &inputs, &out, &DimEnv::new()).unwrap();
         assert_eq!(w.plain_bytes(), 2.0 * 8.0 * 4.0);
+    }
+
+    #[test]
+    fn sliced_inputs_cost_only_their_slices() {
+        let slice = Op::Slice {
+            axis: 1,
+            start: Dim::c(4),
+            end: Dim::c(6),
+        };
+        let body = [op(slice, &[BodyArg::Input(0)])];
+        let w = Work::analyze(
+            &body,
+            &[ty(DType::F32, &[3, 8])],
+            &ty(DType::F32, &[3, 2]),
+            &DimEnv::new(),
+        )
+        .unwrap();
+        assert_eq!(w.input_bytes, vec![3.0 * 2.0 * 4.0]);
     }
 
     #[test]
