@@ -324,6 +324,7 @@ mod tests {
             }],
             outputs: vec![("y".into(), BufferId(1))],
             derived_weights: vec![derived],
+            plan: Default::default(),
         };
         EntryPoint {
             name: name.into(),

@@ -245,6 +245,9 @@ pub struct KernelGraph {
     pub outputs: Vec<(String, BufferId)>,
     /// Weights the compile driver computes from the imported ones before writing the artifact.
     pub derived_weights: Vec<DerivedWeight>,
+    /// Where computed buffers live in the activation arena (empty when not planned).
+    #[serde(default)]
+    pub plan: crate::memory_plan::MemoryPlan,
 }
 
 impl KernelGraph {
@@ -704,6 +707,7 @@ pub(crate) mod tests {
             kernels,
             outputs: vec![("y".into(), BufferId(7)), ("cache".into(), BufferId(10))],
             derived_weights: vec![],
+            plan: Default::default(),
         }
     }
 

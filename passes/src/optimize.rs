@@ -52,6 +52,8 @@ pub struct EntryReport {
     pub kernels_per_layer: usize,
     pub kernels: usize,
     pub estimated_seconds: f64,
+    /// Activation arena for the bucket, after liveness-based reuse.
+    pub arena_bytes: usize,
     pub optimize_seconds: f64,
 }
 
@@ -122,8 +124,13 @@ pub fn optimize_entry(
             .instantiate(kg, seg, &unroll_name(&scope, seg.layer))
             .map_err(|m| fail(&scope, m))?;
     }
-    let kg = assembly.finish(graph).map_err(|m| fail("", m))?;
+    let mut kg = assembly.finish(graph).map_err(|m| fail("", m))?;
     kg.verify().map_err(|e| fail("", e.to_string()))?;
+    kg.plan = crate::plan::plan(&kg).map_err(|e| fail("memory plan", e.to_string()))?;
+    let (_, arena_bytes) = kg
+        .plan
+        .offsets(env)
+        .map_err(|e| fail("memory plan", e.to_string()))?;
     let kernels_per_layer = reports
         .iter()
         .find(|r| !r.layers.is_empty())
@@ -134,6 +141,7 @@ pub fn optimize_entry(
         kernels_per_layer,
         kernels: kg.kernels.iter().filter(|k| k.is_launched()).count(),
         estimated_seconds: kg.kernels.iter().map(|k| k.estimate_seconds).sum(),
+        arena_bytes,
         segments: reports,
         optimize_seconds: start.elapsed().as_secs_f64(),
     };

@@ -106,6 +106,7 @@ mod tests {
             }],
             outputs: vec![("y".into(), BufferId(2))],
             derived_weights: vec![],
+            plan: Default::default(),
         }
     }
 

@@ -124,12 +124,13 @@ fn print_entry(report: &EntryReport, kg: &tessera_ir::kernel::KernelGraph, emit:
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     println!(
-        "entry {} [{}]: {} kernels ({} per layer), estimated {:.1} µs, optimized in {:.3}s",
+        "entry {} [{}]: {} kernels ({} per layer), estimated {:.1} µs, arena {:.2} MB, optimized in {:.3}s",
         report.entry,
         bucket.join(", "),
         report.kernels,
         report.kernels_per_layer,
         report.estimated_seconds * 1e6,
+        report.arena_bytes as f64 / 1e6,
         report.optimize_seconds
     );
     match emit {

@@ -3,45 +3,10 @@
 //! lifetimes do not overlap share memory. Inputs, weights and the KV cache state are not in the
 //! arena; a lone reshape (launched as nothing) is a view of its source, not a buffer of its own.
 
-use serde::{Deserialize, Serialize};
 use tessera_ir::kernel::{BodyArg, BufferId, BufferSource, Kernel, KernelGraph};
-use tessera_ir::{DType, Dim, DimEnv};
+use tessera_ir::memory_plan::{Alias, MemoryPlan, Slot};
+use tessera_ir::{DType, Dim};
 use thiserror::Error;
-
-/// Arena offsets are multiples of this (a cache line; enough for any SIMD load or GPU vector
-/// access).
-pub const ARENA_ALIGN: usize = 64;
-
-/// One arena buffer: alive from the kernel that writes it through the last kernel that reads it
-/// (or through the last kernel when it is a graph output).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Slot {
-    pub buffer: BufferId,
-    /// Index of the kernel that writes it.
-    pub first: usize,
-    /// Index of the last kernel that reads it (itself or through a view).
-    pub last: usize,
-    /// numel · element bytes, over the graph's symbols.
-    pub bytes: Dim,
-}
-
-/// A computed buffer that is a view of another one (the output of a reshape that launches
-/// nothing): it lives at `of`'s memory, an arena slot or an input/weight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Alias {
-    pub buffer: BufferId,
-    pub of: BufferId,
-}
-
-/// The memory plan of one KernelGraph: computed once per compile; [`MemoryPlan::offsets`] places
-/// it for each shape bucket.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemoryPlan {
-    /// In buffer order.
-    pub slots: Vec<Slot>,
-    /// In buffer order; `of` is never itself an alias.
-    pub aliases: Vec<Alias>,
-}
 
 /// Why a KernelGraph cannot be planned or placed.
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -60,6 +25,8 @@ pub enum PlanError {
     UnknownBuffer { buffer: BufferId, user: String },
     #[error("size of buffer {buffer}: {message}")]
     Size { buffer: BufferId, message: String },
+    #[error(transparent)]
+    Offsets(#[from] tessera_ir::IrError),
 }
 
 /// Plans the computed buffers of `kg`: liveness by kernel index, symbolic sizes, and views.
@@ -136,12 +103,19 @@ pub fn plan(kg: &KernelGraph) -> Result<MemoryPlan, PlanError> {
     Ok(plan)
 }
 
-/// The input a kernel that launches nothing (a chain of reshapes) is a view of.
+/// The input whose memory a kernel's output occupies: a kernel that launches nothing (a chain of
+/// reshapes) is a view of its input, and a KV append writes into the cache it extends (the cache
+/// is allocated for the whole context, so appending is in place).
 fn viewed_input(kernel: &Kernel) -> Option<BufferId> {
-    if kernel.is_launched() {
+    let last = kernel.body.last()?;
+    let in_place = matches!(last.op, tessera_ir::Op::KvAppend);
+    if kernel.is_launched() && !in_place {
         return None;
     }
-    let mut arg = BodyArg::Op(kernel.body.len().checked_sub(1)?);
+    let mut arg = match in_place {
+        true => *last.args.first()?,
+        false => BodyArg::Op(kernel.body.len() - 1),
+    };
     loop {
         match arg {
             BodyArg::Input(i) => return kernel.inputs.get(i).copied(),
@@ -150,89 +124,12 @@ fn viewed_input(kernel: &Kernel) -> Option<BufferId> {
     }
 }
 
-fn align_up(n: usize) -> usize {
-    n.div_ceil(ARENA_ALIGN) * ARENA_ALIGN
-}
-
-/// A slot placed in the arena.
-struct Placed {
-    offset: usize,
-    end: usize,
-    first: usize,
-    last: usize,
-}
-
-impl MemoryPlan {
-    /// Arena offsets for the shape bucket `env` and the arena's size: sizes are evaluated, then
-    /// slots are placed largest first, each at the lowest `ARENA_ALIGN`-aligned offset where it
-    /// overlaps no placed slot whose lifetime overlaps its own (greedy first fit). Returns an
-    /// offset for every slot and for every alias of a slot, in buffer order; aliases of inputs
-    /// and weights are not in the arena and not listed.
-    pub fn offsets(&self, env: &DimEnv) -> Result<(Vec<(BufferId, usize)>, usize), PlanError> {
-        let sizes = self
-            .slots
-            .iter()
-            .map(|s| {
-                s.bytes.eval(env).map_err(|message| PlanError::Size {
-                    buffer: s.buffer,
-                    message,
-                })
-            })
-            .collect::<Result<Vec<usize>, _>>()?;
-        let mut order: Vec<usize> = (0..self.slots.len()).collect();
-        order.sort_by_key(|&i| {
-            (
-                std::cmp::Reverse(sizes[i]),
-                self.slots[i].first,
-                self.slots[i].buffer,
-            )
-        });
-        let mut placed: Vec<Placed> = Vec::with_capacity(order.len());
-        let mut offsets: Vec<(BufferId, usize)> = Vec::with_capacity(order.len());
-        for i in order {
-            let slot = &self.slots[i];
-            let mut conflicts: Vec<&Placed> = placed
-                .iter()
-                .filter(|p| p.first <= slot.last && slot.first <= p.last)
-                .collect();
-            conflicts.sort_by_key(|p| p.offset);
-            let mut offset = 0;
-            for p in conflicts {
-                if offset + sizes[i] <= p.offset {
-                    break;
-                }
-                offset = offset.max(align_up(p.end));
-            }
-            placed.push(Placed {
-                offset,
-                end: offset + sizes[i],
-                first: slot.first,
-                last: slot.last,
-            });
-            offsets.push((slot.buffer, offset));
-        }
-        let arena = align_up(placed.iter().map(|p| p.end).max().unwrap_or(0));
-        let views: Vec<(BufferId, usize)> = self
-            .aliases
-            .iter()
-            .filter_map(|a| {
-                offsets
-                    .iter()
-                    .find(|(b, _)| *b == a.of)
-                    .map(|&(_, offset)| (a.buffer, offset))
-            })
-            .collect();
-        offsets.extend(views);
-        offsets.sort_by_key(|&(b, _)| b);
-        Ok((offsets, arena))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use tessera_ir::kernel::{BodyOp, Buffer, KernelKind};
+    use tessera_ir::memory_plan::{align_up, ARENA_ALIGN};
+    use tessera_ir::DimEnv;
     use tessera_ir::{Op, TensorType, UnaryOp};
 
     fn buffer(dtype: DType, shape: &[Dim], source: BufferSource) -> Buffer {
@@ -275,6 +172,7 @@ mod tests {
             kernels: (0..n).map(|i| exp(i, i + 1)).collect(),
             outputs: vec![("y".into(), BufferId(n))],
             derived_weights: vec![],
+            plan: Default::default(),
         }
     }
 
@@ -352,6 +250,7 @@ mod tests {
             ],
             outputs: vec![("y".into(), BufferId(4))],
             derived_weights: vec![],
+            plan: Default::default(),
         };
         kg.verify().unwrap();
         let plan = plan(&kg).unwrap();
@@ -403,48 +302,57 @@ mod tests {
     }
 
     #[test]
+    fn kv_append_writes_into_its_cache() {
+        let cache = [Dim::c(1), Dim::c(2), Dim::sym("past"), Dim::c(4)];
+        let new = [Dim::c(1), Dim::c(2), Dim::c(1), Dim::c(4)];
+        let appended = [
+            Dim::c(1),
+            Dim::c(2),
+            Dim::sym("past") + Dim::c(1),
+            Dim::c(4),
+        ];
+        let kg = KernelGraph {
+            buffers: vec![
+                buffer(DType::F32, &cache, BufferSource::Input("cache.0.k".into())),
+                buffer(DType::F32, &new, BufferSource::Input("k".into())),
+                buffer(DType::F32, &new, BufferSource::Computed),
+                buffer(DType::F32, &appended, BufferSource::Computed),
+            ],
+            kernels: vec![
+                exp(1, 2),
+                Kernel {
+                    body: vec![BodyOp {
+                        op: Op::KvAppend,
+                        args: vec![BodyArg::Input(0), BodyArg::Input(1)],
+                    }],
+                    inputs: vec![BufferId(0), BufferId(2)],
+                    ..kernel(KernelKind::KvAppend, Op::KvAppend, 0, 3)
+                },
+            ],
+            outputs: vec![("cache.0.k".into(), BufferId(3))],
+            derived_weights: vec![],
+            plan: Default::default(),
+        };
+        let plan = plan(&kg).unwrap();
+        assert_eq!(
+            plan.aliases,
+            vec![Alias {
+                buffer: BufferId(3),
+                of: BufferId(0)
+            }]
+        );
+        assert_eq!(
+            plan.slots.iter().map(|s| s.buffer).collect::<Vec<_>>(),
+            vec![BufferId(2)]
+        );
+    }
+
+    #[test]
     fn inputs_and_weights_are_not_in_the_arena() {
         let plan = plan(&chain(1)).unwrap();
         assert_eq!(plan.slots.len(), 1);
         assert_eq!(plan.slots[0].buffer, BufferId(1));
         let json = serde_json::to_string(&plan).unwrap();
         assert_eq!(serde_json::from_str::<MemoryPlan>(&json).unwrap(), plan);
-    }
-
-    fn arb_slots() -> impl Strategy<Value = Vec<Slot>> {
-        prop::collection::vec((0usize..12, 0usize..6, 0i64..5000), 1..24).prop_map(|raw| {
-            raw.into_iter()
-                .enumerate()
-                .map(|(i, (first, len, bytes))| Slot {
-                    buffer: BufferId(i as u32),
-                    first,
-                    last: first + len,
-                    bytes: Dim::c(bytes),
-                })
-                .collect()
-        })
-    }
-
-    proptest! {
-        #[test]
-        fn live_buffers_never_share_bytes(slots in arb_slots()) {
-            let plan = MemoryPlan { slots, aliases: vec![] };
-            let (offsets, arena) = plan.offsets(&DimEnv::new()).unwrap();
-            prop_assert_eq!(offsets.len(), plan.slots.len());
-            prop_assert_eq!(arena % ARENA_ALIGN, 0);
-            let size = |s: &Slot| s.bytes.as_const().unwrap() as usize;
-            let total: usize = plan.slots.iter().map(|s| align_up(size(s))).sum();
-            prop_assert!(arena <= total);
-            for (a, &(ida, oa)) in plan.slots.iter().zip(&offsets) {
-                prop_assert_eq!(a.buffer, ida);
-                prop_assert_eq!(oa % ARENA_ALIGN, 0);
-                prop_assert!(oa + size(a) <= arena);
-                for (b, &(_, ob)) in plan.slots.iter().zip(&offsets) {
-                    let live_together = a.buffer != b.buffer && a.first <= b.last && b.first <= a.last;
-                    let disjoint = oa + size(a) <= ob || ob + size(b) <= oa;
-                    prop_assert!(!live_together || disjoint, "{:?} and {:?} at {} and {}", a, b, oa, ob);
-                }
-            }
-        }
     }
 }

@@ -3,4 +3,5 @@
 
 mod memory;
 
-pub use memory::{plan, Alias, MemoryPlan, PlanError, Slot, ARENA_ALIGN};
+pub use memory::{plan, PlanError};
+pub use tessera_ir::memory_plan::{Alias, MemoryPlan, Slot, ARENA_ALIGN};
