@@ -296,3 +296,37 @@ fn unknown_architecture_is_named() {
     ]);
     assert!(err.contains("mamba2"), "{err}");
 }
+
+#[test]
+fn explain_works_from_a_config_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config-only");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(
+        fixture("llama3").join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let dir = dir.to_str().unwrap();
+    let report = last_json(&ok(&["explain", dir, "--target", "sm_90", "--json"]));
+    assert!(report["optimize_seconds"].as_f64().unwrap() > 0.0);
+    for entry in ["prefill", "decode"] {
+        let n = report["kernels_per_layer"][entry].as_u64().unwrap();
+        assert!((1..=12).contains(&n), "{entry}: {n} kernels per layer");
+    }
+    let egraph = ok(&["explain", dir, "--emit", "egraph", "--entry", "decode"]);
+    for phase in ["algebra", "recognition", "merge", "fusion", "selection"] {
+        assert!(egraph.contains(phase), "{egraph}");
+    }
+    assert!(
+        egraph.contains("saturated") && egraph.contains("× 2 layers"),
+        "{egraph}"
+    );
+    let kernels = ok(&[
+        "explain", dir, "--emit", "kernels", "--entry", "decode", "--bucket", "past=100",
+    ]);
+    assert!(kernels.contains("flash_decoding{splits"), "{kernels}");
+    assert!(ok(&["explain", dir, "--emit", "graph"]).contains("attention"));
+    assert!(fails(&["explain", dir, "--target", "tpu"]).contains("valid targets"));
+    assert!(fails(&["explain", dir, "--bucket", "seq"]).contains("SYM=N"));
+}

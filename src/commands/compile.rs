@@ -28,7 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         output: args.output,
         optimize: !args.no_opt,
     };
-    let bar = ByteProgress::new("writing weights");
+    let bar = ByteProgress::new("importing and optimizing");
     let report = compile_model(&args.model, &opts, &mut |done, total| {
         bar.update(done, total)
     })?;

@@ -21,7 +21,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let output = args
         .output
         .unwrap_or_else(|| std::env::temp_dir().join("tessera-demo.tsr"));
-    let bar = ByteProgress::new("writing weights");
+    let bar = ByteProgress::new("building and optimizing the demo model");
     let r = run_demo(&output, args.max_tokens, &mut |done, total| {
         bar.update(done, total)
     })?;

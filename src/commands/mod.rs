@@ -8,24 +8,31 @@ pub mod run;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// A byte-count progress bar on stderr (hidden when stderr is not a terminal).
+/// Progress on stderr (hidden when stderr is not a terminal): a spinner while the model is
+/// imported and optimized, then a byte bar once weights are written.
 pub struct ByteProgress(ProgressBar);
 
 impl ByteProgress {
-    pub fn new(message: &'static str) -> ByteProgress {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
-        bar.set_message(message);
+    /// Starts the spinner with `preparing` (what happens before bytes flow).
+    pub fn new(preparing: &'static str) -> ByteProgress {
+        let bar = ProgressBar::new_spinner();
+        bar.set_message(preparing);
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
         ByteProgress(bar)
     }
 
-    /// The callback the compile driver reports `(done, total)` bytes through.
+    /// The callback the compile driver reports `(done, total)` written weight bytes through.
     pub fn update(&self, done: u64, total: u64) {
-        self.0.set_length(total);
+        if self.0.length() != Some(total) {
+            self.0.set_style(
+                ProgressStyle::with_template(
+                    "writing weights [{bar:30}] {bytes}/{total_bytes} ({eta})",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            self.0.set_length(total);
+        }
         self.0.set_position(done);
     }
 
