@@ -130,9 +130,10 @@ impl<'a> Problem<'a> {
                         continue;
                     }
                     needs.insert(class);
-                    let price = |i: usize| match (prepaid.contains(i), i == class) {
-                        (true, _) => 0.0,
-                        (false, true) => *own,
+                    // A prepaid class is free to its readers, but still picks its own cheapest node.
+                    let price = |i: usize| match (i == class, prepaid.contains(i)) {
+                        (true, _) => *own,
+                        (false, true) => 0.0,
                         (false, false) => best[i].as_ref().map_or(0.0, |b| b.own),
                     };
                     let total: f64 = needs.iter().map(price).sum();
@@ -199,8 +200,8 @@ impl<'a> Problem<'a> {
         Ok(())
     }
 
-    /// Classes worth trying as shared: priced (non-free) choices that nodes of at least two other
-    /// classes read.
+    /// Classes worth trying as shared: matmul results (merged projections are what several
+    /// consumers share) that nodes of at least two other classes read.
     fn shareable(&self) -> Vec<usize> {
         let mut readers: Vec<HashSet<usize>> = vec![HashSet::new(); self.nodes.len()];
         for (class, nodes) in self.nodes.iter().enumerate() {
@@ -208,8 +209,17 @@ impl<'a> Problem<'a> {
                 readers[*c].insert(class);
             }
         }
-        (0..self.nodes.len())
-            .filter(|&i| readers[i].len() >= 2 && self.nodes[i].iter().any(|c| c.own > 0.0))
+        let matmul = |id: Id| {
+            self.egraph[id]
+                .nodes
+                .iter()
+                .any(|n| matches!(n, TNode::MatMul(_) | TNode::QuantMatMul(_)))
+        };
+        self.egraph
+            .classes()
+            .enumerate()
+            .filter(|(i, c)| readers[*i].len() >= 2 && matmul(c.id))
+            .map(|(i, _)| i)
             .collect()
     }
 }
