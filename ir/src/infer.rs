@@ -354,7 +354,9 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Res {
             }
         }
         Op::Attention { window, .. } => {
-            arity(op, inputs, 3)?;
+            if inputs.len() != 4 {
+                arity(op, inputs, 3)?;
+            }
             let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
             for (what, t) in [("q", q), ("k", k), ("v", v)] {
                 want_float(what, t)?;
@@ -376,6 +378,22 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Res {
             }
             if *window == Some(0) {
                 return Err("attention window must be ≥ 1".into());
+            }
+            if let Some(mask) = inputs.get(3) {
+                want_float("attention mask", mask)?;
+                let scores = [
+                    q.shape[0].clone(),
+                    q.shape[1].clone(),
+                    q.shape[2].clone(),
+                    k.shape[2].clone(),
+                ];
+                if broadcast(&mask.shape, &scores).as_deref() != Ok(&scores[..]) {
+                    return Err(format!(
+                        "attention mask {} does not broadcast to the scores {}",
+                        shape_string(&mask.shape),
+                        shape_string(&scores)
+                    ));
+                }
             }
             let shape = vec![
                 q.shape[0].clone(),
@@ -485,6 +503,31 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("multiple of kv heads"), "{err}");
+        let attention = Op::Attention {
+            scale: 0.25,
+            causal: false,
+            window: None,
+        };
+        for (name, mask) in [
+            ("m0", s(&["seq", "past + seq"])),
+            ("m1", s(&["b", "1", "seq", "past + seq"])),
+            ("m2", s(&["b", "8", "1", "past + seq"])),
+        ] {
+            let m = g.input(name, DType::F32, mask);
+            let a = g.add(attention.clone(), &[q, kk, kk, m]).unwrap();
+            assert_eq!(g.ty(a).shape, s(&["b", "8", "seq", "16"]));
+        }
+        let wide = g.input("wide", DType::F32, s(&["2", "b", "8", "seq", "past + seq"]));
+        let err = g.add(attention.clone(), &[q, kk, kk, wide]).unwrap_err();
+        assert!(err.to_string().contains("does not broadcast"), "{err}");
+        let short = g.input("short", DType::F32, s(&["seq", "seq"]));
+        let err = g.add(attention.clone(), &[q, kk, kk, short]).unwrap_err();
+        assert!(err.to_string().contains("does not broadcast"), "{err}");
+        let flags = g.input("flags", DType::Bool, s(&["seq", "past + seq"]));
+        let err = g.add(attention.clone(), &[q, kk, kk, flags]).unwrap_err();
+        assert!(err.to_string().contains("float"), "{err}");
+        let err = g.add(attention, &[q, kk]).unwrap_err();
+        assert!(err.to_string().contains("takes 3 inputs"), "{err}");
     }
 
     #[test]

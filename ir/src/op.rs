@@ -117,10 +117,13 @@ pub enum Op {
     /// rotated by angle position·inv_freq; the remaining D − R dims pass through. All RoPE scaling
     /// schemes (linear, llama3, …) are expressed through `inv_freq`.
     Rope { layout: RopeLayout },
-    /// (q: [B, Hq, S, D], k: [B, Hkv, T, D], v: [B, Hkv, T, Dv]) → [B, Hq, S, Dv];
-    /// softmax(scale·q·kᵀ)·v with query head h reading KV head h / (Hq / Hkv) (GQA). Queries are the
-    /// last S positions of the T keys: with `causal`, query i sees keys j ≤ T − S + i; with
-    /// `window = Some(w)` also only keys j > T − S + i − w (sliding window).
+    /// (q: [B, Hq, S, D], k: [B, Hkv, T, D], v: [B, Hkv, T, Dv] [, mask]) → [B, Hq, S, Dv];
+    /// softmax(scale·q·kᵀ [+ mask])·v with query head h reading KV head h / (Hq / Hkv) (GQA).
+    /// The optional fourth input `mask` is a float tensor broadcasting (numpy rules) to the scores'
+    /// shape [B, Hq, S, T]; it is added to scale·q·kᵀ before the causal/window masking and the
+    /// softmax. Queries are the last S positions of the T keys: with `causal`, query i sees keys
+    /// j ≤ T − S + i; with `window = Some(w)` also only keys j > T − S + i − w (sliding window).
+    /// A query row that sees no key (all masked, or all −∞ after adding `mask`) is zeros.
     Attention {
         scale: f32,
         causal: bool,

@@ -226,8 +226,12 @@ fn eval_op(node: &Node, args: &[&Tensor], shape: &[usize], env: &DimEnv) -> Resu
             causal,
             window,
         } => {
-            let [q, k, v] = take(args)?;
-            attention::attention(q, k, v, *scale, *causal, *window)
+            let (qkv, mask) = match args {
+                [q, k, v, mask] => ([*q, *k, *v], Some(*mask)),
+                _ => (take::<3>(args)?, None),
+            };
+            let [q, k, v] = qkv;
+            attention::attention(q, k, v, mask, *scale, *causal, *window)
         }
         Op::KvAppend => {
             let [cache, new] = take(args)?;

@@ -180,6 +180,8 @@ impl Work {
                     }
                     flops
                 }
+                // An additive mask (a fourth argument) is read like any input, through
+                // `input_bytes`; it adds no flops worth counting next to q·kᵀ.
                 Op::Attention { causal, window, .. } => {
                     let kv = [root(body, step.args[1]), root(body, step.args[2])];
                     let core = attention_core(&args, *causal, *window, kv);
@@ -353,6 +355,45 @@ mod tests {
             op,
             args: args.to_vec(),
         }
+    }
+
+    #[test]
+    fn attention_mask_is_read_but_adds_no_flops() {
+        let attention = Op::Attention {
+            scale: 0.5,
+            causal: false,
+            window: None,
+        };
+        let (q, k, v) = (
+            ty(DType::F32, &[1, 8, 4, 16]),
+            ty(DType::F16, &[1, 2, 6, 16]),
+            ty(DType::F16, &[1, 2, 6, 16]),
+        );
+        let mask = ty(DType::F32, &[4, 6]);
+        let out = ty(DType::F32, &[1, 8, 4, 16]);
+        let args = [0, 1, 2, 3].map(BodyArg::Input);
+        let plain = Work::analyze(
+            &[op(attention.clone(), &args[..3])],
+            &[q.clone(), k.clone(), v.clone()],
+            &out,
+            &DimEnv::new(),
+        )
+        .unwrap();
+        let masked = Work::analyze(
+            &[op(attention, &args)],
+            &[q, k, v, mask],
+            &out,
+            &DimEnv::new(),
+        )
+        .unwrap();
+        assert_eq!(masked.flops, plain.flops);
+        assert_eq!(masked.input_bytes[3], 4.0 * 6.0 * 4.0);
+        assert_eq!(
+            masked.plain_bytes(),
+            plain.plain_bytes() + masked.input_bytes[3]
+        );
+        let att = masked.attention.unwrap();
+        assert_eq!((att.pairs, att.kv_inputs.clone()), (24.0, vec![1, 2]));
     }
 
     #[test]

@@ -33,6 +33,8 @@ define_language! {
         "layer_norm" = LayerNorm([Id; 4]),
         "rope" = Rope([Id; 4]),
         "attention" = Attention([Id; 6]),
+        // (attention_masked scale causal window q k v mask): `Attention` with its additive mask.
+        "attention_masked" = AttentionMasked([Id; 7]),
         "dequantize" = Dequantize([Id; 1]),
         "quant_matmul" = QuantMatMul([Id; 3]),
         "kv_append" = KvAppend([Id; 2]),

@@ -55,14 +55,17 @@ pub fn op_node(op: &Op, inputs: &[Id], add: &mut dyn FnMut(TNode) -> Id) -> TNod
             scale,
             causal,
             window,
-        } => TNode::Attention([
-            attr(Attr::Float(Bits::new(*scale as f64))),
-            attr(Attr::Bool(*causal)),
-            attr(Attr::Window(*window)),
-            i(0),
-            i(1),
-            i(2),
-        ]),
+        } => {
+            let (s, c, w) = (
+                attr(Attr::Float(Bits::new(*scale as f64))),
+                attr(Attr::Bool(*causal)),
+                attr(Attr::Window(*window)),
+            );
+            match inputs {
+                [q, k, v, mask] => TNode::AttentionMasked([s, c, w, *q, *k, *v, *mask]),
+                _ => TNode::Attention([s, c, w, i(0), i(1), i(2)]),
+            }
+        }
         Op::Dequantize => TNode::Dequantize([i(0)]),
         Op::QuantMatMul { transpose_b } => {
             TNode::QuantMatMul([attr(Attr::Bool(*transpose_b)), i(0), i(1)])
@@ -189,6 +192,17 @@ pub fn node_op(node: &TNode, attr: &dyn Fn(Id) -> Option<Attr>) -> Option<(Op, V
             ),
             _ => return None,
         },
+        TNode::AttentionMasked([s, c, w, q, k, v, mask]) => match attr(*w)? {
+            Attr::Window(window) => (
+                Op::Attention {
+                    scale: float(*s)? as f32,
+                    causal: boolean(*c)?,
+                    window,
+                },
+                vec![*q, *k, *v, *mask],
+            ),
+            _ => return None,
+        },
         TNode::Dequantize([w]) => (Op::Dequantize, vec![*w]),
         TNode::QuantMatMul([tb, a, b]) => (
             Op::QuantMatMul {
@@ -267,5 +281,25 @@ mod tests {
                 node_op(&node, &attr).unwrap_or_else(|| panic!("{op:?} did not convert back"));
             assert_eq!(back, op);
         }
+        // Attention with a mask (a fourth input) is its own node and keeps all four inputs.
+        let mut expr: RecExpr<TNode> = RecExpr::default();
+        let ids: Vec<Id> = (0..4)
+            .map(|n| expr.add(TNode::Attr(Attr::Int(n))))
+            .collect();
+        let op = Op::Attention {
+            scale: 0.5,
+            causal: false,
+            window: None,
+        };
+        let node = op_node(&op, &ids, &mut |n| expr.add(n));
+        assert!(matches!(node, TNode::AttentionMasked(_)), "{node:?}");
+        let attr = |id: Id| match &expr[id] {
+            TNode::Attr(a) => Some(a.clone()),
+            _ => None,
+        };
+        let (back, inputs) = node_op(&node, &attr).expect("masked attention converts back");
+        assert_eq!((back, inputs), (op.clone(), ids.clone()));
+        let node = op_node(&op, &ids[..3], &mut |n| expr.add(n));
+        assert!(matches!(node, TNode::Attention(_)), "{node:?}");
     }
 }

@@ -7,9 +7,12 @@
 //!   may be a permute swapping k's last two axes or the matmul's `transpose_b`; k and v may be
 //!   broadcast from KV heads to query heads the way `repeat_kv` does it
 //!   (`reshape(expand(reshape(k, [B, Hkv, 1, T, D]), [B, Hkv, G, T, D]), [B, Hkv·G, T, D])`), in
-//!   which case the op reads the KV heads directly (it does GQA itself). Masked forms are not
-//!   recognized: proving that a mask is exactly the causal one is not worth its cost, and models
-//!   emit `Attention` themselves.
+//!   which case the op reads the KV heads directly (it does GQA itself). A mask given as
+//!   `select(…, −∞)` or proven causal is not recognized (not worth its cost; models emit causal
+//!   `Attention` themselves).
+//! - `attention-masked`: `softmax(s·q·kᵀ + mask)·v` (the add in either operand order, the scores
+//!   in any form `attention` accepts) → the same op with `mask` as its fourth input, which it adds
+//!   to the scaled scores before the softmax. The mask must be f32 and broadcast to the scores.
 //! - `quant-matmul`: `matmul(x, dequantize(w))` → `quant_matmul(x, w)`, same `transpose_b`.
 //!   (`cast(dequantize(w), f32)` needs no rule here: dequantize yields f32, and `cast-identity`
 //!   removes the cast.)
@@ -17,31 +20,55 @@
 use super::algebra::swaps_last_two;
 use super::Rule;
 use crate::saturate::analysis::TEGraph;
-use crate::saturate::custom::{add_typed, constant, infer_on, pattern_rule, ty};
+use crate::saturate::custom::{add_typed, constant, infer_on, pattern_rule, ty, Bindings};
 use crate::saturate::lang::{Attr, TNode};
 use egg::{rewrite, Id};
 use tessera_ir::{BinaryOp, DType, Dim, Op, TensorType};
 
 pub(super) fn rules() -> Vec<Rule> {
     vec![
-        pattern_rule(
-            "attention",
-            "(matmul false (softmax ?z) ?v)",
-            |eg, class, m| {
-                let want = ty(eg, class)?.clone();
-                // In f16/bf16 the written-out form rounds the scores and probabilities between
-                // ops; the fused op does not, so only f32 attention is the same computation.
-                if want.dtype != DType::F32 {
-                    return None;
+        attention_rule("attention", "(matmul false (softmax ?z) ?v)", |eg, m| {
+            attention_candidates(eg, m["?z"], m["?v"])
+        }),
+        attention_rule(
+            "attention-masked",
+            "(matmul false (softmax (binary b:add ?x ?y)) ?v)",
+            |eg, m| {
+                let mut out = Vec::new();
+                for (z, mask) in [(m["?x"], m["?y"]), (m["?y"], m["?x"])] {
+                    if ty(eg, mask).map(|t| t.dtype) != Some(DType::F32) {
+                        continue;
+                    }
+                    for (op, mut args) in attention_candidates(eg, z, m["?v"]) {
+                        args.push(mask);
+                        out.push((op, args));
+                    }
                 }
-                let candidate = attention_candidates(eg, m["?z"], m["?v"])
-                    .into_iter()
-                    .find(|(op, args)| infer_on(eg, op, args).as_ref() == Some(&want))?;
-                add_typed(eg, &candidate.0, &candidate.1, &want)
+                out
             },
         ),
         rewrite!("quant-matmul"; "(matmul ?tb ?x (dequantize ?w))" => "(quant_matmul ?tb ?x ?w)"),
     ]
+}
+
+/// Attention ops (each with its inputs) a match of an attention pattern may equal, best first.
+type Candidates = fn(&TEGraph, &Bindings) -> Vec<(Op, Vec<Id>)>;
+
+/// A rule turning the matches of `pattern` (a `matmul` of a softmax) into the first of
+/// `candidates` that types as the matched class.
+fn attention_rule(name: &str, pattern: &str, candidates: Candidates) -> Rule {
+    pattern_rule(name, pattern, move |eg, class, m| {
+        let want = ty(eg, class)?.clone();
+        // In f16/bf16 the written-out form rounds the scores and probabilities between ops; the
+        // fused op does not, so only f32 attention is the same computation.
+        if want.dtype != DType::F32 {
+            return None;
+        }
+        let candidate = candidates(eg, m)
+            .into_iter()
+            .find(|(op, args)| infer_on(eg, op, args).as_ref() == Some(&want))?;
+        add_typed(eg, &candidate.0, &candidate.1, &want)
+    })
 }
 
 /// Every `Attention` op (with its q, k, v) that `matmul(softmax(z), v)` equals, best first: scaled

@@ -412,10 +412,23 @@ enum Scale {
     None,
 }
 
+/// The shape of an attention case's additive mask, relative to the scores [B, Hq, S, T].
+#[derive(Clone, Copy, Debug)]
+enum MaskShape {
+    /// [S, T]
+    Rows,
+    /// [B, 1, S, T]
+    PerBatch,
+    /// [B, Hq, S, T]
+    Full,
+}
+
 /// `softmax(scale(q·kᵀ))·v` over q [B, Hkv·G, S, D] (S = `seq` when symbolic) and k, v
 /// [B, H, T, D|Dv] — H = Hkv with k and v repeated to the query heads by the `repeat_kv` chain
-/// when `gqa`, else H = Hkv·G — with kᵀ a permute or the matmul's `transpose_b`.
-pub(super) fn written_out_attention() -> impl Strategy<Value = Case> {
+/// when `gqa`, else H = Hkv·G — with kᵀ a permute or the matmul's `transpose_b`. When `masked`,
+/// an f32 input `mask` ([S, T], [B, 1, S, T] or [B, Hq, S, T]; finite, multiples of 1/16) is
+/// added to the scaled scores before the softmax, on either side of the add.
+pub(super) fn written_out_attention(masked: bool) -> impl Strategy<Value = Case> {
     let sizes = (
         1usize..=2,
         1usize..=2,
@@ -435,45 +448,78 @@ pub(super) fn written_out_attention() -> impl Strategy<Value = Case> {
             Scale::None,
         ]),
     );
-    (sizes, forms, sixteenths(2, 16), any::<bool>(), any::<u64>()).prop_map(
-        |((b, hkv, groups, s, t, d, dv), (gqa, permuted, scale), c, symbolic, seed)| {
-            let mut env = DimEnv::new();
-            let hq = hkv * groups;
-            let h = if gqa { hkv } else { hq };
-            let q_shape = dims(&[b, hq, s, d], symbolic.then_some(2), &mut env);
-            case(env, seed, |g| {
-                let q = g.input("q", DType::F32, q_shape);
-                let k = g.input("k", DType::F32, [b, h, t, d].map(Dim::from).to_vec());
-                let v = g.input("v", DType::F32, [b, h, t, dv].map(Dim::from).to_vec());
-                let (k, v) = if gqa {
-                    (repeat_kv(g, k, groups), repeat_kv(g, v, groups))
-                } else {
-                    (k, v)
-                };
-                let scores = if permuted {
-                    let kt = add(
-                        g,
-                        Op::Permute {
-                            perm: vec![0, 1, 3, 2],
-                        },
-                        &[k],
-                    );
-                    add(g, Op::MatMul { transpose_b: false }, &[q, kt])
-                } else {
-                    add(g, Op::MatMul { transpose_b: true }, &[q, k])
-                };
-                let c = g.constant(c, DType::F32);
-                let z = match scale {
-                    Scale::MulRight => mul(g, scores, c),
-                    Scale::MulLeft => add(g, Op::Binary(BinaryOp::Mul), &[c, scores]),
-                    Scale::Div => add(g, Op::Binary(BinaryOp::Div), &[scores, c]),
-                    Scale::None => scores,
-                };
-                let p = add(g, Op::Softmax, &[z]);
-                add(g, Op::MatMul { transpose_b: false }, &[p, v])
-            })
-        },
+    let mask = (
+        select(vec![MaskShape::Rows, MaskShape::PerBatch, MaskShape::Full]),
+        any::<bool>(),
+    );
+    (
+        sizes,
+        forms,
+        sixteenths(2, 16),
+        any::<bool>(),
+        mask,
+        any::<u64>(),
     )
+        .prop_map(
+            move |(
+                (b, hkv, groups, s, t, d, dv),
+                (gqa, permuted, scale),
+                c,
+                symbolic,
+                (mask_shape, mask_left),
+                seed,
+            )| {
+                let mut env = DimEnv::new();
+                let hq = hkv * groups;
+                let h = if gqa { hkv } else { hq };
+                let q_shape = dims(&[b, hq, s, d], symbolic.then_some(2), &mut env);
+                let seq = q_shape[2].clone();
+                case(env, seed, |g| {
+                    let q = g.input("q", DType::F32, q_shape);
+                    let k = g.input("k", DType::F32, [b, h, t, d].map(Dim::from).to_vec());
+                    let v = g.input("v", DType::F32, [b, h, t, dv].map(Dim::from).to_vec());
+                    let (k, v) = if gqa {
+                        (repeat_kv(g, k, groups), repeat_kv(g, v, groups))
+                    } else {
+                        (k, v)
+                    };
+                    let scores = if permuted {
+                        let kt = add(
+                            g,
+                            Op::Permute {
+                                perm: vec![0, 1, 3, 2],
+                            },
+                            &[k],
+                        );
+                        add(g, Op::MatMul { transpose_b: false }, &[q, kt])
+                    } else {
+                        add(g, Op::MatMul { transpose_b: true }, &[q, k])
+                    };
+                    let c = g.constant(c, DType::F32);
+                    let z = match scale {
+                        Scale::MulRight => mul(g, scores, c),
+                        Scale::MulLeft => add(g, Op::Binary(BinaryOp::Mul), &[c, scores]),
+                        Scale::Div => add(g, Op::Binary(BinaryOp::Div), &[scores, c]),
+                        Scale::None => scores,
+                    };
+                    let z = if masked {
+                        let (b, hq, t) = (Dim::from(b), Dim::from(hq), Dim::from(t));
+                        let shape = match mask_shape {
+                            MaskShape::Rows => vec![seq, t],
+                            MaskShape::PerBatch => vec![b, Dim::c(1), seq, t],
+                            MaskShape::Full => vec![b, hq, seq, t],
+                        };
+                        let mask = g.input("mask", DType::F32, shape);
+                        let operands = if mask_left { [mask, z] } else { [z, mask] };
+                        add(g, Op::Binary(BinaryOp::Add), &operands)
+                    } else {
+                        z
+                    };
+                    let p = add(g, Op::Softmax, &[z]);
+                    add(g, Op::MatMul { transpose_b: false }, &[p, v])
+                })
+            },
+        )
 }
 
 /// HF's `repeat_kv`: [B, H, T, D] → [B, H·groups, T, D], query head h reading KV head h / groups.

@@ -13,7 +13,8 @@ proptest! {
     #[test]
     fn all_phases(case in prop_oneof![
         mini_block(),
-        written_out_attention(),
+        written_out_attention(false),
+        written_out_attention(true),
         projections(false),
         projections(true),
         dequantized_matmul(),

@@ -51,7 +51,8 @@ proven! {
     add_zero: "add-zero" => scalar_op(BinaryOp::Add, Just(0.0), false);
     zero_add: "zero-add" => scalar_op(BinaryOp::Add, Just(0.0), true);
     sub_zero: "sub-zero" => scalar_op(BinaryOp::Sub, Just(0.0), false);
-    attention: "attention" => written_out_attention();
+    attention: "attention" => written_out_attention(false);
+    attention_masked: "attention-masked" => written_out_attention(true);
     quant_matmul: "quant-matmul" => dequantized_matmul();
     merge_matmul: "merge-matmul" => projections(false);
     merge_quant_matmul: "merge-quant-matmul" => projections(true);
