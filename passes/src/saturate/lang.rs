@@ -120,16 +120,11 @@ pub enum Attr {
     Body(Body),
 }
 
-fn snake<T: fmt::Debug>(v: &T) -> String {
-    let camel = format!("{v:?}");
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_lowercase());
-    }
-    out
+/// An attribute enum's serde name (`silu`, `gelu_tanh`): the text `FromStr` reads back.
+fn serde_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v)
+        .map(|t| t.trim_matches('"').to_string())
+        .unwrap_or_default()
 }
 
 fn compact(d: &Dim) -> String {
@@ -151,10 +146,10 @@ impl fmt::Display for Attr {
             Attr::Dims(ds) => write!(f, "d:{}", list(ds, compact)),
             Attr::Axes(a) => write!(f, "a:{}", list(a, |x| x.to_string())),
             Attr::DType(t) => write!(f, "t:{t}"),
-            Attr::Unary(u) => write!(f, "u:{}", snake(u)),
-            Attr::Binary(b) => write!(f, "b:{}", snake(b)),
-            Attr::Reduce(r) => write!(f, "r:{}", snake(r)),
-            Attr::Layout(l) => write!(f, "l:{}", snake(l)),
+            Attr::Unary(u) => write!(f, "u:{}", serde_name(u)),
+            Attr::Binary(b) => write!(f, "b:{}", serde_name(b)),
+            Attr::Reduce(r) => write!(f, "r:{}", serde_name(r)),
+            Attr::Layout(l) => write!(f, "l:{}", serde_name(l)),
             Attr::Window(None) => f.write_str("w:none"),
             Attr::Window(Some(w)) => write!(f, "w:{w}"),
             Attr::Kind(k) => write!(
@@ -170,7 +165,7 @@ impl fmt::Display for Attr {
     }
 }
 
-fn enum_from_snake<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+fn from_serde_name<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     serde_json::from_str(&format!("\"{text}\"")).map_err(|_| format!("unknown value `{text}`"))
 }
 
@@ -204,10 +199,10 @@ impl FromStr for Attr {
             "t" => {
                 Attr::DType(DType::parse(rest).ok_or_else(|| format!("unknown dtype `{rest}`"))?)
             }
-            "u" => Attr::Unary(enum_from_snake(rest)?),
-            "b" => Attr::Binary(enum_from_snake(rest)?),
-            "r" => Attr::Reduce(enum_from_snake(rest)?),
-            "l" => Attr::Layout(enum_from_snake(rest)?),
+            "u" => Attr::Unary(from_serde_name(rest)?),
+            "b" => Attr::Binary(from_serde_name(rest)?),
+            "r" => Attr::Reduce(from_serde_name(rest)?),
+            "l" => Attr::Layout(from_serde_name(rest)?),
             "w" if rest == "none" => Attr::Window(None),
             "w" => Attr::Window(Some(int(rest)? as usize)),
             "k" => Attr::Kind(serde_json::from_str(rest).map_err(|e| e.to_string())?),
