@@ -3,14 +3,14 @@
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tessera_ir::artifact::{self, Manifest};
 use tessera_ir::interp::{self, Tensor};
-use tessera_ir::kernel::{DerivedWeight, BODY_OUTPUT};
+use tessera_ir::kernel::{BufferSource, DerivedWeight, KernelGraph, BODY_OUTPUT};
 use tessera_ir::{Module, WeightSpec};
 use tessera_models::{ImportedModel, Weight, WeightData};
 use tessera_passes::cost::{Roofline, TargetSpec};
@@ -111,7 +111,31 @@ pub fn optimize_model(model: &mut ImportedModel, target: Target) -> Result<Vec<E
         tracing::info!(entry = %r.entry, kernels = r.kernels, per_layer = r.kernels_per_layer, seconds = r.optimize_seconds, "optimized");
     }
     materialize_derived_weights(model)?;
+    drop_unread_weights(model);
     Ok(reports)
+}
+
+/// Keeps only the weights some KernelGraph reads, once every entry point has one: projections
+/// merged at compile time would otherwise be stored twice (for TinyLlama, Q/K/V and gate/up are
+/// most of the model).
+fn drop_unread_weights(model: &mut ImportedModel) {
+    let graphs: Option<Vec<&KernelGraph>> = model
+        .module
+        .entries
+        .iter()
+        .map(|e| e.kernels.as_ref())
+        .collect();
+    let Some(graphs) = graphs else { return };
+    let read: BTreeSet<String> = graphs
+        .iter()
+        .flat_map(|kg| kg.buffers.iter())
+        .filter_map(|b| match &b.source {
+            BufferSource::Weight(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    model.weights.retain(|w| read.contains(&w.spec.name));
+    model.module.weights.retain(|w| read.contains(&w.name));
 }
 
 /// The Module of a model folder: imported with its weights when it has safetensors, built from
@@ -197,7 +221,8 @@ pub fn write_artifact(
 /// `model.module.weights`, in the dtype their body yields. Each derived weight is evaluated once
 /// with the reference interpreter, however many entry points read it; two entry points defining
 /// one name differently, or a name the module already declares, is an error. Later derived
-/// weights may read earlier ones.
+/// weights may read earlier ones. Afterwards the KernelGraphs list no derived weights: they are
+/// declared weights.
 pub fn materialize_derived_weights(model: &mut ImportedModel) -> Result<()> {
     let mut done: BTreeMap<String, DerivedWeight> = BTreeMap::new();
     let derived: Vec<DerivedWeight> = model
@@ -228,6 +253,16 @@ pub fn materialize_derived_weights(model: &mut ImportedModel) -> Result<()> {
         model.module.weights.push(weight.spec.clone());
         model.weights.push(weight);
         done.insert(d.name.clone(), d);
+    }
+    // Computed: from here on they are weights like any other (their names still say how they
+    // were made), and their sources need not be kept.
+    for kg in model
+        .module
+        .entries
+        .iter_mut()
+        .filter_map(|e| e.kernels.as_mut())
+    {
+        kg.derived_weights.clear();
     }
     Ok(())
 }

@@ -360,7 +360,10 @@ impl Module {
         for entry in &self.entries {
             let at = |msg: String| IrError::Invalid(format!("entry point `{}`: {msg}", entry.name));
             entry.graph.verify()?;
-            for node in &entry.graph.nodes {
+            // What executes must find its weights: the KernelGraph when there is one (the Graph
+            // then only documents the entry point, and weights merged away may be gone).
+            let graph_runs = entry.kernels.is_none();
+            for node in entry.graph.nodes.iter().filter(|_| graph_runs) {
                 if let Op::Weight { name } = &node.op {
                     let spec = self
                         .weight(name)

@@ -5,7 +5,7 @@
 use super::analysis::TEGraph;
 use super::extract::Extraction;
 use super::lang::{Attr, TNode};
-use super::ops::{attr_prefix, node_op};
+use super::ops::node_op;
 use crate::cost::CostModel;
 use egg::Id;
 use std::collections::HashMap;
@@ -23,48 +23,104 @@ pub fn to_kernel_graph(
     cost: &dyn CostModel,
     env: &DimEnv,
 ) -> Result<KernelGraph, String> {
-    let mut kg = KernelGraph::default();
-    let mut buffers: HashMap<Id, BufferId> = HashMap::new();
-    let attr = |id: Id| egraph[id].data.attr().cloned();
+    let mut lowering = Lowering {
+        egraph,
+        extraction,
+        kg: KernelGraph::default(),
+        buffers: HashMap::new(),
+    };
     for &id in &extraction.order {
-        let node = &extraction.choice[&id];
-        let Some(ty) = egraph[id].data.ty().cloned() else {
-            continue;
+        if let TNode::Kernel(children) = &extraction.choice[&id] {
+            lowering.kernel(id, children, scope, cost, env)?;
+        }
+    }
+    for (name, id) in outputs {
+        let b = lowering.buffer(egraph.find(*id))?;
+        lowering.kg.outputs.push((name.clone(), b));
+    }
+    Ok(lowering.kg)
+}
+
+/// The KernelGraph being built: kernels in extraction order; input and weight buffers created
+/// when something reads them (the sources of a derived weight are read at compile time only).
+struct Lowering<'a> {
+    egraph: &'a TEGraph,
+    extraction: &'a Extraction,
+    kg: KernelGraph,
+    buffers: HashMap<Id, BufferId>,
+}
+
+impl Lowering<'_> {
+    fn attr(&self, id: Id) -> Option<Attr> {
+        self.egraph[id].data.attr().cloned()
+    }
+
+    fn kernel(
+        &mut self,
+        id: Id,
+        children: &[Id],
+        scope: &str,
+        cost: &dyn CostModel,
+        env: &DimEnv,
+    ) -> Result<(), String> {
+        let (Some(Attr::Kind(kind)), Some(Attr::Body(body))) =
+            (self.attr(children[0]), self.attr(children[1]))
+        else {
+            return Err(format!(
+                "kernel node of e-class {id} lacks its kind or body"
+            ));
         };
-        let source = match node {
-            TNode::Input([n]) => BufferSource::Input(name(&attr(*n))?),
-            TNode::Weight([n]) => BufferSource::Weight(name(&attr(*n))?),
-            TNode::Kernel(children) => {
-                let (Some(Attr::Kind(kind)), Some(Attr::Body(body))) =
-                    (attr(children[0]), attr(children[1]))
-                else {
-                    return Err(format!(
-                        "kernel node of e-class {id} lacks its kind or body"
-                    ));
-                };
-                let args = &children[attr_prefix(node)..];
-                let inputs: Vec<BufferId> =
-                    args.iter().map(|a| buffers[&egraph.find(*a)]).collect();
-                let input_types: Vec<TensorType> =
-                    inputs.iter().map(|b| kg.buffer(*b).ty.clone()).collect();
-                let estimate_seconds = cost.kernel_cost(&kind, &body.ops, &input_types, &ty, env);
-                let output = push(&mut kg, ty, BufferSource::Computed);
-                kg.kernels.push(Kernel {
-                    scope: scope.to_string(),
-                    kind,
-                    body: body.ops.to_vec(),
-                    inputs,
-                    output,
-                    estimate_seconds,
-                });
-                buffers.insert(id, output);
-                continue;
-            }
-            _ if egraph[id].data.weight_only() => {
-                let derived = derive_weight(egraph, extraction, id)?;
+        let inputs = children[2..]
+            .iter()
+            .map(|a| self.buffer(self.egraph.find(*a)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let input_types: Vec<TensorType> = inputs
+            .iter()
+            .map(|b| self.kg.buffer(*b).ty.clone())
+            .collect();
+        let ty = self.egraph[id]
+            .data
+            .ty()
+            .cloned()
+            .ok_or_else(|| format!("kernel e-class {id} is not a tensor"))?;
+        let estimate_seconds = cost.kernel_cost(&kind, &body.ops, &input_types, &ty, env);
+        let output = push(&mut self.kg, ty, BufferSource::Computed);
+        self.kg.kernels.push(Kernel {
+            scope: scope.to_string(),
+            kind,
+            body: body.ops.to_vec(),
+            inputs,
+            output,
+            estimate_seconds,
+        });
+        self.buffers.insert(id, output);
+        Ok(())
+    }
+
+    /// The buffer holding class `id`: a kernel's output (already lowered), or an input, weight or
+    /// derived weight, created on first use.
+    fn buffer(&mut self, id: Id) -> Result<BufferId, String> {
+        if let Some(b) = self.buffers.get(&id) {
+            return Ok(*b);
+        }
+        let ty = self.egraph[id]
+            .data
+            .ty()
+            .cloned()
+            .ok_or_else(|| format!("e-class {id} is not a tensor"))?;
+        let source = match &self.extraction.choice[&id] {
+            TNode::Input([n]) => BufferSource::Input(name(&self.attr(*n))?),
+            TNode::Weight([n]) => BufferSource::Weight(name(&self.attr(*n))?),
+            _ if self.egraph[id].data.weight_only() => {
+                let derived = derive_weight(self.egraph, self.extraction, id)?;
                 let source = BufferSource::Weight(derived.name.clone());
-                if !kg.derived_weights.iter().any(|d| d.name == derived.name) {
-                    kg.derived_weights.push(derived);
+                if !self
+                    .kg
+                    .derived_weights
+                    .iter()
+                    .any(|d| d.name == derived.name)
+                {
+                    self.kg.derived_weights.push(derived);
                 }
                 source
             }
@@ -74,16 +130,10 @@ pub fn to_kernel_graph(
                 ))
             }
         };
-        buffers.insert(id, push(&mut kg, ty, source));
+        let b = push(&mut self.kg, ty, source);
+        self.buffers.insert(id, b);
+        Ok(b)
     }
-    for (name, id) in outputs {
-        let id = egraph.find(*id);
-        let b = buffers
-            .get(&id)
-            .ok_or_else(|| format!("output `{name}` was not extracted"))?;
-        kg.outputs.push((name.clone(), *b));
-    }
-    Ok(kg)
 }
 
 fn push(kg: &mut KernelGraph, ty: TensorType, source: BufferSource) -> BufferId {
