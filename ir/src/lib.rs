@@ -15,6 +15,7 @@ mod text;
 pub mod artifact;
 pub mod interp;
 pub mod kernel;
+pub mod lir;
 pub mod memory_plan;
 pub mod npy;
 pub mod quant;
