@@ -1,0 +1,381 @@
+use super::*;
+use tessera_ir::lir::{
+    Access, Axis, BinaryOp, CmpOp, Kernel, KernelBuilder, Literal, MemorySpace, ReduceOp,
+    ScalarType, SizeExpr, Special, Type, UnaryOp,
+};
+
+const F32: ScalarType = ScalarType::F32;
+const I32: ScalarType = ScalarType::I32;
+const I64: ScalarType = ScalarType::I64;
+
+/// Deterministic pseudo-random numbers in `[-1, 1)` (xorshift).
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn i32_bytes(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn to_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn to_i32(b: &[u8]) -> Vec<i32> {
+    b.chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn to_i64(b: &[u8]) -> Vec<i64> {
+    b.chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[f32], rel: f32) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rel * w.abs().max(1.0),
+            "element {i}: got {g}, want {w}"
+        );
+    }
+}
+
+/// A grid of `n` groups along x.
+fn grid_x(b: &mut KernelBuilder, n: SizeExpr) {
+    b.grid([n, SizeExpr::Const(1), SizeExpr::Const(1)]);
+}
+
+/// One output row per group: `y[row] = Σ_k w[row, k]·x[k]`, four lanes at a time.
+fn gemv_row() -> Kernel {
+    let mut b = KernelBuilder::new("gemv");
+    let w = b.buffer("w", F32, Access::Read);
+    let x = b.buffer("x", F32, Access::Read);
+    let y = b.buffer("y", F32, Access::Write);
+    let _n = b.scalar("n", I64);
+    let k = b.scalar("k", I64);
+    grid_x(&mut b, SizeExpr::Param(0));
+    let row = b.special(Special::GroupId(Axis::X));
+    let zero = b.const_f(0.0);
+    let acc0 = b.splat(zero, 4);
+    let start = b.const_i(0);
+    let base = b.mul(row, k);
+    let acc = b.for_range(start, k, 4, &[acc0], |b, kk, acc| {
+        let wi = b.add(base, kk);
+        let wv = b.load(w, wi, 4);
+        let xv = b.load(x, kk, 4);
+        vec![b.fma(wv, xv, acc[0])]
+    });
+    let sum = b.reduce_lanes(ReduceOp::Add, acc[0]);
+    b.store(y, row, sum);
+    b.finish()
+}
+
+#[test]
+fn gemv_matches_rust() {
+    let (n, k) = (7, 64);
+    let (w, x) = (random(n * k, 1), random(k, 2));
+    let compiled = compile(&gemv_row()).unwrap();
+    let (mut wb, mut xb, mut yb) = (f32_bytes(&w), f32_bytes(&x), vec![0u8; 4 * n]);
+    compiled
+        .launch(&mut [&mut wb, &mut xb, &mut yb], &[n as i64, k as i64])
+        .unwrap();
+    let want: Vec<f32> = (0..n)
+        .map(|r| (0..k).map(|c| w[r * k + c] * x[c]).sum())
+        .collect();
+    assert_close(&to_f32(&yb), &want, 1e-5);
+}
+
+#[test]
+fn clif_text_shows_the_fused_multiply_add() {
+    let text = clif_text(&gemv_row()).unwrap();
+    assert!(text.contains("fma"), "{text}");
+    assert!(text.contains("f32x4"), "{text}");
+}
+
+/// `y = exp(x) * 2 + 1`, four elements per group, the tail guarded by an `If`.
+#[test]
+fn elementwise_with_tail_guard() {
+    let mut b = KernelBuilder::new("exp2p1");
+    let x = b.buffer("x", F32, Access::Read);
+    let y = b.buffer("y", F32, Access::Write);
+    let n = b.scalar("n", I64);
+    grid_x(&mut b, SizeExpr::Param(0).ceil_div(4));
+    let group = b.special(Special::GroupId(Axis::X));
+    let four = b.const_i(4);
+    let base = b.mul(group, four);
+    let start = b.const_i(0);
+    b.for_range(start, four, 1, &[], |b, j, _| {
+        let i = b.add(base, j);
+        let inside = b.cmp(CmpOp::Lt, i, n);
+        b.if_then(inside, |b| {
+            let v = b.load(x, i, 1);
+            let e = b.unary(UnaryOp::Exp, v);
+            let (two, one) = (b.const_f(2.0), b.const_f(1.0));
+            let r = b.fma(e, two, one);
+            b.store(y, i, r);
+        });
+        vec![]
+    });
+    let compiled = compile(&b.finish()).unwrap();
+    let n = 37;
+    let xs = random(n, 3);
+    // One element more than `n`: the guard must leave it alone.
+    let (mut xb, mut yb) = (f32_bytes(&xs), f32_bytes(&vec![-7.0; n + 1]));
+    compiled
+        .launch(&mut [&mut xb, &mut yb], &[n as i64])
+        .unwrap();
+    let mut want: Vec<f32> = xs.iter().map(|v| v.exp() * 2.0 + 1.0).collect();
+    want.push(-7.0);
+    assert_close(&to_f32(&yb), &want, 1e-6);
+}
+
+/// Four lanes per group: `a < b ? (a + b) ^ b : (a << 3) >> 2` on `i32x4`.
+#[test]
+fn integer_vector_ops() {
+    let mut b = KernelBuilder::new("ints");
+    let a = b.buffer("a", I32, Access::Read);
+    let bb = b.buffer("b", I32, Access::Read);
+    let c = b.buffer("c", I32, Access::Write);
+    let _n = b.scalar("n", I64);
+    grid_x(&mut b, SizeExpr::Param(0).ceil_div(4));
+    let group = b.special(Special::GroupId(Axis::X));
+    let four = b.const_i(4);
+    let i = b.mul(group, four);
+    let (va, vb) = (b.load(a, i, 4), b.load(bb, i, 4));
+    let sum = b.add(va, vb);
+    let mixed = b.binary(BinaryOp::Xor, sum, vb);
+    let (three, two) = (
+        b.constant(Type::scalar(I32), Literal::I(3)),
+        b.constant(Type::scalar(I32), Literal::I(2)),
+    );
+    let (three, two) = (b.splat(three, 4), b.splat(two, 4));
+    let shl = b.binary(BinaryOp::Shl, va, three);
+    let shifted = b.binary(BinaryOp::Shr, shl, two);
+    let less = b.cmp(CmpOp::Lt, va, vb);
+    let r = b.select(less, mixed, shifted);
+    b.store(c, i, r);
+    let compiled = compile(&b.finish()).unwrap();
+    let len = 12;
+    let xs: Vec<i32> = random(len, 4).iter().map(|v| (v * 1e9) as i32).collect();
+    let ys: Vec<i32> = random(len, 5).iter().map(|v| (v * 1e9) as i32).collect();
+    let (mut ab, mut bbytes, mut cb) = (i32_bytes(&xs), i32_bytes(&ys), vec![0u8; 4 * len]);
+    compiled
+        .launch(&mut [&mut ab, &mut bbytes, &mut cb], &[len as i64])
+        .unwrap();
+    let want: Vec<i32> = xs
+        .iter()
+        .zip(&ys)
+        .map(|(&a, &b)| {
+            if a < b {
+                a.wrapping_add(b) ^ b
+            } else {
+                a.wrapping_shl(3) >> 2
+            }
+        })
+        .collect();
+    assert_eq!(to_i32(&cb), want);
+}
+
+/// `y = max(x > 0 ? sqrt(x) : exp(x), 0.5)` on `f32x4`: a lane-mask select, a native vector op
+/// and a transcendental run lane by lane.
+#[test]
+fn float_vector_select() {
+    let mut b = KernelBuilder::new("vector_select");
+    let x = b.buffer("x", F32, Access::Read);
+    let y = b.buffer("y", F32, Access::Write);
+    let _n = b.scalar("n", I64);
+    grid_x(&mut b, SizeExpr::Param(0).ceil_div(4));
+    let group = b.special(Special::GroupId(Axis::X));
+    let four = b.const_i(4);
+    let i = b.mul(group, four);
+    let v = b.load(x, i, 4);
+    let (zero, half) = (b.const_f(0.0), b.const_f(0.5));
+    let (zero, half) = (b.splat(zero, 4), b.splat(half, 4));
+    let positive = b.cmp(CmpOp::Gt, v, zero);
+    let (root, e) = (b.unary(UnaryOp::Sqrt, v), b.unary(UnaryOp::Exp, v));
+    let picked = b.select(positive, root, e);
+    let r = b.binary(BinaryOp::Max, picked, half);
+    b.store(y, i, r);
+    let compiled = compile(&b.finish()).unwrap();
+    let xs: Vec<f32> = random(16, 7).iter().map(|v| v * 3.0).collect();
+    let (mut xb, mut yb) = (f32_bytes(&xs), vec![0u8; 4 * xs.len()]);
+    compiled
+        .launch(&mut [&mut xb, &mut yb], &[xs.len() as i64])
+        .unwrap();
+    let want: Vec<f32> = xs
+        .iter()
+        .map(|&v| if v > 0.0 { v.sqrt() } else { v.exp() }.max(0.5))
+        .collect();
+    assert_close(&to_f32(&yb), &want, 1e-6);
+}
+
+/// `f = x as f32; y = (f * 0.5) as i64`, one element per group.
+#[test]
+fn casts_i32_to_f32_to_i64() {
+    let mut b = KernelBuilder::new("casts");
+    let x = b.buffer("x", I32, Access::Read);
+    let f = b.buffer("f", F32, Access::Write);
+    let y = b.buffer("y", I64, Access::Write);
+    let _n = b.scalar("n", I64);
+    grid_x(&mut b, SizeExpr::Param(0));
+    let i = b.special(Special::GroupId(Axis::X));
+    let v = b.load(x, i, 1);
+    let fv = b.cast(F32, v);
+    b.store(f, i, fv);
+    let half = b.const_f(0.5);
+    let scaled = b.mul(fv, half);
+    let iv = b.cast(I64, scaled);
+    b.store(y, i, iv);
+    let compiled = compile(&b.finish()).unwrap();
+    let xs = [0, 1, -1, 3, -3, 1 << 20, i32::MIN, i32::MAX];
+    let len = xs.len();
+    let (mut xb, mut fb, mut yb) = (i32_bytes(&xs), vec![0u8; 4 * len], vec![0u8; 8 * len]);
+    compiled
+        .launch(&mut [&mut xb, &mut fb, &mut yb], &[len as i64])
+        .unwrap();
+    let want_f: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
+    let want_y: Vec<i64> = want_f.iter().map(|&v| (v * 0.5) as i64).collect();
+    assert_eq!(to_f32(&fb), want_f);
+    assert_eq!(to_i64(&yb), want_y);
+}
+
+/// Online softmax statistics of one row per group: a running max `m` and
+/// `s = Σ exp(x - m)`, both loop-carried.
+#[test]
+fn running_max_and_sum() {
+    let mut b = KernelBuilder::new("online_softmax");
+    let x = b.buffer("x", F32, Access::Read);
+    let stats = b.buffer("stats", F32, Access::Write);
+    let _rows = b.scalar("rows", I64);
+    let cols = b.scalar("cols", I64);
+    grid_x(&mut b, SizeExpr::Param(0));
+    let row = b.special(Special::GroupId(Axis::X));
+    let base = b.mul(row, cols);
+    let (m0, s0, start) = (b.const_f(f64::NEG_INFINITY), b.const_f(0.0), b.const_i(0));
+    let out = b.for_range(start, cols, 1, &[m0, s0], |b, c, ms| {
+        let i = b.add(base, c);
+        let v = b.load(x, i, 1);
+        let m = b.binary(BinaryOp::Max, ms[0], v);
+        let dm = b.sub(ms[0], m);
+        let scale = b.unary(UnaryOp::Exp, dm);
+        let dv = b.sub(v, m);
+        let e = b.unary(UnaryOp::Exp, dv);
+        vec![m, b.fma(ms[1], scale, e)]
+    });
+    let two = b.const_i(2);
+    let at = b.mul(row, two);
+    b.store(stats, at, out[0]);
+    let one = b.const_i(1);
+    let at1 = b.add(at, one);
+    b.store(stats, at1, out[1]);
+    let compiled = compile(&b.finish()).unwrap();
+    let (rows, cols) = (3, 50);
+    let xs: Vec<f32> = random(rows * cols, 6).iter().map(|v| v * 8.0).collect();
+    let (mut xb, mut sb) = (f32_bytes(&xs), vec![0u8; 8 * rows]);
+    compiled
+        .launch(&mut [&mut xb, &mut sb], &[rows as i64, cols as i64])
+        .unwrap();
+    let want: Vec<f32> = xs
+        .chunks(cols)
+        .flat_map(|r| {
+            let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            [m, r.iter().map(|v| (v - m).exp()).sum()]
+        })
+        .collect();
+    assert_close(&to_f32(&sb), &want, 1e-5);
+}
+
+/// A private array per group: reverses four elements through it.
+#[test]
+fn private_local_memory() {
+    let mut b = KernelBuilder::new("reverse4");
+    let x = b.buffer("x", F32, Access::Read);
+    let y = b.buffer("y", F32, Access::Write);
+    let tmp = b.local("tmp", MemorySpace::Private, F32, 4);
+    let (start, four, three) = (b.const_i(0), b.const_i(4), b.const_i(3));
+    b.for_range(start, four, 1, &[], |b, i, _| {
+        let v = b.load(x, i, 1);
+        let j = b.sub(three, i);
+        b.store(tmp, j, v);
+        vec![]
+    });
+    let v = b.load(tmp, start, 4);
+    b.store(y, start, v);
+    let compiled = compile(&b.finish()).unwrap();
+    let (mut xb, mut yb) = (f32_bytes(&[1.0, 2.0, 3.0, 4.0]), vec![0u8; 16]);
+    compiled.launch(&mut [&mut xb, &mut yb], &[]).unwrap();
+    assert_eq!(to_f32(&yb), [4.0, 3.0, 2.0, 1.0]);
+}
+
+#[test]
+fn barrier_is_rejected() {
+    let mut b = KernelBuilder::new("with_barrier");
+    b.barrier();
+    let err = compile(&b.finish())
+        .err()
+        .expect("a barrier must not compile");
+    let message = err.to_string();
+    assert!(matches!(err, CodegenError::Unsupported { .. }), "{message}");
+    assert!(message.contains("with_barrier") && message.contains("barrier"));
+}
+
+#[test]
+fn shared_memory_fails_verification() {
+    let mut b = KernelBuilder::new("with_shared");
+    let tile = b.local("tile", MemorySpace::Shared, F32, 16);
+    let (i, v) = (b.const_i(0), b.const_f(1.0));
+    b.store(tile, i, v);
+    let err = compile(&b.finish())
+        .err()
+        .expect("shared memory must not compile");
+    assert!(matches!(err, CodegenError::Verify(_)), "{err}");
+    assert!(err.to_string().contains("with_shared"), "{err}");
+}
+
+#[test]
+fn vectors_wider_than_128_bits_are_unsupported() {
+    let mut b = KernelBuilder::new("wide");
+    let x = b.buffer("x", F32, Access::ReadWrite);
+    let i = b.const_i(0);
+    let v = b.load(x, i, 8);
+    b.store(x, i, v);
+    let err = compile(&b.finish()).err().expect("f32x8 must not compile");
+    assert!(matches!(err, CodegenError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("f32x8"), "{err}");
+}
+
+#[test]
+fn launch_checks_its_arguments() {
+    let compiled = compile(&gemv_row()).unwrap();
+    let (mut w, mut x) = (vec![0u8; 16], vec![0u8; 16]);
+    let err = compiled.launch(&mut [&mut w, &mut x], &[1, 4]).unwrap_err();
+    assert!(matches!(err, CodegenError::Launch { .. }), "{err}");
+    assert!(err.to_string().contains("2 buffers"), "{err}");
+    let mut y = vec![0u8; 3];
+    let err = compiled
+        .launch(&mut [&mut w, &mut x, &mut y], &[1, 4])
+        .unwrap_err();
+    assert!(err.to_string().contains("not a multiple"), "{err}");
+    let mut y = vec![0u8; 4];
+    let err = compiled
+        .launch_range(&mut [&mut w, &mut x, &mut y], &[1, 4], 0..2)
+        .unwrap_err();
+    assert!(err.to_string().contains("outside the grid"), "{err}");
+}
