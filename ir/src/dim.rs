@@ -49,6 +49,12 @@ impl Dim {
         }
     }
 
+    /// The polynomial's terms: (sorted symbols of the monomial — empty for the constant,
+    /// coefficient). Code generators turn dims into arithmetic with them.
+    pub fn terms(&self) -> impl Iterator<Item = (&[String], i64)> {
+        self.terms.iter().map(|(m, c)| (m.as_slice(), *c))
+    }
+
     /// The symbols this dim mentions.
     pub fn symbols(&self) -> impl Iterator<Item = &str> {
         self.terms

@@ -1,0 +1,232 @@
+//! Elementwise body ops compiled to LIR scalar ops: a body node is evaluated at a multi-index of
+//! its shape, recursively through its arguments (broadcasting, reshapes and input loads), so
+//! every template shares one translation of prologues and epilogues.
+
+use super::index::{broadcast, Symbols};
+use tessera_ir::kernel::{BodyArg, BodyOp};
+use tessera_ir::lir::{self, BufRef, CmpOp, KernelBuilder, ScalarType, Value};
+use tessera_ir::{BinaryOp, DType, Op, TensorType, UnaryOp};
+
+/// The LIR element type of a Graph dtype a CPU template reads or computes.
+pub(super) fn scalar_type(dtype: DType) -> Result<ScalarType, String> {
+    match dtype {
+        DType::F32 => Ok(ScalarType::F32),
+        DType::I32 => Ok(ScalarType::I32),
+        DType::Bool => Ok(ScalarType::Bool),
+        other => Err(format!("dtype {other}")),
+    }
+}
+
+/// Computes a template's core op at a multi-index of its shape.
+pub(super) type HookFn<'h> = dyn Fn(&mut KernelBuilder, &[Value]) -> Result<Value, String> + 'h;
+
+/// Stands in for one body op (a template's core op): its position and how to compute it at the
+/// multi-index, in the op's shape, at which its value is wanted.
+pub(super) type Hook<'h> = (usize, &'h HookFn<'h>);
+
+/// A kernel body with what evaluating it needs: its ops' types, its inputs' types and buffers,
+/// and the shape symbols.
+pub(super) struct Body<'a> {
+    pub ops: &'a [BodyOp],
+    pub types: Vec<TensorType>,
+    pub inputs: &'a [TensorType],
+    pub buffers: Vec<BufRef>,
+    pub symbols: Symbols,
+}
+
+impl Body<'_> {
+    /// The type of a body argument.
+    pub(super) fn ty(&self, arg: BodyArg) -> &TensorType {
+        match arg {
+            BodyArg::Input(i) => &self.inputs[i],
+            BodyArg::Op(j) => &self.types[j],
+        }
+    }
+
+    /// The body's result: the last op.
+    pub(super) fn result(&self) -> BodyArg {
+        BodyArg::Op(self.ops.len() - 1)
+    }
+
+    /// The value of `arg` at multi-index `idx` of its shape; `hook` computes one op itself.
+    pub(super) fn value(
+        &self,
+        b: &mut KernelBuilder,
+        arg: BodyArg,
+        idx: &[Value],
+        hook: Option<Hook>,
+    ) -> Result<Value, String> {
+        let j = match arg {
+            BodyArg::Input(i) => {
+                let shape = &self.inputs[i].shape;
+                let offset = self.symbols.ravel(b, idx, shape)?;
+                return Ok(b.load(self.buffers[i], offset, 1));
+            }
+            BodyArg::Op(j) => j,
+        };
+        if let Some((at, f)) = hook {
+            if at == j {
+                return f(b, idx);
+            }
+        }
+        let step = &self.ops[j];
+        let shape = &self.types[j].shape;
+        let operand = |b: &mut KernelBuilder, k: usize| {
+            let a = step.args[k];
+            let at = broadcast(b, idx, shape, &self.ty(a).shape)?;
+            self.value(b, a, &at, hook)
+        };
+        match &step.op {
+            Op::Constant { value } => Ok(b.const_f(*value)),
+            Op::Unary(u) => {
+                let x = operand(b, 0)?;
+                unary(b, *u, x)
+            }
+            Op::Binary(op) => {
+                let (x, y) = (operand(b, 0)?, operand(b, 1)?);
+                binary(b, *op, x, y)
+            }
+            Op::Select => {
+                let c = operand(b, 0)?;
+                let (x, y) = (operand(b, 1)?, operand(b, 2)?);
+                Ok(b.select(c, x, y))
+            }
+            Op::Cast { to } => {
+                let x = operand(b, 0)?;
+                let (from, to) = (b.type_of(x).scalar, scalar_type(*to)?);
+                match (from, to) {
+                    _ if from == to => Ok(x),
+                    (ScalarType::F32 | ScalarType::I32, ScalarType::F32 | ScalarType::I32) => {
+                        Ok(b.cast(to, x))
+                    }
+                    _ => Err(format!("cast from {} to {}", from.name(), to.name())),
+                }
+            }
+            Op::Reshape { .. } => {
+                let a = step.args[0];
+                let linear = self.symbols.ravel(b, idx, shape)?;
+                let at = self.symbols.unravel(b, linear, &self.ty(a).shape)?;
+                self.value(b, a, &at, hook)
+            }
+            other => Err(format!("op `{}` in an elementwise position", other.name())),
+        }
+    }
+}
+
+fn is_float(b: &KernelBuilder, x: Value) -> bool {
+    b.type_of(x).scalar == ScalarType::F32
+}
+
+/// A Graph unary op on an f32 scalar.
+fn unary(b: &mut KernelBuilder, op: UnaryOp, x: Value) -> Result<Value, String> {
+    use lir::UnaryOp as L;
+    if !is_float(b, x) {
+        return Err(format!("unary {op:?} on {}", b.type_of(x).scalar.name()));
+    }
+    let direct = |b: &mut KernelBuilder, l| Ok(b.unary(l, x));
+    match op {
+        UnaryOp::Neg => direct(b, L::Neg),
+        UnaryOp::Exp => direct(b, L::Exp),
+        UnaryOp::Log => direct(b, L::Log),
+        UnaryOp::Sqrt => direct(b, L::Sqrt),
+        UnaryOp::Rsqrt => direct(b, L::Rsqrt),
+        UnaryOp::Recip => direct(b, L::Recip),
+        UnaryOp::Abs => direct(b, L::Abs),
+        UnaryOp::Sin => direct(b, L::Sin),
+        UnaryOp::Cos => direct(b, L::Cos),
+        UnaryOp::Tanh => direct(b, L::Tanh),
+        UnaryOp::Sigmoid => Ok(sigmoid(b, x)),
+        UnaryOp::Relu => {
+            // `x < 0` rather than `max` so that NaN stays NaN, as the interpreter does.
+            let zero = b.const_f(0.0);
+            let negative = b.cmp(CmpOp::Lt, x, zero);
+            Ok(b.select(negative, zero, x))
+        }
+        UnaryOp::Silu => {
+            let s = sigmoid(b, x);
+            Ok(b.mul(x, s))
+        }
+        UnaryOp::GeluTanh => {
+            // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+            let x3 = b.mul(x, x);
+            let x3 = b.mul(x3, x);
+            let c = b.const_f(0.044715);
+            let inner = b.fma(c, x3, x);
+            let k = b.const_f((2.0 / std::f64::consts::PI).sqrt());
+            let inner = b.mul(k, inner);
+            let t = b.unary(L::Tanh, inner);
+            let one = b.const_f(1.0);
+            let t = b.add(one, t);
+            let half = b.const_f(0.5);
+            let hx = b.mul(half, x);
+            Ok(b.mul(hx, t))
+        }
+        UnaryOp::GeluErf => Err("unary gelu_erf (no erf in LIR)".into()),
+    }
+}
+
+/// σ(x) = 1 / (1 + exp(−x)).
+fn sigmoid(b: &mut KernelBuilder, x: Value) -> Value {
+    let neg = b.unary(lir::UnaryOp::Neg, x);
+    let e = b.unary(lir::UnaryOp::Exp, neg);
+    let one = b.const_f(1.0);
+    let d = b.add(one, e);
+    b.unary(lir::UnaryOp::Recip, d)
+}
+
+/// A Graph binary op on two scalars of one type; comparisons give `bool`.
+fn binary(b: &mut KernelBuilder, op: BinaryOp, x: Value, y: Value) -> Result<Value, String> {
+    use lir::BinaryOp as L;
+    let float = is_float(b, x);
+    let arith = match op {
+        BinaryOp::Lt => return Ok(b.cmp(CmpOp::Lt, x, y)),
+        BinaryOp::Le => return Ok(b.cmp(CmpOp::Le, x, y)),
+        BinaryOp::Eq => return Ok(b.cmp(CmpOp::Eq, x, y)),
+        BinaryOp::Add => L::Add,
+        BinaryOp::Sub => L::Sub,
+        BinaryOp::Mul => L::Mul,
+        BinaryOp::Max => L::Max,
+        BinaryOp::Min => L::Min,
+        // Integer division by zero traps on CPU where the interpreter reports an error.
+        BinaryOp::Div if float => L::Div,
+        BinaryOp::Div | BinaryOp::Pow => {
+            return Err(format!("binary {op:?} on {}", b.type_of(x).scalar.name()))
+        }
+    };
+    Ok(b.binary(arith, x, y))
+}
+
+/// `Σ f(j, acc)` style fold over `0..end` with one carried f32 accumulator.
+pub(super) fn fold(
+    b: &mut KernelBuilder,
+    end: Value,
+    init: Value,
+    f: impl FnOnce(&mut KernelBuilder, Value, Value) -> Result<Value, String>,
+) -> Result<Value, String> {
+    let zero = b.const_i(0);
+    let mut failure = Ok(());
+    let results = b.for_range(zero, end, 1, &[init], |b, j, acc| match f(b, j, acc[0]) {
+        Ok(v) => vec![v],
+        Err(e) => {
+            failure = Err(e);
+            vec![acc[0]]
+        }
+    });
+    failure.map(|()| results[0])
+}
+
+/// Runs `f` for each `j` in `start..end` (step 1); a loop body cannot return an error, so the
+/// last one is kept and returned after the loop.
+pub(super) fn for_each(
+    b: &mut KernelBuilder,
+    start: Value,
+    end: Value,
+    f: impl FnOnce(&mut KernelBuilder, Value) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut failure = Ok(());
+    b.for_range(start, end, 1, &[], |b, j, _| {
+        failure = f(b, j);
+        vec![]
+    });
+    failure
+}

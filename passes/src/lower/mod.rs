@@ -1,0 +1,119 @@
+//! Lowering: KernelGraph kernels to LIR (DESIGN.md §3), one template per algorithm and target
+//! class. [`lower_cpu`] writes the CPU (SIMD, one thread per workgroup) templates:
+//! [`elementwise`], [`row_reduce`] and [`gemv`]; every other kernel is
+//! [`LowerError::Unsupported`].
+//!
+//! **LIR ABI.** Buffer params are the kernel's inputs in order (read-only, `in0`, `in1`, …), then
+//! its output (`out`); scalar params are the `i64` values of the symbols appearing in any
+//! input or output shape, sorted by name, so the kernel evaluates its shapes from them and its
+//! grid is a `SizeExpr` over them. Buffers are dense and row-major; inputs broadcast to the
+//! output by numpy rules. Supported element types are f32 and i32 (weights f32).
+
+mod elementwise;
+mod expr;
+mod gemv;
+mod index;
+mod row_reduce;
+
+use expr::{scalar_type, Body};
+use index::Symbols;
+use std::collections::BTreeSet;
+use tessera_ir::kernel::{body_graph, BodyInput, Kernel, KernelKind};
+use tessera_ir::lir::{self, Access, KernelBuilder};
+use tessera_ir::TensorType;
+use thiserror::Error;
+
+/// Why a kernel has no CPU lowering: its body is malformed, or a template does not cover it
+/// yet (the runtime then falls back to the interpreter for it).
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum LowerError {
+    #[error("kernel `{scope}` ({kind}): not supported by the CPU templates: {what}")]
+    Unsupported {
+        scope: String,
+        kind: String,
+        what: String,
+    },
+    #[error("kernel `{scope}` ({kind}): invalid body: {message}")]
+    Invalid {
+        scope: String,
+        kind: String,
+        message: String,
+    },
+}
+
+/// Lowers `kernel`, whose inputs have types `inputs` and whose output has type `output`, to a
+/// CPU LIR kernel with the ABI of the module doc.
+pub fn lower_cpu(
+    kernel: &Kernel,
+    inputs: &[TensorType],
+    output: &TensorType,
+) -> Result<lir::Kernel, LowerError> {
+    let unsupported = |what: String| LowerError::Unsupported {
+        scope: kernel.scope.clone(),
+        kind: kernel.kind.to_string(),
+        what,
+    };
+    let invalid = |message: String| LowerError::Invalid {
+        scope: kernel.scope.clone(),
+        kind: kernel.kind.to_string(),
+        message,
+    };
+    let values: Vec<BodyInput> = inputs.iter().cloned().map(BodyInput::Value).collect();
+    let types = (0..kernel.body.len())
+        .map(|j| {
+            let (g, node) = body_graph(&kernel.body[..=j], &values)?;
+            Ok(g.ty(node).clone())
+        })
+        .collect::<Result<Vec<_>, tessera_ir::IrError>>()
+        .map_err(|e| invalid(e.to_string()))?;
+    match types.last() {
+        Some(t) if t == output => {}
+        Some(t) => {
+            return Err(invalid(format!(
+                "body yields {t} but the output is {output}"
+            )))
+        }
+        None => return Err(invalid("empty body".into())),
+    }
+    let mut b = KernelBuilder::new(&format!("{}.{}", kernel.scope, kernel.kind.name()));
+    let build = |b: &mut KernelBuilder| -> Result<(), String> {
+        let mut buffers = Vec::with_capacity(inputs.len());
+        for (i, t) in inputs.iter().enumerate() {
+            buffers.push(b.buffer(&format!("in{i}"), buffer_type(t)?, Access::Read));
+        }
+        let out = b.buffer("out", buffer_type(output)?, Access::Write);
+        let names: BTreeSet<String> = inputs
+            .iter()
+            .chain([output])
+            .flat_map(|t| t.shape.iter().flat_map(|d| d.symbols().map(str::to_string)))
+            .collect();
+        let names: Vec<String> = names.into_iter().collect();
+        let body = Body {
+            ops: &kernel.body,
+            types,
+            inputs,
+            buffers,
+            symbols: Symbols::declare(b, &names),
+        };
+        match &kernel.kind {
+            KernelKind::Elementwise => elementwise::lower(b, &body, out),
+            KernelKind::Layout if kernel.is_launched() => Err("layout other than reshapes".into()),
+            KernelKind::Layout => elementwise::lower(b, &body, out),
+            KernelKind::RowReduce => row_reduce::lower(b, &body, out),
+            KernelKind::Gemv { tile_n, .. }
+            | KernelKind::FlatGemm { tile_n, .. }
+            | KernelKind::Gemm { tile_n, .. } => gemv::lower(b, &body, out, *tile_n),
+            other => Err(format!("template {}", other.name())),
+        }
+    };
+    build(&mut b).map_err(unsupported)?;
+    Ok(b.finish())
+}
+
+/// The element type of a buffer param: f32 or i32.
+fn buffer_type(t: &TensorType) -> Result<lir::ScalarType, String> {
+    match scalar_type(t.dtype)? {
+        s @ (lir::ScalarType::F32 | lir::ScalarType::I32) => Ok(s),
+        _ => Err(format!("dtype {} in memory", t.dtype)),
+    }
+}

@@ -1,0 +1,264 @@
+//! CPU lowering end to end: hand-built KernelGraph kernels lowered by `lower_cpu`, JIT-compiled
+//! by the Cranelift backend and run on random inputs must match the reference interpreter's
+//! evaluation of their bodies; unsupported kernels are errors, and every kernel of the optimized
+//! llama fixture lowers or is rejected without panicking.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use tessera_ir::interp::{self, Tensor};
+use tessera_ir::kernel::{body_graph, BodyArg, BodyInput, BodyOp, Kernel, KernelKind};
+use tessera_ir::{eval_shape, BinaryOp, DType, Dim, Op, Shape, TensorType, UnaryOp};
+use tessera_passes::cost::{Roofline, TargetSpec};
+use tessera_passes::lower::{lower_cpu, LowerError};
+use tessera_passes::optimize::optimize_module;
+
+use BodyArg::{Input as In, Op as At};
+
+fn shape(dims: &[&str]) -> Shape {
+    dims.iter().map(|d| Dim::parse(d).unwrap()).collect()
+}
+
+fn f32_(dims: &[&str]) -> TensorType {
+    TensorType::new(DType::F32, shape(dims))
+}
+
+fn step(op: Op, args: &[BodyArg]) -> BodyOp {
+    BodyOp {
+        op,
+        args: args.to_vec(),
+    }
+}
+
+fn kernel(kind: KernelKind, body: Vec<BodyOp>) -> Kernel {
+    Kernel {
+        scope: "test".into(),
+        kind,
+        body,
+        inputs: vec![],
+        output: tessera_ir::kernel::BufferId(0),
+        estimate_seconds: 0.0,
+    }
+}
+
+/// Deterministic values in [-2, 2).
+fn random(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+fn bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Lowers, compiles and runs `k` over inputs of (possibly symbolic) types `inputs` with the
+/// symbols bound by `env`, and compares with the interpreter on the body.
+fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
+    let env: BTreeMap<String, usize> = env.iter().map(|(s, v)| (s.to_string(), *v)).collect();
+    let symbolic: Vec<BodyInput> = inputs.iter().cloned().map(BodyInput::Value).collect();
+    let (g, node) = body_graph(&k.body, &symbolic).unwrap();
+    let output = g.ty(node).clone();
+    let lir = lower_cpu(k, inputs, &output).unwrap();
+    let compiled = tessera_codegen_cpu::compile(&lir).unwrap_or_else(|e| panic!("{e}\n{lir}"));
+
+    let mut feed = BTreeMap::new();
+    let mut concrete = Vec::new();
+    let mut buffers = Vec::new();
+    for (i, t) in inputs.iter().enumerate() {
+        let dims = eval_shape(&t.shape, &env).unwrap();
+        let data = random(i as u64 + 1, dims.iter().product());
+        buffers.push(bytes(&data));
+        concrete.push(BodyInput::Value(TensorType::new(
+            DType::F32,
+            dims.iter().map(|&d| Dim::from(d)).collect(),
+        )));
+        feed.insert(i.to_string(), Tensor::f32(dims, data));
+    }
+    let (reference, _) = body_graph(&k.body, &concrete).unwrap();
+    let want = interp::run(&reference, &BTreeMap::new(), &feed).unwrap();
+    let want = want["out"].as_f32().unwrap().to_vec();
+    buffers.push(vec![0; want.len() * 4]);
+    let scalars: Vec<i64> = env.values().map(|&v| v as i64).collect();
+    let mut views: Vec<&mut [u8]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
+    compiled.launch(&mut views, &scalars).unwrap();
+    let got: Vec<f32> = buffers
+        .last()
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5 + 1e-4 * w.abs(),
+            "element {i}: got {g}, want {w}\n{lir}"
+        );
+    }
+}
+
+#[test]
+fn swiglu_elementwise_with_a_symbolic_dim() {
+    let k = kernel(
+        KernelKind::Elementwise,
+        vec![
+            step(Op::Unary(UnaryOp::Silu), &[In(0)]),
+            step(Op::Binary(BinaryOp::Mul), &[At(0), In(1)]),
+        ],
+    );
+    let ty = f32_(&["seq", "37"]);
+    check(&k, &[ty.clone(), ty], &[("seq", 3)]);
+}
+
+#[test]
+fn elementwise_broadcasts_selects_and_reshapes() {
+    let k = kernel(
+        KernelKind::Elementwise,
+        vec![
+            step(Op::Binary(BinaryOp::Add), &[In(0), In(1)]),
+            step(Op::Constant { value: 0.5 }, &[]),
+            step(Op::Binary(BinaryOp::Lt), &[At(0), At(1)]),
+            step(Op::Unary(UnaryOp::GeluTanh), &[At(0)]),
+            step(Op::Select, &[At(2), At(3), In(1)]),
+            step(
+                Op::Reshape {
+                    shape: shape(&["3", "37"]),
+                },
+                &[At(4)],
+            ),
+        ],
+    );
+    check(&k, &[f32_(&["3", "1", "37"]), f32_(&["37"])], &[]);
+}
+
+#[test]
+fn residual_add_then_rms_norm() {
+    let k = kernel(
+        KernelKind::RowReduce,
+        vec![
+            step(Op::Binary(BinaryOp::Add), &[In(0), In(1)]),
+            step(Op::RmsNorm { eps: 1e-5 }, &[At(0), In(2)]),
+        ],
+    );
+    let x = f32_(&["seq", "37"]);
+    check(&k, &[x.clone(), x, f32_(&["37"])], &[("seq", 3)]);
+}
+
+#[test]
+fn softmax_and_layer_norm_rows() {
+    let softmax = kernel(KernelKind::RowReduce, vec![step(Op::Softmax, &[In(0)])]);
+    check(&softmax, &[f32_(&["3", "37"])], &[]);
+    let layer_norm = kernel(
+        KernelKind::RowReduce,
+        vec![
+            step(Op::LayerNorm { eps: 1e-5 }, &[In(0), In(1), In(2)]),
+            step(Op::Unary(UnaryOp::Relu), &[At(0)]),
+        ],
+    );
+    let w = f32_(&["37"]);
+    check(&layer_norm, &[f32_(&["3", "37"]), w.clone(), w], &[]);
+}
+
+fn gemv_kernel(norm: bool) -> Kernel {
+    let mut body = Vec::new();
+    let lhs = if norm {
+        body.push(step(Op::RmsNorm { eps: 1e-5 }, &[In(0), In(3)]));
+        At(0)
+    } else {
+        In(0)
+    };
+    let mm = body.len();
+    body.push(step(Op::MatMul { transpose_b: true }, &[lhs, In(1)]));
+    body.push(step(Op::Binary(BinaryOp::Add), &[At(mm), In(2)]));
+    kernel(
+        KernelKind::Gemv {
+            tile_n: 4,
+            split_k: 1,
+        },
+        body,
+    )
+}
+
+#[test]
+fn gemv_with_rms_norm_prologue_and_residual_epilogue() {
+    for k in ["70", "64"] {
+        let inputs = [
+            f32_(&["seq", k]),
+            f32_(&["13", k]),
+            f32_(&["seq", "13"]),
+            f32_(&[k]),
+        ];
+        check(&gemv_kernel(true), &inputs, &[("seq", 3)]);
+    }
+}
+
+#[test]
+fn gemv_with_bias_epilogue() {
+    let inputs = [f32_(&["1", "70"]), f32_(&["13", "70"]), f32_(&["13"])];
+    check(&gemv_kernel(false), &inputs, &[]);
+}
+
+#[test]
+fn attention_is_unsupported_and_named() {
+    let k = kernel(
+        KernelKind::FlashAttention {
+            block_q: 64,
+            block_kv: 64,
+        },
+        vec![step(
+            Op::Attention {
+                scale: 0.25,
+                causal: true,
+                window: None,
+            },
+            &[In(0), In(1), In(2)],
+        )],
+    );
+    let q = f32_(&["1", "2", "3", "16"]);
+    let err = lower_cpu(&k, &[q.clone(), q.clone(), q.clone()], &q).unwrap_err();
+    assert!(matches!(err, LowerError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("flash_attention"), "{err}");
+    let mut in_row_reduce = k;
+    in_row_reduce.kind = KernelKind::Elementwise;
+    let err = lower_cpu(&in_row_reduce, &[q.clone(), q.clone(), q.clone()], &q).unwrap_err();
+    assert!(err.to_string().contains("attention"), "{err}");
+}
+
+#[test]
+fn every_llama_kernel_lowers_or_is_unsupported() {
+    let mut module = tessera::load_module(Path::new("tests/fixtures/llama")).unwrap();
+    let spec = TargetSpec::cpu_host();
+    optimize_module(
+        &mut module,
+        &spec,
+        &Roofline {
+            target: spec.clone(),
+        },
+    )
+    .unwrap();
+    let (mut lowered, mut unsupported) = (0, BTreeMap::<String, usize>::new());
+    for entry in &module.entries {
+        let kg = entry.kernels.as_ref().unwrap();
+        for k in &kg.kernels {
+            let inputs: Vec<TensorType> =
+                k.inputs.iter().map(|&b| kg.buffer(b).ty.clone()).collect();
+            match lower_cpu(k, &inputs, &kg.buffer(k.output).ty) {
+                Ok(lir) => {
+                    tessera_codegen_cpu::compile(&lir).unwrap_or_else(|e| panic!("{e}\n{lir}"));
+                    lowered += 1;
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    *unsupported.entry(k.kind.name().to_string()).or_default() += 1;
+                }
+            }
+        }
+    }
+    eprintln!("llama: {lowered} kernels lowered, unsupported by kind: {unsupported:?}");
+}
