@@ -1,6 +1,6 @@
 //! The elementwise template: each group computes [`CHUNK`] consecutive output elements (the
 //! last group guards its tail), evaluating the whole body per element with broadcasting inputs.
-//! Also serves `Layout` kernels made only of reshapes, as a copy.
+//! Also serves `Layout` kernels (reshapes, permutes, expands, slices) as a gathering copy.
 
 use super::expr::{for_each, Body};
 use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, SizeExpr, Special};

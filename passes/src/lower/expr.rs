@@ -1,11 +1,12 @@
 //! Elementwise body ops compiled to LIR scalar ops: a body node is evaluated at a multi-index of
 //! its shape, recursively through its arguments (broadcasting, reshapes and input loads), so
-//! every template shares one translation of prologues and epilogues.
+//! every template shares one translation of prologues and epilogues. Layout ops (permute,
+//! expand, slice) and RoPE map the index back onto their operands.
 
 use super::index::{broadcast, Symbols};
 use tessera_ir::kernel::{BodyArg, BodyOp};
 use tessera_ir::lir::{self, BufRef, CmpOp, KernelBuilder, ScalarType, Value};
-use tessera_ir::{BinaryOp, DType, Op, TensorType, UnaryOp};
+use tessera_ir::{BinaryOp, DType, Op, RopeLayout, TensorType, UnaryOp};
 
 /// The LIR element type of a Graph dtype a CPU template reads or computes.
 pub(super) fn scalar_type(dtype: DType) -> Result<ScalarType, String> {
@@ -108,8 +109,90 @@ impl Body<'_> {
                 let at = self.symbols.unravel(b, linear, &self.ty(a).shape)?;
                 self.value(b, a, &at, hook)
             }
+            Op::Permute { perm } => {
+                let mut at = idx.to_vec();
+                for (&i, &p) in idx.iter().zip(perm) {
+                    at[p] = i;
+                }
+                self.value(b, step.args[0], &at, hook)
+            }
+            Op::Expand { .. } => operand(b, 0),
+            Op::Slice { axis, start, .. } => {
+                let mut at = idx.to_vec();
+                let start = self.symbols.dim(b, start)?;
+                at[*axis] = b.add(idx[*axis], start);
+                self.value(b, step.args[0], &at, hook)
+            }
+            Op::Rope { layout } => self.rope(b, step, *layout, idx, hook),
             other => Err(format!("op `{}` in an elementwise position", other.name())),
         }
+    }
+
+    /// `Rope(x [B, H, S, D], positions i32 [B, S], inv_freq [R/2])` at `idx` = (b, h, s, d): for
+    /// d < R, x·cos ∓ x[partner]·sin with the angle `position · inv_freq[pair]` in f32 (minus for
+    /// the first dim of a pair); dims from R on pass through.
+    fn rope(
+        &self,
+        b: &mut KernelBuilder,
+        step: &BodyOp,
+        layout: RopeLayout,
+        idx: &[Value],
+        hook: Option<Hook>,
+    ) -> Result<Value, String> {
+        let &[batch, _, pos, d] = idx else {
+            return Err("rope of a rank other than 4".into());
+        };
+        let [x, positions, inv_freq] = step.args[..] else {
+            return Err("rope without its three operands".into());
+        };
+        let half = match self.ty(inv_freq).shape.as_slice() {
+            [h] => self.symbols.dim(b, h)?,
+            _ => return Err("rope inv_freq of a rank other than 1".into()),
+        };
+        let two = b.const_i(2);
+        let rotated = b.mul(half, two);
+        let inside = b.cmp(CmpOp::Lt, d, rotated);
+        // Whether d is the first of its pair, its partner and the pair's frequency index.
+        let (first, partner, pair) = match layout {
+            RopeLayout::Half => {
+                let first = b.cmp(CmpOp::Lt, d, half);
+                let up = b.add(d, half);
+                let down = b.sub(d, half);
+                let pair = b.binary(lir::BinaryOp::Rem, d, half);
+                (first, b.select(first, up, down), pair)
+            }
+            RopeLayout::Interleaved => {
+                let parity = b.binary(lir::BinaryOp::Rem, d, two);
+                let zero = b.const_i(0);
+                let first = b.cmp(CmpOp::Eq, parity, zero);
+                let one = b.const_i(1);
+                let up = b.add(d, one);
+                let down = b.sub(d, one);
+                (first, b.select(first, up, down), b.div(d, two))
+            }
+        };
+        // Outside the rotated dims, read in bounds (d itself, frequency 0) and pass x through.
+        let partner = b.select(inside, partner, d);
+        let zero = b.const_i(0);
+        let pair = b.select(inside, pair, zero);
+        let mut at = idx.to_vec();
+        let xv = self.value(b, x, &at, hook)?;
+        at[3] = partner;
+        let xp = self.value(b, x, &at, hook)?;
+        let p = self.value(b, positions, &[batch, pos], hook)?;
+        let p = b.cast(ScalarType::F32, p);
+        let f = self.value(b, inv_freq, &[pair], hook)?;
+        let angle = b.mul(p, f);
+        let (cos, sin) = (
+            b.unary(lir::UnaryOp::Cos, angle),
+            b.unary(lir::UnaryOp::Sin, angle),
+        );
+        let xc = b.mul(xv, cos);
+        let s = b.mul(xp, sin);
+        let minus = b.sub(xc, s);
+        let plus = b.add(xc, s);
+        let out = b.select(first, minus, plus);
+        Ok(b.select(inside, out, xv))
     }
 }
 
@@ -204,12 +287,25 @@ pub(super) fn fold(
     f: impl FnOnce(&mut KernelBuilder, Value, Value) -> Result<Value, String>,
 ) -> Result<Value, String> {
     let zero = b.const_i(0);
+    fold_range(b, (zero, end, 1), init, f)
+}
+
+/// A fold over `start..end` by `step` (the range) with one carried value; a loop body cannot
+/// return an error, so the error of `f` is returned after the loop.
+pub(super) fn fold_range(
+    b: &mut KernelBuilder,
+    (start, end, step): (Value, Value, u32),
+    init: Value,
+    f: impl FnOnce(&mut KernelBuilder, Value, Value) -> Result<Value, String>,
+) -> Result<Value, String> {
     let mut failure = Ok(());
-    let results = b.for_range(zero, end, 1, &[init], |b, j, acc| match f(b, j, acc[0]) {
-        Ok(v) => vec![v],
-        Err(e) => {
-            failure = Err(e);
-            vec![acc[0]]
+    let results = b.for_range(start, end, step, &[init], |b, j, acc| {
+        match f(b, j, acc[0]) {
+            Ok(v) => vec![v],
+            Err(e) => {
+                failure = Err(e);
+                vec![acc[0]]
+            }
         }
     });
     failure.map(|()| results[0])

@@ -1,26 +1,31 @@
-//! The gemv template: `[RmsNorm prologue on the lhs] MatMul{transpose_b} [elementwise epilogue]`
-//! with an f32 weight `[N, K]`. A group computes `tile_n` output columns of one lhs row: the K
-//! loop runs on f32x4 carried accumulators with vector loads (a scalar loop takes the K % 4
-//! tail); the RmsNorm factor of the row is computed first and applied while loading x; the
-//! epilogue is applied per output. `split_k` is ignored: one CPU thread runs the whole K loop.
+//! The gemv template: `[elementwise prologue, at most one RmsNorm] MatMul{transpose_b}
+//! [elementwise epilogue]` with an f32 weight `[N, K]`. A group computes `tile_n` output columns
+//! of one lhs row. When the lhs is an f32 input (or an RmsNorm of one), the K loop runs on f32x4
+//! carried accumulators with vector loads (a scalar loop takes the K % 4 tail) and the norm is
+//! applied while loading x; any other prologue (a residual add feeding the norm or the matmul)
+//! is evaluated per element through `Body::value`, the norm's statistics computed over the
+//! prologue's values first. The epilogue is applied per output. `split_k` is ignored: one CPU
+//! thread runs the whole K loop.
 //!
 //! `Gemm` and `FlatGemm` kernels are lowered the same way for now (one row of M at a time):
 //! correct, but not tuned for large M.
 
-use super::expr::{fold, for_each, Body};
+use super::expr::{fold_range, for_each, Body};
+use super::row_reduce::{rms_factor, rms_norm_at};
 use tessera_ir::kernel::BodyArg;
-use tessera_ir::lir::{
-    self, Axis, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value,
-};
+use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value};
 use tessera_ir::{DType, Op};
 
 /// f32 lanes of one 128-bit vector.
 const LANES: u32 = 4;
 
-/// The lhs rows: the x buffer and, with an RmsNorm prologue, its weight buffer and eps.
-struct Lhs {
-    x: BufRef,
-    norm: Option<(BufRef, f32)>,
+/// How the gemv reads its lhs rows.
+enum Lhs {
+    /// An f32 input (times the factor and weight of an RmsNorm prologue on it) read straight
+    /// from memory with vector loads: the x buffer and, with the norm, its weight buffer.
+    Direct { x: BufRef, norm: Option<BufRef> },
+    /// A multi-op prologue evaluated element by element through [`Body::value`].
+    Computed,
 }
 
 /// An f32 input's buffer.
@@ -32,6 +37,25 @@ fn f32_input(body: &Body, arg: BodyArg) -> Result<BufRef, String> {
             "gemv operand computed by `{}`",
             body.ops[j].op.name()
         )),
+    }
+}
+
+/// The position of the prologue's RmsNorm (ops before the matmul `m`), if any; its shape must be
+/// the lhs shape, so that its rows are the lhs rows.
+fn prologue_norm(body: &Body, m: usize) -> Result<Option<(usize, f32)>, String> {
+    let norms: Vec<(usize, f32)> = (0..m)
+        .filter_map(|j| match body.ops[j].op {
+            Op::RmsNorm { eps } => Some((j, eps)),
+            _ => None,
+        })
+        .collect();
+    match norms.as_slice() {
+        [] => Ok(None),
+        &[(r, eps)] if body.types[r].shape == body.ty(body.ops[m].args[0]).shape => {
+            Ok(Some((r, eps)))
+        }
+        [_] => Err("a matmul prologue norm of another shape than the lhs".into()),
+        _ => Err("a matmul prologue of several norms".into()),
     }
 }
 
@@ -60,19 +84,18 @@ pub(super) fn lower(
         return Err(format!("matmul weight of shape {weight}"));
     };
     let w = f32_input(body, mm.args[1])?;
-    let lhs = match (mm.args[0], m) {
-        (BodyArg::Op(0), 1) => match body.ops[0].op {
-            Op::RmsNorm { eps } => Lhs {
-                x: f32_input(body, body.ops[0].args[0])?,
-                norm: Some((f32_input(body, body.ops[0].args[1])?, eps)),
-            },
-            ref other => return Err(format!("matmul prologue `{}`", other.name())),
-        },
-        (arg, 0) => Lhs {
-            x: f32_input(body, arg)?,
+    let lhs_arg = mm.args[0];
+    let norm = prologue_norm(body, m)?;
+    let lhs = match (lhs_arg, norm) {
+        (BodyArg::Input(_), None) => Lhs::Direct {
+            x: f32_input(body, lhs_arg)?,
             norm: None,
         },
-        _ => return Err("matmul prologue of several ops".into()),
+        (BodyArg::Op(0), Some((0, _))) if m == 1 => Lhs::Direct {
+            x: f32_input(body, body.ops[0].args[0])?,
+            norm: Some(f32_input(body, body.ops[0].args[1])?),
+        },
+        _ => Lhs::Computed,
     };
     let shape = &body.types[m].shape;
     if &body.ty(body.result()).shape != shape {
@@ -93,36 +116,45 @@ pub(super) fn lower(
     let x_base = b.mul(row, k_v);
     let out_base = b.mul(row, n_v);
     let zero_f = b.const_f(0.0);
-    let scale = match lhs.norm {
-        Some((_, eps)) => {
-            let ss = fold(b, k_v, zero_f, |b, i, acc| {
-                let at = b.add(x_base, i);
-                let x = b.load(lhs.x, at, 1);
-                Ok(b.fma(x, x, acc))
-            })?;
-            let kf = b.const_f(k as f64);
-            let mean = b.div(ss, kf);
-            let eps = b.const_f(f64::from(eps));
-            let v = b.add(mean, eps);
-            Some(b.unary(lir::UnaryOp::Rsqrt, v))
-        }
-        None => None,
+    let lead_idx = body.symbols.unravel(b, row, lead)?;
+    let at_row = |i: Value| {
+        let mut idx = lead_idx.clone();
+        idx.push(i);
+        idx
     };
-    // x[i] (times the RmsNorm factor and weight) as `lanes` lanes.
-    let load_x = |b: &mut KernelBuilder, i: Value, lanes: u32| {
-        let at = b.add(x_base, i);
-        let x = b.load(lhs.x, at, lanes);
-        match (lhs.norm, scale) {
-            (Some((nw, _)), Some(r)) => {
-                let r = if lanes > 1 { b.splat(r, lanes) } else { r };
-                let xr = b.mul(x, r);
-                let g = b.load(nw, i, lanes);
-                b.mul(xr, g)
-            }
-            _ => x,
+    let scale = norm
+        .map(|(r, eps)| {
+            let x = body.ops[r].args[0];
+            rms_factor(b, k_v, eps, |b, i| body.value(b, x, &at_row(i), None))
+        })
+        .transpose()?;
+    let norm_hook = norm
+        .zip(scale)
+        .map(|((r, _), s)| (r, rms_norm_at(body, &body.ops[r], s)));
+    // lhs[row, i] as `lanes` lanes (more than one only for a direct lhs).
+    let x_at = |b: &mut KernelBuilder, i: Value, lanes: u32| match lhs {
+        Lhs::Direct { x, norm: g } => {
+            let at = b.add(x_base, i);
+            let x = b.load(x, at, lanes);
+            Ok(match (g, scale) {
+                (Some(g), Some(r)) => {
+                    let r = if lanes > 1 { b.splat(r, lanes) } else { r };
+                    let xr = b.mul(x, r);
+                    let g = b.load(g, i, lanes);
+                    b.mul(xr, g)
+                }
+                _ => x,
+            })
+        }
+        Lhs::Computed => {
+            let hook = norm_hook.as_ref().map(|(r, f)| (*r, &**f));
+            body.value(b, lhs_arg, &at_row(i), hook)
         }
     };
-    let k_vec = k - k % i64::from(LANES);
+    let k_vec = match lhs {
+        Lhs::Direct { .. } => k - k % i64::from(LANES),
+        Lhs::Computed => 0,
+    };
     let start = b.const_i(0);
     let tile_end = b.const_i(tile as i64);
     for_each(b, start, tile_end, |b, c| {
@@ -131,25 +163,32 @@ pub(super) fn lower(
         let mut failure = Ok(());
         b.if_then(inside, |b| {
             let w_base = b.mul(col, k_v);
-            let dot = |b: &mut KernelBuilder, i: Value, acc: Value, lanes: u32| {
-                let x = load_x(b, i, lanes);
-                let at = b.add(w_base, i);
-                let wv = b.load(w, at, lanes);
-                b.fma(x, wv, acc)
+            let dot = |lanes: u32| {
+                move |b: &mut KernelBuilder, i: Value, acc: Value| {
+                    let x = x_at(b, i, lanes)?;
+                    let at = b.add(w_base, i);
+                    let wv = b.load(w, at, lanes);
+                    Ok(b.fma(x, wv, acc))
+                }
             };
-            let mut acc = zero_f;
+            let mut acc = Ok(zero_f);
             if k_vec > 0 {
                 let zero = b.splat(zero_f, LANES);
                 let end = b.const_i(k_vec);
-                let v = b.for_range(start, end, LANES, &[zero], |b, i, a| {
-                    vec![dot(b, i, a[0], LANES)]
-                });
-                acc = b.reduce_lanes(ReduceOp::Add, v[0]);
+                acc = fold_range(b, (start, end, LANES), zero, dot(LANES))
+                    .map(|v| b.reduce_lanes(ReduceOp::Add, v));
             }
             if k_vec < k {
                 let from = b.const_i(k_vec);
-                acc = b.for_range(from, k_v, 1, &[acc], |b, i, a| vec![dot(b, i, a[0], 1)])[0];
+                acc = acc.and_then(|a| fold_range(b, (from, k_v, 1), a, dot(1)));
             }
+            let acc = match acc {
+                Ok(acc) => acc,
+                Err(e) => {
+                    failure = Err(e);
+                    return;
+                }
+            };
             let e = b.add(out_base, col);
             failure = body
                 .symbols

@@ -1,6 +1,6 @@
 //! Lowering: KernelGraph kernels to LIR (DESIGN.md §3), one template per algorithm and target
 //! class. [`lower_cpu`] writes the CPU (SIMD, one thread per workgroup) templates:
-//! [`elementwise`], [`row_reduce`] and [`gemv`]; every other kernel is
+//! [`elementwise`], [`row_reduce`], [`gemv`], [`kv_append`] and [`gather`]; every other kernel is
 //! [`LowerError::Unsupported`].
 //!
 //! **LIR ABI.** Buffer params are the kernel's inputs in order (read-only, `in0`, `in1`, …), then
@@ -11,8 +11,10 @@
 
 mod elementwise;
 mod expr;
+mod gather;
 mod gemv;
 mod index;
+mod kv_append;
 mod row_reduce;
 
 use expr::{scalar_type, Body};
@@ -97,9 +99,10 @@ pub fn lower_cpu(
         };
         match &kernel.kind {
             KernelKind::Elementwise => elementwise::lower(b, &body, out),
-            KernelKind::Layout if kernel.is_launched() => Err("layout other than reshapes".into()),
             KernelKind::Layout => elementwise::lower(b, &body, out),
             KernelKind::RowReduce => row_reduce::lower(b, &body, out),
+            KernelKind::KvAppend => kv_append::lower(b, &body, out),
+            KernelKind::Gather => gather::lower(b, &body, out),
             KernelKind::Gemv { tile_n, .. }
             | KernelKind::FlatGemm { tile_n, .. }
             | KernelKind::Gemm { tile_n, .. } => gemv::lower(b, &body, out, *tile_n),

@@ -4,7 +4,7 @@
 //! writes the normalized values with the epilogue applied. f32 only.
 
 use super::expr::{fold, for_each, Body, HookFn};
-use tessera_ir::kernel::BodyArg;
+use tessera_ir::kernel::{BodyArg, BodyOp};
 use tessera_ir::lir::{
     self, Axis, BinaryOp, BufRef, KernelBuilder, ScalarType, SizeExpr, Special, Value,
 };
@@ -16,6 +16,33 @@ fn inv_std(b: &mut KernelBuilder, total: Value, d: Value, eps: f32) -> Value {
     let eps = b.const_f(f64::from(eps));
     let v = b.add(mean, eps);
     b.unary(lir::UnaryOp::Rsqrt, v)
+}
+
+/// The RmsNorm factor `1/sqrt(Σx²/d + eps)` of a row of `d` elements whose j-th x is `x_at(j)`.
+pub(super) fn rms_factor(
+    b: &mut KernelBuilder,
+    d: Value,
+    eps: f32,
+    x_at: impl FnOnce(&mut KernelBuilder, Value) -> Result<Value, String>,
+) -> Result<Value, String> {
+    let zero = b.const_f(0.0);
+    let ss = fold(b, d, zero, |b, j, acc| {
+        let x = x_at(b, j)?;
+        Ok(b.fma(x, x, acc))
+    })?;
+    let df = b.cast(ScalarType::F32, d);
+    Ok(inv_std(b, ss, df, eps))
+}
+
+/// The RmsNorm op `norm` at a multi-index of its shape, given its row's factor `r`: x·r·w.
+pub(super) fn rms_norm_at<'a>(body: &'a Body, norm: &'a BodyOp, r: Value) -> Box<HookFn<'a>> {
+    let (x, w) = (norm.args[0], norm.args[1]);
+    Box::new(move |b, idx| {
+        let xv = body.value(b, x, idx, None)?;
+        let wj = body.value(b, w, &idx[idx.len() - 1..], None)?;
+        let xr = b.mul(xv, r);
+        Ok(b.mul(xr, wj))
+    })
 }
 
 /// Writes the row-reduce kernel of `body` into `b`, storing to `out`.
@@ -59,18 +86,8 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let zero = b.const_f(0.0);
     let hook: Box<HookFn> = match anchor.op {
         Op::RmsNorm { eps } => {
-            let ss = fold(b, d, zero, |b, j, acc| {
-                let x = x_at(b, j)?;
-                Ok(b.fma(x, x, acc))
-            })?;
-            let r = inv_std(b, ss, df, eps);
-            let w = anchor.args[1];
-            Box::new(move |b, idx| {
-                let x = at(b, x_arg, idx)?;
-                let wj = at(b, w, &column(idx))?;
-                let xr = b.mul(x, r);
-                Ok(b.mul(xr, wj))
-            })
+            let r = rms_factor(b, d, eps, x_at)?;
+            rms_norm_at(body, anchor, r)
         }
         Op::LayerNorm { eps } => {
             let sum = fold(b, d, zero, |b, j, acc| {
