@@ -1,8 +1,9 @@
 //! The elementwise template: each group computes [`CHUNK`] consecutive output elements (the
 //! last group guards its tail), evaluating the whole body per element with broadcasting inputs.
-//! Also serves `Layout` kernels (reshapes, permutes, expands, slices) as a gathering copy.
+//! Also serves `Layout` kernels (reshapes, permutes, expands, slices) as a gathering copy, and
+//! templates whose epilogue remaps indices (see [`lower_with`]).
 
-use super::expr::{for_each, Body};
+use super::expr::{for_each, Body, Hook};
 use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, SizeExpr, Special};
 
 /// Output elements per group: enough work to amortize a group's dispatch on a CPU thread pool.
@@ -10,6 +11,17 @@ pub(super) const CHUNK: u32 = 256;
 
 /// Writes the elementwise kernel of `body` into `b`, storing to `out`.
 pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(), String> {
+    lower_with(b, body, out, None)
+}
+
+/// The elementwise kernel over the output's index space with `hook` computing one op (a
+/// template's core op) at whatever index of it the body reads at each output element.
+pub(super) fn lower_with(
+    b: &mut KernelBuilder,
+    body: &Body,
+    out: BufRef,
+    hook: Option<Hook>,
+) -> Result<(), String> {
     let shape = &body.ty(body.result()).shape;
     let numel = body.symbols.numel_size(shape)?;
     b.grid([
@@ -30,7 +42,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
             failure = body
                 .symbols
                 .unravel(b, e, shape)
-                .and_then(|idx| body.value(b, body.result(), &idx, None))
+                .and_then(|idx| body.value(b, body.result(), &idx, hook))
                 .map(|v| b.store(out, e, v));
         });
         failure

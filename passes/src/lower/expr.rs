@@ -128,6 +128,54 @@ impl Body<'_> {
         }
     }
 
+    /// The multi-index in the body's result of the element at `idx` of op `from`, when the ops
+    /// that consume it form a chain to the result, each either elementwise in the chain's value
+    /// (of its shape) or a permute or reshape of it: every result element then depends on one
+    /// element of op `from`, the one it maps to. Ops off the chain (other operands) are free.
+    pub(super) fn forward(
+        &self,
+        b: &mut KernelBuilder,
+        from: usize,
+        idx: &[Value],
+    ) -> Result<Vec<Value>, String> {
+        let mut at = idx.to_vec();
+        let mut chain = vec![from];
+        for (j, step) in self.ops.iter().enumerate().skip(from + 1) {
+            let reads = |k: usize| step.args.contains(&BodyArg::Op(k));
+            let (&cur, earlier) = chain.split_last().expect("the chain starts at `from`");
+            if earlier.iter().any(|&k| reads(k)) {
+                return Err(format!(
+                    "an epilogue op `{}` reading an earlier step",
+                    step.op.name()
+                ));
+            }
+            if !reads(cur) {
+                continue;
+            }
+            let (shape, to) = (&self.types[cur].shape, &self.types[j].shape);
+            at = match &step.op {
+                Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast { .. } if shape == to => at,
+                Op::Permute { perm } => perm.iter().map(|&p| at[p]).collect(),
+                Op::Reshape { .. } => {
+                    let linear = self.symbols.ravel(b, &at, shape)?;
+                    self.symbols.unravel(b, linear, to)?
+                }
+                other => {
+                    return Err(format!(
+                        "an epilogue op `{}` that is not elementwise, a permute or a reshape",
+                        other.name()
+                    ))
+                }
+            };
+            chain.push(j);
+        }
+        if chain.last() == Some(&(self.ops.len() - 1)) {
+            Ok(at)
+        } else {
+            Err("an epilogue whose result does not depend on the core op".into())
+        }
+    }
+
     /// `Rope(x [B, H, S, D], positions i32 [B, S], inv_freq [R/2])` at `idx` = (b, h, s, d): for
     /// d < R, x·cos ∓ x[partner]·sin with the angle `position · inv_freq[pair]` in f32 (minus for
     /// the first dim of a pair); dims from R on pass through.
@@ -294,21 +342,29 @@ pub(super) fn fold(
 /// return an error, so the error of `f` is returned after the loop.
 pub(super) fn fold_range(
     b: &mut KernelBuilder,
-    (start, end, step): (Value, Value, u32),
+    range: (Value, Value, u32),
     init: Value,
     f: impl FnOnce(&mut KernelBuilder, Value, Value) -> Result<Value, String>,
 ) -> Result<Value, String> {
+    fold_many(b, range, &[init], |b, j, acc| Ok(vec![f(b, j, acc[0])?])).map(|r| r[0])
+}
+
+/// [`fold_range`] with several carried values: `f` returns one new value per carried value.
+pub(super) fn fold_many(
+    b: &mut KernelBuilder,
+    (start, end, step): (Value, Value, u32),
+    init: &[Value],
+    f: impl FnOnce(&mut KernelBuilder, Value, &[Value]) -> Result<Vec<Value>, String>,
+) -> Result<Vec<Value>, String> {
     let mut failure = Ok(());
-    let results = b.for_range(start, end, step, &[init], |b, j, acc| {
-        match f(b, j, acc[0]) {
-            Ok(v) => vec![v],
-            Err(e) => {
-                failure = Err(e);
-                vec![acc[0]]
-            }
+    let results = b.for_range(start, end, step, init, |b, j, acc| match f(b, j, acc) {
+        Ok(v) => v,
+        Err(e) => {
+            failure = Err(e);
+            acc.to_vec()
         }
     });
-    failure.map(|()| results[0])
+    failure.map(|()| results)
 }
 
 /// Runs `f` for each `j` in `start..end` (step 1); a loop body cannot return an error, so the

@@ -4,17 +4,20 @@
 //! carried accumulators with vector loads (a scalar loop takes the K % 4 tail) and the norm is
 //! applied while loading x; any other prologue (a residual add feeding the norm or the matmul)
 //! is evaluated per element through `Body::value`, the norm's statistics computed over the
-//! prologue's values first. The epilogue is applied per output. `split_k` is ignored: one CPU
+//! prologue's values first. A pure elementwise epilogue is applied per output; one that remaps
+//! indices (reshape, permute, RoPE, …) is evaluated over the output's index space with one dot
+//! product per matmul element it reads (correct, not tuned). `split_k` is ignored: one CPU
 //! thread runs the whole K loop.
 //!
 //! `Gemm` and `FlatGemm` kernels are lowered the same way for now (one row of M at a time):
 //! correct, but not tuned for large M.
 
+use super::elementwise;
 use super::expr::{fold_range, for_each, Body};
 use super::row_reduce::{rms_factor, rms_norm_at};
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value};
-use tessera_ir::{DType, Op};
+use tessera_ir::{DType, Dim, Op};
 
 /// f32 lanes of one 128-bit vector.
 const LANES: u32 = 4;
@@ -59,6 +62,128 @@ fn prologue_norm(body: &Body, m: usize) -> Result<Option<(usize, f32)>, String> 
     }
 }
 
+/// A parsed gemv body: the matmul at `m` of an `[N, K]` f32 weight `w`, how its lhs is read,
+/// and the prologue's RmsNorm (position, eps), if any.
+struct Gemv<'a> {
+    body: &'a Body<'a>,
+    m: usize,
+    w: BufRef,
+    lhs: Lhs,
+    norm: Option<(usize, f32)>,
+    n: i64,
+    k: i64,
+}
+
+impl Gemv<'_> {
+    /// The matmul's leading dims (all but the output column).
+    fn lead(&self) -> &[Dim] {
+        let shape = &self.body.types[self.m].shape;
+        &shape[..shape.len() - 1]
+    }
+
+    /// The prologue norm's factor for the lhs row at `lead_idx`, if there is a norm.
+    fn row_scale(
+        &self,
+        b: &mut KernelBuilder,
+        lead_idx: &[Value],
+    ) -> Result<Option<Value>, String> {
+        let body = self.body;
+        self.norm
+            .map(|(r, eps)| {
+                let x = body.ops[r].args[0];
+                let k = b.const_i(self.k);
+                rms_factor(b, k, eps, |b, i| {
+                    body.value(b, x, &[lead_idx, &[i]].concat(), None)
+                })
+            })
+            .transpose()
+    }
+
+    /// The dot product of the lhs row at `lead_idx` (row-major row number `row`, prologue norm
+    /// factor `scale`) with weight row `col`: f32x4 accumulators and a scalar tail for a direct
+    /// lhs, a scalar loop over the prologue's values otherwise.
+    fn dot(
+        &self,
+        b: &mut KernelBuilder,
+        lead_idx: &[Value],
+        row: Value,
+        scale: Option<Value>,
+        col: Value,
+    ) -> Result<Value, String> {
+        let (body, w, k) = (self.body, self.w, self.k);
+        let k_v = b.const_i(k);
+        let x_base = b.mul(row, k_v);
+        let norm_hook = self
+            .norm
+            .zip(scale)
+            .map(|((r, _), s)| (r, rms_norm_at(body, &body.ops[r], s)));
+        let lhs_arg = body.ops[self.m].args[0];
+        // lhs[row, i] as `lanes` lanes (more than one only for a direct lhs).
+        let x_at = |b: &mut KernelBuilder, i: Value, lanes: u32| match self.lhs {
+            Lhs::Direct { x, norm: g } => {
+                let at = b.add(x_base, i);
+                let x = b.load(x, at, lanes);
+                Ok(match (g, scale) {
+                    (Some(g), Some(r)) => {
+                        let r = if lanes > 1 { b.splat(r, lanes) } else { r };
+                        let xr = b.mul(x, r);
+                        let g = b.load(g, i, lanes);
+                        b.mul(xr, g)
+                    }
+                    _ => x,
+                })
+            }
+            Lhs::Computed => {
+                let hook = norm_hook.as_ref().map(|(r, f)| (*r, &**f));
+                body.value(b, lhs_arg, &[lead_idx, &[i]].concat(), hook)
+            }
+        };
+        let k_vec = match self.lhs {
+            Lhs::Direct { .. } => k - k % i64::from(LANES),
+            Lhs::Computed => 0,
+        };
+        let w_base = b.mul(col, k_v);
+        let dot = |lanes: u32| {
+            move |b: &mut KernelBuilder, i: Value, acc: Value| {
+                let x = x_at(b, i, lanes)?;
+                let at = b.add(w_base, i);
+                let wv = b.load(w, at, lanes);
+                Ok(b.fma(x, wv, acc))
+            }
+        };
+        let zero_f = b.const_f(0.0);
+        let start = b.const_i(0);
+        let mut acc = zero_f;
+        if k_vec > 0 {
+            let zero = b.splat(zero_f, LANES);
+            let end = b.const_i(k_vec);
+            let v = fold_range(b, (start, end, LANES), zero, dot(LANES))?;
+            acc = b.reduce_lanes(ReduceOp::Add, v);
+        }
+        if k_vec < k {
+            let from = b.const_i(k_vec);
+            acc = fold_range(b, (from, k_v, 1), acc, dot(1))?;
+        }
+        Ok(acc)
+    }
+}
+
+/// Whether the ops after the matmul `m` keep every element at its index: no layout op or RoPE
+/// (which read other elements) and the matmul's shape as the result's.
+fn elementwise_epilogue(body: &Body, m: usize) -> bool {
+    body.ty(body.result()).shape == body.types[m].shape
+        && body.ops[m + 1..].iter().all(|s| {
+            !matches!(
+                s.op,
+                Op::Reshape { .. }
+                    | Op::Permute { .. }
+                    | Op::Slice { .. }
+                    | Op::Expand { .. }
+                    | Op::Rope { .. }
+            )
+        })
+}
+
 /// Writes the gemv kernel of `body` into `b`, storing to `out`.
 pub(super) fn lower(
     b: &mut KernelBuilder,
@@ -97,64 +222,47 @@ pub(super) fn lower(
         },
         _ => Lhs::Computed,
     };
-    let shape = &body.types[m].shape;
-    if &body.ty(body.result()).shape != shape {
-        return Err("an epilogue that changes the matmul's shape".into());
+    let g = Gemv {
+        body,
+        m,
+        w,
+        lhs,
+        norm,
+        n,
+        k,
+    };
+    if elementwise_epilogue(body, m) {
+        rows(b, &g, out, tile_n)
+    } else {
+        let hook = |b: &mut KernelBuilder, at: &[Value]| {
+            let (&col, lead_idx) = at.split_last().ok_or("a matmul of a scalar")?;
+            let row = body.symbols.ravel(b, lead_idx, g.lead())?;
+            let scale = g.row_scale(b, lead_idx)?;
+            g.dot(b, lead_idx, row, scale, col)
+        };
+        elementwise::lower_with(b, body, out, Some((m, &hook)))
     }
-    let lead = &shape[..shape.len() - 1];
+}
+
+/// The fast path for an elementwise epilogue: a group computes `tile_n` output columns of one
+/// lhs row, the norm's factor once for the row, and applies the epilogue to each dot product.
+fn rows(b: &mut KernelBuilder, g: &Gemv, out: BufRef, tile_n: u32) -> Result<(), String> {
+    let body = g.body;
+    let shape = &body.types[g.m].shape;
     let tile = u64::from(tile_n.max(1));
     b.grid([
-        SizeExpr::Const(n as u64).ceil_div(tile),
-        body.symbols.numel_size(lead)?,
+        SizeExpr::Const(g.n as u64).ceil_div(tile),
+        body.symbols.numel_size(g.lead())?,
         SizeExpr::Const(1),
     ]);
     let row = b.special(Special::GroupId(Axis::Y));
     let col_group = b.special(Special::GroupId(Axis::X));
     let tile_v = b.const_i(tile as i64);
     let col0 = b.mul(col_group, tile_v);
-    let (n_v, k_v) = (b.const_i(n), b.const_i(k));
-    let x_base = b.mul(row, k_v);
+    let n_v = b.const_i(g.n);
     let out_base = b.mul(row, n_v);
-    let zero_f = b.const_f(0.0);
-    let lead_idx = body.symbols.unravel(b, row, lead)?;
-    let at_row = |i: Value| {
-        let mut idx = lead_idx.clone();
-        idx.push(i);
-        idx
-    };
-    let scale = norm
-        .map(|(r, eps)| {
-            let x = body.ops[r].args[0];
-            rms_factor(b, k_v, eps, |b, i| body.value(b, x, &at_row(i), None))
-        })
-        .transpose()?;
-    let norm_hook = norm
-        .zip(scale)
-        .map(|((r, _), s)| (r, rms_norm_at(body, &body.ops[r], s)));
-    // lhs[row, i] as `lanes` lanes (more than one only for a direct lhs).
-    let x_at = |b: &mut KernelBuilder, i: Value, lanes: u32| match lhs {
-        Lhs::Direct { x, norm: g } => {
-            let at = b.add(x_base, i);
-            let x = b.load(x, at, lanes);
-            Ok(match (g, scale) {
-                (Some(g), Some(r)) => {
-                    let r = if lanes > 1 { b.splat(r, lanes) } else { r };
-                    let xr = b.mul(x, r);
-                    let g = b.load(g, i, lanes);
-                    b.mul(xr, g)
-                }
-                _ => x,
-            })
-        }
-        Lhs::Computed => {
-            let hook = norm_hook.as_ref().map(|(r, f)| (*r, &**f));
-            body.value(b, lhs_arg, &at_row(i), hook)
-        }
-    };
-    let k_vec = match lhs {
-        Lhs::Direct { .. } => k - k % i64::from(LANES),
-        Lhs::Computed => 0,
-    };
+    let lead_idx = body.symbols.unravel(b, row, g.lead())?;
+    let scale = g.row_scale(b, &lead_idx)?;
     let start = b.const_i(0);
     let tile_end = b.const_i(tile as i64);
     for_each(b, start, tile_end, |b, c| {
@@ -162,27 +270,7 @@ pub(super) fn lower(
         let inside = b.cmp(CmpOp::Lt, col, n_v);
         let mut failure = Ok(());
         b.if_then(inside, |b| {
-            let w_base = b.mul(col, k_v);
-            let dot = |lanes: u32| {
-                move |b: &mut KernelBuilder, i: Value, acc: Value| {
-                    let x = x_at(b, i, lanes)?;
-                    let at = b.add(w_base, i);
-                    let wv = b.load(w, at, lanes);
-                    Ok(b.fma(x, wv, acc))
-                }
-            };
-            let mut acc = Ok(zero_f);
-            if k_vec > 0 {
-                let zero = b.splat(zero_f, LANES);
-                let end = b.const_i(k_vec);
-                acc = fold_range(b, (start, end, LANES), zero, dot(LANES))
-                    .map(|v| b.reduce_lanes(ReduceOp::Add, v));
-            }
-            if k_vec < k {
-                let from = b.const_i(k_vec);
-                acc = acc.and_then(|a| fold_range(b, (from, k_v, 1), a, dot(1)));
-            }
-            let acc = match acc {
+            let acc = match g.dot(b, &lead_idx, row, scale, col) {
                 Ok(acc) => acc,
                 Err(e) => {
                     failure = Err(e);
@@ -201,7 +289,7 @@ pub(super) fn lower(
                             Err("an epilogue reading the matmul at another element".to_string())
                         }
                     };
-                    body.value(b, body.result(), &idx, Some((m, &hook)))
+                    body.value(b, body.result(), &idx, Some((g.m, &hook)))
                 })
                 .map(|v| b.store(out, e, v));
         });

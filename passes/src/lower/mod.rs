@@ -1,7 +1,7 @@
 //! Lowering: KernelGraph kernels to LIR (DESIGN.md §3), one template per algorithm and target
 //! class. [`lower_cpu`] writes the CPU (SIMD, one thread per workgroup) templates:
-//! [`elementwise`], [`row_reduce`], [`gemv`], [`kv_append`] and [`gather`]; every other kernel is
-//! [`LowerError::Unsupported`].
+//! [`elementwise`], [`row_reduce`], [`gemv`], [`kv_append`], [`gather`] and [`attention`]; every
+//! other kernel is [`LowerError::Unsupported`].
 //!
 //! **LIR ABI.** Buffer params are the kernel's inputs in order (read-only, `in0`, `in1`, …), then
 //! its output (`out`); scalar params are the `i64` values of the symbols appearing in any
@@ -9,6 +9,7 @@
 //! grid is a `SizeExpr` over them. Buffers are dense and row-major; inputs broadcast to the
 //! output by numpy rules. Supported element types are f32 and i32 (weights f32).
 
+mod attention;
 mod elementwise;
 mod expr;
 mod gather;
@@ -103,6 +104,9 @@ pub fn lower_cpu(
             KernelKind::RowReduce => row_reduce::lower(b, &body, out),
             KernelKind::KvAppend => kv_append::lower(b, &body, out),
             KernelKind::Gather => gather::lower(b, &body, out),
+            KernelKind::FlashAttention { .. } | KernelKind::FlashDecoding { .. } => {
+                attention::lower(b, &body, out)
+            }
             KernelKind::Gemv { tile_n, .. }
             | KernelKind::FlatGemm { tile_n, .. }
             | KernelKind::Gemm { tile_n, .. } => gemv::lower(b, &body, out, *tile_n),
