@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tessera_ir::artifact::{self, Manifest};
 use tessera_ir::interp::{self, Tensor};
-use tessera_ir::kernel::{BufferSource, DerivedWeight, KernelGraph, BODY_OUTPUT};
-use tessera_ir::{Module, WeightSpec};
+use tessera_ir::kernel::{BufferSource, DerivedWeight, Kernel, KernelGraph, BODY_OUTPUT};
+use tessera_ir::{DType, Module, TensorType, WeightSpec};
 use tessera_models::{ImportedModel, Weight, WeightData};
 use tessera_passes::cost::{Roofline, TargetSpec};
+use tessera_passes::lower::{lower_cpu, LowerError};
 use tessera_passes::optimize::{optimize_module, EntryReport};
 
 /// What the artifact's code runs on.
@@ -22,12 +23,16 @@ use tessera_passes::optimize::{optimize_module, EntryReport};
 pub enum Target {
     /// The reference interpreter executes the Graph: exact and slow; the oracle for every backend.
     Reference,
+    /// Native code for the host CPU: every kernel lowered to LIR (stored in the artifact) and
+    /// JIT-compiled by the runtime at load. Requires the optimizer (kernels) and f32 weights.
+    Cpu,
 }
 
 impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Reference => "reference",
+            Target::Cpu => "cpu",
         }
     }
 
@@ -35,7 +40,7 @@ impl Target {
     /// target executes any choice exactly, so it optimizes as for the host CPU.
     pub fn spec(self) -> TargetSpec {
         match self {
-            Target::Reference => TargetSpec::cpu_host(),
+            Target::Reference | Target::Cpu => TargetSpec::cpu_host(),
         }
     }
 }
@@ -83,6 +88,9 @@ pub fn compile_model(
             model.display()
         );
     }
+    if opts.target == Target::Cpu && !opts.optimize {
+        bail!("--no-opt cannot be used with --target cpu: CPU code is generated from the optimized kernels");
+    }
     let mut imported = tessera_models::import_hf(model)?;
     tracing::info!(architecture = %imported.module.info.architecture, weights = imported.weights.len(), "imported");
     let optimized = if opts.optimize {
@@ -97,7 +105,8 @@ pub fn compile_model(
 }
 
 /// Runs the optimizer on every entry point for `target`'s cost model and materializes the
-/// weights the chosen kernels derive (merged projections).
+/// weights the chosen kernels derive (merged projections); for `--target cpu`, then lowers every
+/// kernel to LIR ([`lower_for_cpu`]).
 pub fn optimize_model(model: &mut ImportedModel, target: Target) -> Result<Vec<EntryReport>> {
     let spec = target.spec();
     let reports = optimize_module(
@@ -112,7 +121,68 @@ pub fn optimize_model(model: &mut ImportedModel, target: Target) -> Result<Vec<E
     }
     materialize_derived_weights(model)?;
     drop_unread_weights(model);
+    if target == Target::Cpu {
+        lower_for_cpu(&mut model.module)?;
+    }
     Ok(reports)
+}
+
+/// Lowers every kernel of every entry point's KernelGraph with [`lower_cpu`] into the entry's
+/// `cpu_code`. A kernel without a CPU template, or one reading a weight the CPU path cannot read
+/// (anything but f32 today), is an error naming the entry point, the kernel and the reason.
+pub fn lower_for_cpu(module: &mut Module) -> Result<()> {
+    for entry in &mut module.entries {
+        let kg = entry.kernels.as_ref().with_context(|| {
+            format!(
+                "entry point `{}` has no kernels: --target cpu needs the optimizer",
+                entry.name
+            )
+        })?;
+        let fail = |kernel: &Kernel, reason: String| {
+            anyhow::anyhow!(
+                "entry point `{}`: kernel `{}` ({}): {reason}; use --target reference",
+                entry.name,
+                kernel.scope,
+                kernel.kind
+            )
+        };
+        let mut code = Vec::with_capacity(kg.kernels.len());
+        for kernel in &kg.kernels {
+            for &b in &kernel.inputs {
+                if let BufferSource::Weight(name) = &kg.buffer(b).source {
+                    // `Module::validate` holds the buffer to the declared weight's type.
+                    let dtype = kg.buffer(b).ty.dtype;
+                    if dtype != DType::F32 {
+                        return Err(fail(
+                            kernel,
+                            format!(
+                                "weight `{name}` is {dtype}; {dtype} weights are not supported on --target cpu yet"
+                            ),
+                        ));
+                    }
+                }
+            }
+            let inputs: Vec<TensorType> = kernel
+                .inputs
+                .iter()
+                .map(|&b| kg.buffer(b).ty.clone())
+                .collect();
+            let lir = lower_cpu(kernel, &inputs, &kg.buffer(kernel.output).ty).map_err(|e| {
+                let reason = match e {
+                    LowerError::Unsupported { what, .. } => {
+                        format!("{what} is not supported by the CPU templates yet")
+                    }
+                    LowerError::Invalid { message, .. } => {
+                        format!("invalid body: {message}")
+                    }
+                };
+                fail(kernel, reason)
+            })?;
+            code.push(lir);
+        }
+        entry.cpu_code = code;
+    }
+    Ok(())
 }
 
 /// Keeps only the weights some KernelGraph reads, once every entry point has one: projections
@@ -365,6 +435,7 @@ mod tests {
             name: name.into(),
             graph: g,
             kernels: Some(kg),
+            cpu_code: vec![],
         }
     }
 

@@ -5,6 +5,6 @@ pub mod compile;
 pub mod demo;
 
 pub use compile::{
-    compile_model, load_module, materialize_derived_weights, optimize_model, write_artifact,
-    CompileOptions, CompileReport, Target,
+    compile_model, load_module, lower_for_cpu, materialize_derived_weights, optimize_model,
+    write_artifact, CompileOptions, CompileReport, Target,
 };

@@ -45,10 +45,29 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn compile(name: &str, dir: &Path) -> String {
+    compile_with(name, dir, &[])
+}
+
+/// Compiles fixture `name` into `dir` with the extra compile arguments `extra`.
+fn compile_with(name: &str, dir: &Path, extra: &[&str]) -> String {
     let out = dir.join(format!("{name}.tsr"));
     let out = out.to_str().unwrap().to_string();
-    ok(&["compile", fixture(name).to_str().unwrap(), "-o", &out]);
+    let model = fixture(name);
+    let mut args = vec!["compile", model.to_str().unwrap(), "-o", &out];
+    args.extend_from_slice(extra);
+    ok(&args);
     out
+}
+
+/// The fixture's prompt as `--prompt-ids` takes it.
+fn prompt_ids(want: &Value) -> String {
+    let ids: Vec<String> = want["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    ids.join(",")
 }
 
 fn expected(name: &str) -> Value {
@@ -74,19 +93,13 @@ fn run_json_and_dump_logits_match_the_fixture() {
     let tmp = tempfile::tempdir().unwrap();
     let artifact = compile("llama", tmp.path());
     let want = expected("llama");
-    let ids: Vec<String> = want["prompt_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
     let n = want["generated_ids"].as_array().unwrap().len();
     let npy = tmp.path().join("logits.npy");
     let stdout = ok(&[
         "run",
         &artifact,
         "--prompt-ids",
-        &ids.join(","),
+        &prompt_ids(&want),
         "--max-tokens",
         &n.to_string(),
         "--ignore-eos",
@@ -172,6 +185,40 @@ fn inspect_describes_the_artifact() {
         .collect();
     assert_eq!(entries, ["prefill", "decode"]);
     assert!(ok(&["inspect", &artifact]).contains("entry decode"));
+}
+
+#[test]
+fn cpu_target_compiles_and_runs_the_fixture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let artifact = compile_with("qwen2", tmp.path(), &["--target", "cpu"]);
+    let want = expected("qwen2");
+    let n = want["generated_ids"].as_array().unwrap().len();
+    let report = last_json(&ok(&[
+        "run",
+        &artifact,
+        "--prompt-ids",
+        &prompt_ids(&want),
+        "--max-tokens",
+        &n.to_string(),
+        "--ignore-eos",
+        "--json",
+    ]));
+    assert_eq!(report["generated_ids"], want["generated_ids"]);
+    let model = fixture("qwen2");
+    let out = tmp.path().join("plain.tsr");
+    let err = fails(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--target",
+        "cpu",
+        "--no-opt",
+    ]);
+    assert!(
+        err.contains("--no-opt cannot be used with --target cpu"),
+        "{err}"
+    );
 }
 
 #[test]

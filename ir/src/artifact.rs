@@ -339,6 +339,7 @@ mod tests {
                 name: "main".into(),
                 graph: g,
                 kernels: None,
+                cpu_code: vec![],
             }],
         };
         let data = vec![

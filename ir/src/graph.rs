@@ -319,6 +319,11 @@ pub struct EntryPoint {
     /// `None` (compiled with `--no-opt`) means the Graph itself runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernels: Option<KernelGraph>,
+    /// Code per target (DESIGN.md §6): for `--target cpu`, the LIR of every kernel of `kernels`,
+    /// index-aligned with `kernels.kernels`, which the runtime JIT-compiles at load. Empty for
+    /// targets that execute the KernelGraph itself (reference) or for `--no-opt`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_code: Vec<crate::lir::Kernel>,
 }
 
 /// What the runtime needs to know about the model beyond its graphs.
@@ -354,8 +359,9 @@ impl Module {
     }
 
     /// Checks every entry point: graphs verify, weights they read are declared with the same type,
-    /// every state tensor is both an input and an output of every entry point, and a KernelGraph
-    /// verifies and fits its Graph and the module's weights.
+    /// every state tensor is both an input and an output of every entry point, a KernelGraph
+    /// verifies and fits its Graph and the module's weights, and CPU code, when present, has one
+    /// LIR kernel per kernel.
     pub fn validate(&self) -> Result<(), IrError> {
         for entry in &self.entries {
             let at = |msg: String| IrError::Invalid(format!("entry point `{}`: {msg}", entry.name));
@@ -380,6 +386,13 @@ impl Module {
             if let Some(kg) = &entry.kernels {
                 self.validate_kernels(&entry.graph, kg)
                     .map_err(|m| at(format!("kernels: {m}")))?;
+            }
+            let kernel_count = entry.kernels.as_ref().map_or(0, |kg| kg.kernels.len());
+            if !entry.cpu_code.is_empty() && entry.cpu_code.len() != kernel_count {
+                return Err(at(format!(
+                    "cpu_code has {} LIR kernels for {kernel_count} kernels",
+                    entry.cpu_code.len()
+                )));
             }
             for s in &self.state {
                 if !entry.graph.inputs().any(|(n, _)| n == s.name) {

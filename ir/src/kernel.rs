@@ -759,6 +759,7 @@ pub(crate) mod tests {
                 name: "main".into(),
                 graph: sample_graph(),
                 kernels: Some(kernels),
+                cpu_code: vec![],
             }],
         }
     }

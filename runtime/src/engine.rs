@@ -2,6 +2,7 @@
 //! the prompt once, then decode one token per step through the cache.
 
 use crate::executor::{Executor, ReferenceExecutor};
+use crate::CpuExecutor;
 use crate::{Artifact, RuntimeError, Sampler, SamplingParams, Tokenizer};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -91,9 +92,10 @@ impl Engine {
             .map(Arc::new);
         let executor: Box<dyn Executor> = match artifact.manifest().target.as_str() {
             "reference" => Box::new(ReferenceExecutor::new(&artifact)?),
+            "cpu" => Box::new(CpuExecutor::new(&artifact)?),
             other => {
                 return Err(RuntimeError::Unsupported(format!(
-                "{}: target `{other}` cannot be executed by this runtime (supported: reference)",
+                "{}: target `{other}` cannot be executed by this runtime (supported: reference, cpu)",
                 path.display()
             )))
             }

@@ -19,4 +19,7 @@ pub enum RuntimeError {
     /// The artifact is for a target this runtime cannot execute.
     #[error("{0}")]
     Unsupported(String),
+    /// A compiled kernel failed to build or launch; the message names the entry point and kernel.
+    #[error("{0}")]
+    Kernel(String),
 }

@@ -116,6 +116,7 @@ mod tests {
             name: name.into(),
             graph: add_graph(),
             kernels,
+            cpu_code: vec![],
         };
         let module = Module {
             info: ModelInfo {

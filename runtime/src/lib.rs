@@ -3,6 +3,7 @@
 //! Later backends replace the executor, not this API.
 
 mod artifact;
+mod cpu;
 mod engine;
 mod error;
 mod executor;
@@ -10,6 +11,7 @@ mod sampler;
 mod tokenizer;
 
 pub use artifact::Artifact;
+pub use cpu::CpuExecutor;
 pub use engine::{Engine, FinishReason, GenerateOptions, Generation};
 pub use error::RuntimeError;
 pub use executor::{Executor, ReferenceExecutor};

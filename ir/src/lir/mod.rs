@@ -205,9 +205,62 @@ impl Value {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Literal {
-    F(f64),
+    F(#[serde(with = "json_f64")] f64),
     I(i64),
     Bool(bool),
+}
+
+/// Serde for an `f64` that may be infinite or NaN, which JSON numbers cannot hold (a max
+/// reduction starts at `-inf`): finite values as numbers, the others as the strings `inf`,
+/// `-inf` and `nan`.
+mod json_f64 {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            v if v.is_finite() => s.serialize_f64(v),
+            v if v.is_nan() => s.serialize_str("nan"),
+            v if v > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Number(v) => Ok(v),
+            Repr::Text(t) => match t.as_str() {
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "nan" => Ok(f64::NAN),
+                other => Err(D::Error::custom(format!("`{other}` is not a float"))),
+            },
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::Literal;
+
+        #[test]
+        fn non_finite_literals_round_trip_through_json() {
+            for v in [f64::NEG_INFINITY, f64::INFINITY, -0.5, 1e-6] {
+                let json = serde_json::to_string(&Literal::F(v)).unwrap();
+                let back: Literal = serde_json::from_str(&json).unwrap();
+                assert_eq!(back, Literal::F(v), "{json}");
+            }
+            let json = serde_json::to_string(&Literal::F(f64::NAN)).unwrap();
+            let back: Literal = serde_json::from_str(&json).unwrap();
+            assert!(matches!(back, Literal::F(v) if v.is_nan()), "{json}");
+        }
+    }
 }
 
 /// One-operand arithmetic. `Neg` and `Abs` take any numeric type, the rest only floats.
