@@ -1,7 +1,8 @@
 use super::*;
+use tessera_ir::lir::examples::gemv_row;
 use tessera_ir::lir::{
-    Access, Axis, BinaryOp, CmpOp, Kernel, KernelBuilder, Literal, MemorySpace, ReduceOp,
-    ScalarType, SizeExpr, Special, Type, UnaryOp,
+    Access, Axis, BinaryOp, CmpOp, KernelBuilder, Literal, MemorySpace, ScalarType, SizeExpr,
+    Special, Type, UnaryOp,
 };
 
 const F32: ScalarType = ScalarType::F32;
@@ -60,31 +61,6 @@ fn assert_close(got: &[f32], want: &[f32], rel: f32) {
 /// A grid of `n` groups along x.
 fn grid_x(b: &mut KernelBuilder, n: SizeExpr) {
     b.grid([n, SizeExpr::Const(1), SizeExpr::Const(1)]);
-}
-
-/// One output row per group: `y[row] = Σ_k w[row, k]·x[k]`, four lanes at a time.
-fn gemv_row() -> Kernel {
-    let mut b = KernelBuilder::new("gemv");
-    let w = b.buffer("w", F32, Access::Read);
-    let x = b.buffer("x", F32, Access::Read);
-    let y = b.buffer("y", F32, Access::Write);
-    let _n = b.scalar("n", I64);
-    let k = b.scalar("k", I64);
-    grid_x(&mut b, SizeExpr::Param(0));
-    let row = b.special(Special::GroupId(Axis::X));
-    let zero = b.const_f(0.0);
-    let acc0 = b.splat(zero, 4);
-    let start = b.const_i(0);
-    let base = b.mul(row, k);
-    let acc = b.for_range(start, k, 4, &[acc0], |b, kk, acc| {
-        let wi = b.add(base, kk);
-        let wv = b.load(w, wi, 4);
-        let xv = b.load(x, kk, 4);
-        vec![b.fma(wv, xv, acc[0])]
-    });
-    let sum = b.reduce_lanes(ReduceOp::Add, acc[0]);
-    b.store(y, row, sum);
-    b.finish()
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! [`verify`], print them with `Display`.
 
 mod builder;
+pub mod examples;
 mod print;
 mod verify;
 

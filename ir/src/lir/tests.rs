@@ -1,3 +1,4 @@
+use super::examples::gemv_row;
 use super::*;
 
 fn cpu() -> Capabilities {
@@ -24,32 +25,6 @@ fn gpu() -> Capabilities {
 
 const F32: ScalarType = ScalarType::F32;
 const I64: ScalarType = ScalarType::I64;
-
-/// One output row per group: `y[row] = Σ_k w[row, k]·x[k]`, four lanes at a time (K a multiple
-/// of 4).
-fn gemv_row() -> Kernel {
-    let mut b = KernelBuilder::new("gemv");
-    let w = b.buffer("w", F32, Access::Read);
-    let x = b.buffer("x", F32, Access::Read);
-    let y = b.buffer("y", F32, Access::Write);
-    let _n = b.scalar("n", I64);
-    let k = b.scalar("k", I64);
-    b.grid([SizeExpr::Param(0), SizeExpr::Const(1), SizeExpr::Const(1)]);
-    let row = b.special(Special::GroupId(Axis::X));
-    let zero = b.const_f(0.0);
-    let acc0 = b.splat(zero, 4);
-    let start = b.const_i(0);
-    let base = b.mul(row, k);
-    let acc = b.for_range(start, k, 4, &[acc0], |b, kk, acc| {
-        let wi = b.add(base, kk);
-        let wv = b.load(w, wi, 4);
-        let xv = b.load(x, kk, 4);
-        vec![b.fma(wv, xv, acc[0])]
-    });
-    let sum = b.reduce_lanes(ReduceOp::Add, acc[0]);
-    b.store(y, row, sum);
-    b.finish()
-}
 
 /// 256 threads sum 256 elements per group through shared memory, halving the active threads
 /// each step (8 steps, a uniform loop).
