@@ -111,6 +111,12 @@ pub enum KernelKind {
 }
 
 impl KernelKind {
+    /// Whether this template running `body` launches anything: a layout kernel made only of
+    /// reshapes is a view of its input on contiguous data, so it costs and launches nothing.
+    pub fn launches(&self, body: &[BodyOp]) -> bool {
+        !(*self == KernelKind::Layout && body.iter().all(|b| matches!(b.op, Op::Reshape { .. })))
+    }
+
     /// The short name used in dumps and `explain`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -197,8 +203,7 @@ pub struct Kernel {
 impl Kernel {
     /// Whether a compiled backend launches anything for this kernel (a lone reshape is free).
     pub fn is_launched(&self) -> bool {
-        !(self.kind == KernelKind::Layout
-            && self.body.iter().all(|b| matches!(b.op, Op::Reshape { .. })))
+        self.kind.launches(&self.body)
     }
 }
 

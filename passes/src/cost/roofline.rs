@@ -9,7 +9,7 @@ use super::target::{TargetClass, TargetSpec};
 use super::work::{AttentionCore, MatMulCore, Work};
 use super::CostModel;
 use tessera_ir::kernel::{BodyOp, KernelKind};
-use tessera_ir::{DType, DimEnv, Op, TensorType};
+use tessera_ir::{DType, DimEnv, TensorType};
 
 /// The cost of one kernel for one shape bucket, and the work behind it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,7 +68,7 @@ pub fn estimate(
     env: &DimEnv,
     target: &TargetSpec,
 ) -> Estimate {
-    if *kernel == KernelKind::Layout && body.iter().all(|b| matches!(b.op, Op::Reshape { .. })) {
+    if !kernel.launches(body) {
         return Estimate::FREE;
     }
     let work = match Work::analyze(body, inputs, output, env) {
