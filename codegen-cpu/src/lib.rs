@@ -13,15 +13,15 @@ pub use jit::{clif_text, compile};
 pub use launch::CompiledKernel;
 
 use std::collections::BTreeSet;
-use tessera_ir::lir::Capabilities;
+use tessera_ir::lir::{Capabilities, IntrinsicKind};
 
 /// What CPU kernels may use: a workgroup is one thread (the groups are the work items a thread
-/// pool splits), so there are no subgroups, no shared memory and no intrinsics; `f16` is a
-/// storage type only.
+/// pool splits), so there are no subgroups and no shared memory; the intrinsics are the packed
+/// 8-bit dot products of quantized kernels; `f16` is a storage type only.
 pub fn cpu_capabilities() -> Capabilities {
     Capabilities {
         subgroup_sizes: vec![],
-        intrinsics: BTreeSet::new(),
+        intrinsics: BTreeSet::from([IntrinsicKind::Dot4I8Packed, IntrinsicKind::Dot4U8I8Packed]),
         max_workgroup_size: 1,
         shared_bytes: 0,
         f16: false,

@@ -1,8 +1,8 @@
 use super::*;
 use tessera_ir::lir::examples::gemv_row;
 use tessera_ir::lir::{
-    Access, Axis, BinaryOp, CmpOp, KernelBuilder, Literal, MemorySpace, ScalarType, SizeExpr,
-    Special, Type, UnaryOp,
+    Access, Axis, BinaryOp, CmpOp, Intrinsic, KernelBuilder, Literal, MemorySpace, ScalarType,
+    SizeExpr, Special, Type, UnaryOp,
 };
 
 const F32: ScalarType = ScalarType::F32;
@@ -354,4 +354,122 @@ fn launch_checks_its_arguments() {
         .launch_range(&mut [&mut w, &mut x, &mut y], &[1, 4], 0..2)
         .unwrap_err();
     assert!(err.to_string().contains("outside the grid"), "{err}");
+}
+
+/// Bytes of a xorshift stream.
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    random(n, seed)
+        .iter()
+        .map(|v| (v.to_bits() >> 7) as u8)
+        .collect()
+}
+
+/// `out[i] = Dot4(a[4i..], b[4i..], acc = i)` over `u32x4` (one group) and, lane by lane, over
+/// scalars: both packings, against the definition.
+#[test]
+fn packed_byte_dot_products() {
+    for unsigned in [false, true] {
+        for lanes in [4, 1] {
+            let intrinsic = if unsigned {
+                Intrinsic::Dot4U8I8Packed
+            } else {
+                Intrinsic::Dot4I8Packed
+            };
+            let mut b = KernelBuilder::new("dot4");
+            let a = b.buffer("a", ScalarType::U8, Access::Read);
+            let bb = b.buffer("b", ScalarType::U8, Access::Read);
+            let out = b.buffer("out", I32, Access::Write);
+            grid_x(&mut b, SizeExpr::Const(4 / u64::from(lanes)));
+            let g = b.special(Special::GroupId(Axis::X));
+            let bytes = b.const_i(4 * i64::from(lanes));
+            let at = b.mul(g, bytes);
+            let u32s = Type::vector(ScalarType::U32, lanes);
+            let (x, y) = (b.load_bytes(a, at, u32s), b.load_bytes(bb, at, u32s));
+            let acc = b.cast(I32, g);
+            let acc = if lanes > 1 { b.splat(acc, lanes) } else { acc };
+            let r = b.intrinsic(intrinsic, &[x, y, acc]);
+            let lanes_v = b.const_i(i64::from(lanes));
+            let i = b.mul(g, lanes_v);
+            b.store(out, i, r);
+            let compiled = compile(&b.finish()).unwrap();
+            let (mut ab, mut bb) = (random_bytes(16, 5), random_bytes(16, 6));
+            let mut ob = vec![0u8; 16];
+            compiled
+                .launch(&mut [&mut ab, &mut bb, &mut ob], &[])
+                .unwrap();
+            let want: Vec<i32> = (0..4)
+                .map(|l| {
+                    let acc = (l / lanes as usize) as i32;
+                    acc + (0..4)
+                        .map(|j| {
+                            let x = if unsigned {
+                                i32::from(ab[4 * l + j])
+                            } else {
+                                i32::from(ab[4 * l + j] as i8)
+                            };
+                            x * i32::from(bb[4 * l + j] as i8)
+                        })
+                        .sum::<i32>()
+                })
+                .collect();
+            assert_eq!(to_i32(&ob), want, "unsigned {unsigned}, lanes {lanes}");
+        }
+    }
+}
+
+/// Every f16 and bf16 bit pattern, read from a byte buffer at a byte offset and widened to f32,
+/// equals the `half` crate's conversion (NaNs stay NaN).
+#[test]
+fn half_precision_widens_exactly() {
+    for half in [ScalarType::F16, ScalarType::Bf16] {
+        let mut b = KernelBuilder::new("widen");
+        let x = b.buffer("x", ScalarType::U8, Access::Read);
+        let y = b.buffer("y", F32, Access::Write);
+        grid_x(&mut b, SizeExpr::Const(1 << 16));
+        let g = b.special(Special::GroupId(Axis::X));
+        let two = b.const_i(2);
+        // One byte of padding in front: the loads are unaligned.
+        let one = b.const_i(1);
+        let at = b.mul(g, two);
+        let at = b.add(at, one);
+        let h = b.load_bytes(x, at, Type::scalar(half));
+        let f = b.cast(F32, h);
+        b.store(y, g, f);
+        let compiled = compile(&b.finish()).unwrap();
+        let mut xb: Vec<u8> = [0u8]
+            .into_iter()
+            .chain((0..=u16::MAX).flat_map(u16::to_le_bytes))
+            .collect();
+        let mut yb = vec![0u8; 4 << 16];
+        compiled.launch(&mut [&mut xb, &mut yb], &[]).unwrap();
+        for (bits, got) in (0..=u16::MAX).zip(to_f32(&yb)) {
+            let want = match half {
+                ScalarType::F16 => half::f16::from_bits(bits).to_f32(),
+                _ => half::bf16::from_bits(bits).to_f32(),
+            };
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{half:?} {bits:#06x}: got {got}, want {want}"
+            );
+        }
+    }
+}
+
+/// `u8x16` reinterpreted as `u32x4` keeps the bytes little-endian; `i32` → `f32x4` casts.
+#[test]
+fn bitcasts_keep_memory_order() {
+    let mut b = KernelBuilder::new("bitcast");
+    let x = b.buffer("x", ScalarType::U8, Access::Read);
+    let y = b.buffer("y", I32, Access::Write);
+    grid_x(&mut b, SizeExpr::Const(1));
+    let zero = b.const_i(0);
+    let v = b.load(x, zero, 16);
+    let words = b.bitcast(ScalarType::U32, 4, v);
+    let words = b.bitcast(I32, 4, words);
+    b.store(y, zero, words);
+    let compiled = compile(&b.finish()).unwrap();
+    let mut xb: Vec<u8> = (0..16).collect();
+    let mut yb = vec![0u8; 16];
+    compiled.launch(&mut [&mut xb, &mut yb], &[]).unwrap();
+    assert_eq!(yb, xb);
 }

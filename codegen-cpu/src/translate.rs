@@ -10,7 +10,7 @@
 
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32, I32, I64, I8};
+use cranelift_codegen::ir::types::{F32, I16, I32, I32X4, I64, I8, I8X16};
 use cranelift_codegen::ir::{
     self, AbiParam, BlockArg, Endianness, FuncRef, Function, InstBuilder, MemFlagsData, Signature,
     StackSlotData, StackSlotKind,
@@ -19,8 +19,8 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{Linkage, Module};
 use std::collections::HashMap;
 use tessera_ir::lir::{
-    BinaryOp, BufRef, Carried, CmpOp, Inst, Kernel, Literal, ReduceOp, ScalarType, Special, Stmt,
-    Type, UnaryOp, Value,
+    BinaryOp, BufRef, Carried, CmpOp, Inst, Intrinsic, Kernel, Literal, ReduceOp, ScalarType,
+    Special, Stmt, Type, UnaryOp, Value,
 };
 
 /// The signature of every kernel function: four pointers (buffers, scalars, group id, number of
@@ -188,10 +188,8 @@ impl<M: Module> Translator<'_, '_, M> {
             ScalarType::I32 | ScalarType::U32 => Ok(I32),
             ScalarType::I64 => Ok(I64),
             ScalarType::U8 | ScalarType::I8 | ScalarType::Bool => Ok(I8),
-            ScalarType::F16 | ScalarType::Bf16 => Err(self.unsupported(format!(
-                "{} values (no half-precision arithmetic; widen to f32)",
-                s.name()
-            ))),
+            // Storage only (the verifier allows no arithmetic on them): held as their bits.
+            ScalarType::F16 | ScalarType::Bf16 => Ok(I16),
         }
     }
 
@@ -377,9 +375,26 @@ impl<M: Module> Translator<'_, '_, M> {
             Inst::Cast(to, a) => {
                 let from = self.ty(*a);
                 let x = self.val(*a);
-                self.lanewise(*to, &[(x, from)], |t, l| {
-                    t.cast(from.scalar, to.scalar, l[0])
-                })?
+                match (from.scalar, to.scalar) {
+                    (ScalarType::I32, ScalarType::F32) if from.lanes == 4 => {
+                        self.b.ins().fcvt_from_sint(ct, x)
+                    }
+                    (ScalarType::F32, ScalarType::I32) if from.lanes == 4 => {
+                        self.b.ins().fcvt_to_sint_sat(ct, x)
+                    }
+                    _ => self.lanewise(*to, &[(x, from)], |t, l| {
+                        t.cast(from.scalar, to.scalar, l[0])
+                    })?,
+                }
+            }
+            Inst::Bitcast(_, a) => {
+                let x = self.val(*a);
+                if self.b.func.dfg.value_type(x) == ct {
+                    x
+                } else {
+                    let flags = MemFlagsData::new().with_endianness(Endianness::Little);
+                    self.b.ins().bitcast(ct, flags, x)
+                }
             }
             Inst::Splat(to, a) => {
                 let x = self.val(*a);
@@ -406,10 +421,69 @@ impl<M: Module> Translator<'_, '_, M> {
                 let addr = self.address(*buf, *index);
                 self.b.ins().load(ct, mem_flags(), addr, 0)
             }
+            Inst::Intrinsic(i @ (Intrinsic::Dot4I8Packed | Intrinsic::Dot4U8I8Packed), args) => {
+                let operands = [args[0], args[1], args[2]].map(|v| self.val(v));
+                self.dot4_i8(operands, *i == Intrinsic::Dot4U8I8Packed, ty.lanes)
+            }
             Inst::Intrinsic(i, _) => {
                 return Err(self.unsupported(format!("intrinsic {:?}", i.kind())))
             }
         })
+    }
+
+    /// `acc + Σ a[i]·b[i]` per 32-bit lane of four packed bytes, `a`'s bytes unsigned when
+    /// `a_unsigned`, `b`'s signed. Signed × signed is SSE's sign-extend to `i16`, `pmaddwd`
+    /// (pairs) and a pairwise add (quads). Unsigned × signed is written as the widening tree
+    /// Cranelift folds into one `vpdpbusd` on AVX-VNNI / AVX512-VNNI hosts (and `usdot` on
+    /// Arm); elsewhere it lowers to the same arithmetic in plain SSE. One lane goes through the
+    /// same sequence in lane 0 of a vector.
+    fn dot4_i8(&mut self, [a, b, acc]: [ir::Value; 3], a_unsigned: bool, lanes: u32) -> ir::Value {
+        let flags = MemFlagsData::new().with_endianness(Endianness::Little);
+        let as_bytes = |t: &mut Self, x: ir::Value| {
+            let v = if lanes == 1 {
+                t.b.ins().scalar_to_vector(I32X4, x)
+            } else {
+                x
+            };
+            t.b.ins().bitcast(I8X16, flags, v)
+        };
+        let (a, b) = (as_bytes(self, a), as_bytes(self, b));
+        let (b_lo, b_hi) = (self.b.ins().swiden_low(b), self.b.ins().swiden_high(b));
+        let quads = if a_unsigned {
+            let (a_lo, a_hi) = (self.b.ins().uwiden_low(a), self.b.ins().uwiden_high(a));
+            let lo = self.pair_sums_i16_products(b_lo, a_lo);
+            let hi = self.pair_sums_i16_products(b_hi, a_hi);
+            self.b.ins().iadd_pairwise(lo, hi)
+        } else {
+            let (a_lo, a_hi) = (self.b.ins().swiden_low(a), self.b.ins().swiden_high(a));
+            let lo = self.pmaddwd(a_lo, b_lo);
+            let hi = self.pmaddwd(a_hi, b_hi);
+            self.b.ins().iadd_pairwise(lo, hi)
+        };
+        if lanes == 1 {
+            let q = self.b.ins().extractlane(quads, 0);
+            self.b.ins().iadd(acc, q)
+        } else {
+            self.b.ins().iadd(acc, quads)
+        }
+    }
+
+    /// Adjacent-pair sums of the `i16` products `x·y` (`i16x8` operands whose products fit
+    /// `i16`: one signed, one unsigned byte), as `i32x4`.
+    fn pair_sums_i16_products(&mut self, x: ir::Value, y: ir::Value) -> ir::Value {
+        let p = self.b.ins().imul(x, y);
+        let (lo, hi) = (self.b.ins().swiden_low(p), self.b.ins().swiden_high(p));
+        self.b.ins().iadd_pairwise(lo, hi)
+    }
+
+    /// Adjacent-pair sums of the `i32` products of two `i16x8`, written as the tree x64 lowers
+    /// to one `pmaddwd`.
+    fn pmaddwd(&mut self, x: ir::Value, y: ir::Value) -> ir::Value {
+        let (xl, yl) = (self.b.ins().swiden_low(x), self.b.ins().swiden_low(y));
+        let (xh, yh) = (self.b.ins().swiden_high(x), self.b.ins().swiden_high(y));
+        let lo = self.b.ins().imul(xl, yl);
+        let hi = self.b.ins().imul(xh, yh);
+        self.b.ins().iadd_pairwise(lo, hi)
     }
 
     /// Scalar param `i`: the ABI passes every scalar as an `i64` (an `f32` as its bits).
@@ -565,6 +639,22 @@ impl<M: Module> Translator<'_, '_, M> {
         x: ir::Value,
     ) -> Result<ir::Value, CodegenError> {
         let target = self.lane_type(to)?;
+        let half = |s: ScalarType| matches!(s, ScalarType::F16 | ScalarType::Bf16);
+        if half(from) || half(to) {
+            return match (from, to) {
+                (ScalarType::F16, ScalarType::F32) => Ok(self.f16_to_f32(x)),
+                (ScalarType::Bf16, ScalarType::F32) => {
+                    let wide = self.b.ins().uextend(I32, x);
+                    let bits = self.b.ins().ishl_imm_u(wide, 16);
+                    Ok(self.b.ins().bitcast(F32, MemFlagsData::new(), bits))
+                }
+                _ => Err(self.unsupported(format!(
+                    "cast from {} to {} (half precision widens to f32 only)",
+                    from.name(),
+                    to.name()
+                ))),
+            };
+        }
         let ins = self.b.ins();
         Ok(match (from.is_float(), to.is_float()) {
             (true, true) => x,
@@ -601,6 +691,30 @@ impl<M: Module> Translator<'_, '_, M> {
             (false, false) if to == ScalarType::Bool => ins.icmp_imm_s(IntCC::NotEqual, x, 0),
             (false, false) => self.int_resize(x, from, to),
         })
+    }
+
+    /// The `f32` of IEEE half bits `h` (an `i16`), exactly: exponent and mantissa shifted into
+    /// place and rescaled by 2^112 (which also normalizes subnormals); infinities and NaNs,
+    /// whose exponent the rescaling would not reach, are rebuilt with the `f32` exponent.
+    fn f16_to_f32(&mut self, h: ir::Value) -> ir::Value {
+        let ins = self.b.ins();
+        let h = ins.uextend(I32, h);
+        let sign = self.b.ins().band_imm_u(h, 0x8000);
+        let sign = self.b.ins().ishl_imm_u(sign, 16);
+        let magnitude = self.b.ins().band_imm_u(h, 0x7fff);
+        let shifted = self.b.ins().ishl_imm_u(magnitude, 13);
+        let as_float = self.b.ins().bitcast(F32, MemFlagsData::new(), shifted);
+        let scale = self.b.ins().f32const(2f32.powi(112));
+        let finite = self.b.ins().fmul(as_float, scale);
+        let finite = self.b.ins().bitcast(I32, MemFlagsData::new(), finite);
+        let special = self.b.ins().bor_imm_u(shifted, 0x7f80_0000);
+        let is_special =
+            self.b
+                .ins()
+                .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, magnitude, 0x7c00);
+        let bits = self.b.ins().select(is_special, special, finite);
+        let bits = self.b.ins().bor(bits, sign);
+        self.b.ins().bitcast(F32, MemFlagsData::new(), bits)
     }
 
     /// Truncates or extends (by `from`'s signedness) an integer or `bool` to `to`'s width.

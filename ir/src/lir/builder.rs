@@ -159,6 +159,11 @@ impl KernelBuilder {
         self.inst(Inst::Cast(Type::vector(scalar, lanes), a))
     }
 
+    /// Reinterprets `a`'s bits as `lanes` lanes of `scalar` (the same total width).
+    pub fn bitcast(&mut self, scalar: ScalarType, lanes: u32, a: Value) -> Value {
+        self.inst(Inst::Bitcast(Type::vector(scalar, lanes), a))
+    }
+
     /// Broadcasts scalar `a` to `lanes` lanes.
     pub fn splat(&mut self, a: Value, lanes: u32) -> Value {
         let scalar = self.type_of(a).scalar;
@@ -183,6 +188,11 @@ impl KernelBuilder {
             index,
             ty: Type::vector(scalar, lanes),
         })
+    }
+
+    /// Reads a `ty` at byte `index` of the `u8` buffer `buf` (see [`Inst::Load`]).
+    pub fn load_bytes(&mut self, buf: BufRef, index: Value, ty: Type) -> Value {
+        self.inst(Inst::Load { buf, index, ty })
     }
 
     /// Calls a target intrinsic.

@@ -327,8 +327,12 @@ pub enum ReduceOp {
 /// - `SubgroupReduce(op)`: `[x: T] → T`, `T` numeric; every lane gets the reduction over the
 ///   subgroup.
 /// - `SubgroupBroadcast`: `[x: T, lane: integer] → T`; every lane gets `x` of lane `lane`.
-/// - `Dot4I8Packed`: `[a: u32, b: u32, acc: i32] → i32`; `a` and `b` each pack four `i8`, the
-///   result is `acc + Σ a[i]·b[i]` (dp4a).
+/// - `Dot4I8Packed`: `[a: u32×n, b: u32×n, acc: i32×n] → i32×n`; per lane, `a` and `b` each
+///   pack four `i8` and the result is `acc + Σ a[i]·b[i]` (dp4a on GPUs; on a 128-bit CPU vector
+///   of four lanes, the `sdot`/`vpdpbssd` shape).
+/// - `Dot4U8I8Packed`: the same with `a` packing four `u8` (dp4a.u32.s32, `OpSUDot`, x86
+///   `vpdpbusd`, the form block-quantized kernels map best to: unsigned 4-bit codes or offset
+///   8-bit values against signed 8-bit activations).
 /// - `MmaSync { m, n, k }`: a subgroup-of-32 matrix multiply-accumulate `D = A·B + C` on
 ///   per-thread fragments: `[a: f16|bf16 × m·k/32, b: (a's scalar) × k·n/32, c: f32 × m·n/32]
 ///   → f32 × m·n/32`, in the fragment layout of PTX `mma.sync` for that shape.
@@ -341,6 +345,7 @@ pub enum Intrinsic {
     SubgroupReduce(ReduceOp),
     SubgroupBroadcast,
     Dot4I8Packed,
+    Dot4U8I8Packed,
     MmaSync { m: u32, n: u32, k: u32 },
     AsyncCopy { dst: BufRef, src: BufRef, ty: Type },
 }
@@ -352,6 +357,7 @@ pub enum IntrinsicKind {
     SubgroupReduce,
     SubgroupBroadcast,
     Dot4I8Packed,
+    Dot4U8I8Packed,
     MmaSync { m: u32, n: u32, k: u32 },
     AsyncCopy,
 }
@@ -363,6 +369,7 @@ impl Intrinsic {
             Intrinsic::SubgroupReduce(_) => IntrinsicKind::SubgroupReduce,
             Intrinsic::SubgroupBroadcast => IntrinsicKind::SubgroupBroadcast,
             Intrinsic::Dot4I8Packed => IntrinsicKind::Dot4I8Packed,
+            Intrinsic::Dot4U8I8Packed => IntrinsicKind::Dot4U8I8Packed,
             Intrinsic::MmaSync { m, n, k } => IntrinsicKind::MmaSync { m, n, k },
             Intrinsic::AsyncCopy { .. } => IntrinsicKind::AsyncCopy,
         }
@@ -386,6 +393,9 @@ pub enum Inst {
     Select(Value, Value, Value),
     /// Converts each lane to the type's scalar (lanes must match).
     Cast(Type, Value),
+    /// Reinterprets the bits as another type of the same total width (`u8x16` as `u32x4`, `f32`
+    /// as `u32`); lanes are little-endian, as in memory.
+    Bitcast(Type, Value),
     /// Broadcasts a scalar to every lane of the type.
     Splat(Type, Value),
     /// One lane of a vector.
@@ -393,7 +403,9 @@ pub enum Inst {
     /// Reduces a vector's lanes to a scalar.
     ReduceLanes(ReduceOp, Value),
     /// Reads `ty` at element `index` of `buf`; `ty.lanes > 1` reads that many contiguous
-    /// elements.
+    /// elements. A `u8` buffer is byte-addressed memory: it may be read as any (non-`bool`)
+    /// type, `index` counting bytes and carrying no alignment (block-quantized weights mix `f16`
+    /// scales and packed values in 18- or 34-byte blocks).
     Load {
         buf: BufRef,
         index: Value,
@@ -409,6 +421,7 @@ impl Inst {
             Inst::Const(_) | Inst::Param(_) | Inst::Special(_) => vec![],
             Inst::Unary(_, a)
             | Inst::Cast(_, a)
+            | Inst::Bitcast(_, a)
             | Inst::Splat(_, a)
             | Inst::Extract(a, _)
             | Inst::ReduceLanes(_, a) => vec![*a],
@@ -501,6 +514,17 @@ impl Inst {
                 })?;
                 Ok(*to)
             }
+            Inst::Bitcast(to, a) => {
+                let ta = ty(a)?;
+                let bits = |t: Type| t.scalar.bytes() * t.lanes;
+                expect(
+                    bits(ta) == bits(*to)
+                        && ta.scalar != ScalarType::Bool
+                        && to.scalar != ScalarType::Bool,
+                    || format!("cannot bitcast {ta} to {to}"),
+                )?;
+                Ok(*to)
+            }
             Inst::Splat(to, a) => {
                 let ta = ty(a)?;
                 expect(ta == Type::scalar(to.scalar), || {
@@ -521,7 +545,8 @@ impl Inst {
             Inst::Load { buf, index, ty: t } => {
                 check_index(ty(index)?)?;
                 let elem = k.buffer_elem(*buf)?;
-                expect(t.scalar == elem, || {
+                let bytes = elem == ScalarType::U8 && t.scalar != ScalarType::Bool;
+                expect(t.scalar == elem || bytes, || {
                     format!("load of {t} from a {elem} buffer")
                 })?;
                 Ok(*t)
@@ -558,8 +583,10 @@ fn intrinsic_type(k: &Kernel, i: &Intrinsic, args: &[Type]) -> Result<Type, Stri
     match (i, args) {
         (Intrinsic::SubgroupReduce(_), [x]) if is_numeric(*x) => Ok(*x),
         (Intrinsic::SubgroupBroadcast, [x, lane]) => check_index(*lane).map(|_| *x),
-        (Intrinsic::Dot4I8Packed, [a, b, acc])
-            if *a == s(ScalarType::U32) && *b == *a && *acc == s(ScalarType::I32) =>
+        (Intrinsic::Dot4I8Packed | Intrinsic::Dot4U8I8Packed, [a, b, acc])
+            if a.scalar == ScalarType::U32
+                && *b == *a
+                && *acc == Type::vector(ScalarType::I32, a.lanes) =>
         {
             Ok(*acc)
         }

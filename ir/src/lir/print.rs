@@ -106,6 +106,7 @@ impl Kernel {
             Inst::Cmp(op, a, b) => format!("cmp.{} {a}, {b}", snake(op)),
             Inst::Select(c, a, b) => format!("select {c}, {a}, {b}"),
             Inst::Cast(_, a) => format!("cast {a}"),
+            Inst::Bitcast(_, a) => format!("bitcast {a}"),
             Inst::Splat(_, a) => format!("splat {a}"),
             Inst::Extract(a, lane) => format!("extract {a}, {lane}"),
             Inst::ReduceLanes(op, a) => format!("reduce_lanes.{} {a}", snake(op)),

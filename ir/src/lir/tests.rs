@@ -450,3 +450,55 @@ fn redefinition_and_recorded_type_mismatch() {
         "{e}"
     );
 }
+
+/// A `u8` buffer is byte-addressed: it may be read as any type; other buffers only as their
+/// element type.
+#[test]
+fn byte_buffers_are_read_as_any_type() {
+    let k = small(|b, _, _, g| {
+        let q = b.buffer("q", ScalarType::U8, Access::Read);
+        b.load_bytes(q, g, Type::vector(ScalarType::U32, 4));
+        b.load_bytes(q, g, Type::scalar(ScalarType::F16));
+    });
+    verify(&k, &cpu()).unwrap();
+    let k = small(|b, x, _, g| {
+        b.load_bytes(x, g, Type::scalar(ScalarType::I32));
+    });
+    assert!(matches!(verify(&k, &cpu()), Err(LirError::Type { .. })));
+}
+
+#[test]
+fn bitcasts_keep_the_width() {
+    let k = small(|b, x, _, g| {
+        let v = b.load(x, g, 4);
+        let w = b.bitcast(ScalarType::U8, 16, v);
+        b.bitcast(ScalarType::I32, 4, w);
+    });
+    verify(&k, &cpu()).unwrap();
+    let k = small(|b, x, _, g| {
+        let v = b.load(x, g, 4);
+        b.bitcast(ScalarType::U8, 8, v);
+    });
+    assert!(matches!(verify(&k, &cpu()), Err(LirError::Type { .. })));
+}
+
+/// Without `f16` capability, half values may be loaded and widened but not computed with.
+#[test]
+fn half_precision_is_storage_only_without_the_capability() {
+    let widen = small(|b, _, _, g| {
+        let q = b.buffer("q", ScalarType::U8, Access::Read);
+        let h = b.load_bytes(q, g, Type::scalar(ScalarType::F16));
+        b.cast(F32, h);
+    });
+    verify(&widen, &cpu()).unwrap();
+    let arithmetic = small(|b, _, _, g| {
+        let q = b.buffer("q", ScalarType::U8, Access::Read);
+        let h = b.load_bytes(q, g, Type::scalar(ScalarType::F16));
+        b.add(h, h);
+    });
+    assert!(matches!(
+        verify(&arithmetic, &cpu()),
+        Err(LirError::Unsupported { .. })
+    ));
+    verify(&arithmetic, &gpu()).unwrap();
+}

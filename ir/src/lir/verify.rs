@@ -174,9 +174,6 @@ impl Scope<'_> {
                 value: v,
             });
         }
-        if matches!(ty.scalar, ScalarType::F16) && !self.caps.f16 {
-            return Err(unsupported(k, path, format!("{v} has type {ty}")));
-        }
         if ty.lanes == 0 {
             return Err(type_err(k, path, format!("{v} has zero lanes")));
         }
@@ -199,6 +196,7 @@ impl Scope<'_> {
                 let actual = inst
                     .result_type(k, declared)
                     .map_err(|m| type_err(k, path, format!("{v}: {m}")))?;
+                self.check_half(inst, declared, path)?;
                 if actual != declared {
                     return Err(type_err(
                         k,
@@ -299,6 +297,30 @@ impl Scope<'_> {
                 self.block(else_, &format!("{path}.else"), &[], &[])?;
             }
             Stmt::Barrier => {}
+        }
+        Ok(())
+    }
+
+    /// Without `Capabilities::f16`, half-precision values are storage only: loaded, stored,
+    /// converted and reinterpreted, never computed with (the CPU and Vulkan devices without
+    /// `shader-f16` widen them to f32 first).
+    fn check_half(&self, inst: &Inst, declared: Type, path: &str) -> Result<(), LirError> {
+        let storage = matches!(
+            inst,
+            Inst::Load { .. } | Inst::Cast(..) | Inst::Bitcast(..) | Inst::Extract(..)
+        );
+        let half = |t: Type| matches!(t.scalar, ScalarType::F16 | ScalarType::Bf16);
+        let computes_half = half(declared)
+            || inst
+                .operands()
+                .iter()
+                .any(|v| self.k.values.get(v.index()).is_some_and(|&t| half(t)));
+        if computes_half && !storage && !self.caps.f16 && !matches!(inst, Inst::Intrinsic(..)) {
+            return Err(unsupported(
+                self.k,
+                path,
+                format!("half-precision arithmetic ({inst:?}): this target stores f16/bf16 only"),
+            ));
         }
         Ok(())
     }
