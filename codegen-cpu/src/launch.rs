@@ -71,8 +71,9 @@ impl CompiledKernel {
         self.launch_range(buffers, scalars, 0..groups)
     }
 
-    /// Runs groups `groups` of the grid (linear ids, x fastest) serially, so that a thread pool
-    /// can split a launch into ranges.
+    /// Runs groups `groups` of the grid (linear ids, x fastest) serially, after checking the
+    /// arguments against the kernel; [`run_groups`](Self::run_groups) is the unchecked form a
+    /// thread pool calls from several threads.
     pub fn launch_range(
         &self,
         buffers: &mut [&mut [u8]],
@@ -88,13 +89,39 @@ impl CompiledKernel {
             );
         }
         let bases: Vec<*mut u8> = buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
+        // SAFETY: the counts were checked above, `grid` is this kernel's grid for `scalars`,
+        // `groups` lies inside it, and each base is a live, exclusively borrowed slice.
+        unsafe { self.run_groups(&bases, scalars, grid, groups) }
+        Ok(())
+    }
+
+    /// Runs groups `groups` (linear ids, x fastest) of a launch whose buffers start at `bases`,
+    /// without any check: the form a thread pool calls concurrently, each thread with a disjoint
+    /// range of the same launch, so that the checks and the grid are computed once per launch.
+    ///
+    /// # Safety
+    ///
+    /// - `bases.len()` and `scalars.len()` equal the kernel's buffer and scalar param counts;
+    /// - `grid` is [`grid`](Self::grid)`(scalars)` and `groups.end` is at most its product;
+    /// - every base points at memory valid for each access these groups make (the template's
+    ///   accesses are in bounds for buffers of the sizes the kernel's shapes give under
+    ///   `scalars`), and the memory a kernel param only reads is not written meanwhile;
+    /// - calls running at the same time run disjoint group ranges, nothing else touches the
+    ///   bytes they write (the CPU templates write disjoint output elements per group), and no
+    ///   two params whose memory overlaps are written.
+    pub unsafe fn run_groups(
+        &self,
+        bases: &[*mut u8],
+        scalars: &[i64],
+        grid: [u64; 3],
+        groups: Range<u64>,
+    ) {
         for g in groups {
             let id = [g % grid[0], g / grid[0] % grid[1], g / (grid[0] * grid[1])];
             // SAFETY: `entry` has the `KernelFn` ABI; the tables have the lengths the verified
-            // kernel reads (checked above); in-bounds accesses are the template's contract.
+            // kernel reads and the accesses are valid (the caller's contract).
             unsafe { (self.entry)(bases.as_ptr(), scalars.as_ptr(), id.as_ptr(), grid.as_ptr()) }
         }
-        Ok(())
     }
 
     fn check_args(&self, buffers: &[&mut [u8]], scalars: &[i64]) -> Result<(), CodegenError> {
@@ -129,6 +156,14 @@ impl CompiledKernel {
         }
     }
 }
+
+// SAFETY: after `finalize_definitions` the JIT module's code is immutable and nothing mutates
+// the module until `Drop`, which needs `&mut self`; `kernel` is plain data and `entry` a function
+// pointer. The generated code keeps no state of its own (its math symbols are pure Rust
+// functions), so calls from several threads share nothing but the buffers their caller passes.
+unsafe impl Send for CompiledKernel {}
+// SAFETY: as for `Send`: every `&self` method only reads.
+unsafe impl Sync for CompiledKernel {}
 
 impl Drop for CompiledKernel {
     fn drop(&mut self) {

@@ -74,17 +74,31 @@ fn rate(n: usize, secs: f64) -> f64 {
     }
 }
 
+/// How to load an artifact; [`Default`] is what [`Engine::load`] uses.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Threads the CPU executor splits each kernel launch across (the calling thread included);
+    /// `None` is the host's available parallelism. Other targets ignore it.
+    pub threads: Option<usize>,
+}
+
 /// A loaded model ready to generate.
 pub struct Engine {
-    artifact: Artifact,
+    artifact: Arc<Artifact>,
     tokenizer: Option<Arc<Tokenizer>>,
     executor: Box<dyn Executor>,
 }
 
 impl Engine {
-    /// Loads and verifies an artifact and prepares the executor for its target.
+    /// Loads and verifies an artifact and prepares the executor for its target, with the default
+    /// [`LoadOptions`].
     pub fn load(path: &Path) -> Result<Engine, RuntimeError> {
-        let artifact = Artifact::open(path)?;
+        Engine::load_with(path, &LoadOptions::default())
+    }
+
+    /// [`Engine::load`] with explicit options (e.g. the CPU thread count for `--threads`).
+    pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Engine, RuntimeError> {
+        let artifact = Arc::new(Artifact::open(path)?);
         let tokenizer = artifact
             .tokenizer_json()
             .map(Tokenizer::from_json)
@@ -92,7 +106,12 @@ impl Engine {
             .map(Arc::new);
         let executor: Box<dyn Executor> = match artifact.manifest().target.as_str() {
             "reference" => Box::new(ReferenceExecutor::new(&artifact)?),
-            "cpu" => Box::new(CpuExecutor::new(&artifact)?),
+            "cpu" => {
+                let threads = options.threads.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                });
+                Box::new(CpuExecutor::new(Arc::clone(&artifact), threads)?)
+            }
             other => {
                 return Err(RuntimeError::Unsupported(format!(
                 "{}: target `{other}` cannot be executed by this runtime (supported: reference, cpu)",

@@ -12,7 +12,7 @@ mod tokenizer;
 
 pub use artifact::Artifact;
 pub use cpu::CpuExecutor;
-pub use engine::{Engine, FinishReason, GenerateOptions, Generation};
+pub use engine::{Engine, FinishReason, GenerateOptions, Generation, LoadOptions};
 pub use error::RuntimeError;
 pub use executor::{Executor, ReferenceExecutor};
 pub use sampler::{argmax, Sampler, SamplingParams, SplitMix64};

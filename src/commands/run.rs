@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
-use tessera_runtime::{Engine, GenerateOptions, Generation, SamplingParams};
+use tessera_runtime::{Engine, GenerateOptions, Generation, LoadOptions, SamplingParams};
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "prompt_ids"])))]
@@ -42,6 +42,9 @@ pub struct Args {
     /// Write the logits behind each generated token as float32 .npy of shape [steps, vocab].
     #[arg(long, value_name = "FILE.npy")]
     dump_logits: Option<PathBuf>,
+    /// Threads each kernel launch is split across on `--target cpu` (default: all available).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -60,7 +63,10 @@ struct Report {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let mut engine = Engine::load(&args.artifact)?;
+    let options = LoadOptions {
+        threads: args.threads.map(|n| n as usize),
+    };
+    let mut engine = Engine::load_with(&args.artifact, &options)?;
     let prompt = match (&args.prompt, &args.prompt_ids) {
         (Some(text), _) => engine.encode(text)?,
         (None, Some(ids)) => ids.clone(),
