@@ -16,6 +16,7 @@ use tessera_models::{ImportedModel, Weight, WeightData};
 use tessera_passes::cost::{Roofline, TargetSpec};
 use tessera_passes::lower::{lower_cpu, LowerError};
 use tessera_passes::optimize::{optimize_module, EntryReport};
+use tessera_passes::quantize::{dequantize_weights, quantizable_weights};
 
 /// What the artifact's code runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -53,6 +54,31 @@ pub struct CompileOptions {
     /// Run the optimizer, storing a KernelGraph per entry point; `false` (`--no-opt`) stores only
     /// the Graphs, which the runtime then interprets as imported.
     pub optimize: bool,
+    /// Store the projection weights block-quantized (`--quant`).
+    pub quant: Option<Quant>,
+}
+
+/// A block quantization `--quant` stores weights in (GGUF's formats, bit-exact with llama.cpp's
+/// reference quantizers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Quant {
+    /// 8-bit values with one f16 scale per block of 32 (8.5 bits per weight).
+    #[value(name = "q8_0")]
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// 4-bit values with one f16 scale per block of 32 (4.5 bits per weight).
+    #[value(name = "q4_0")]
+    #[serde(rename = "q4_0")]
+    Q4_0,
+}
+
+impl Quant {
+    pub fn dtype(self) -> DType {
+        match self {
+            Quant::Q8_0 => DType::Q8_0,
+            Quant::Q4_0 => DType::Q4_0,
+        }
+    }
 }
 
 /// What `compile` did, for the one-line summary and `--json`.
@@ -93,6 +119,9 @@ pub fn compile_model(
     }
     let mut imported = tessera_models::import_hf(model)?;
     tracing::info!(architecture = %imported.module.info.architecture, weights = imported.weights.len(), "imported");
+    if let Some(quant) = opts.quant {
+        quantize_model(&mut imported, quant.dtype())?;
+    }
     let optimized = if opts.optimize {
         optimize_model(&mut imported, opts.target)?
     } else {
@@ -102,6 +131,47 @@ pub fn compile_model(
     report.entries = optimized;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Stores the model's projection weights as `format` and reads them through `Dequantize` in every
+/// entry point's Graph ([`tessera_passes::quantize`]); other weights keep their dtype.
+pub fn quantize_model(model: &mut ImportedModel, format: DType) -> Result<()> {
+    let originals = model.module.weights.clone();
+    let names = quantize_module(&mut model.module, format)?;
+    for (spec, weight) in originals.iter().zip(&mut model.weights) {
+        if !names.contains(&spec.name) {
+            continue;
+        }
+        let values =
+            Tensor::from_le_bytes(spec.dtype, spec.shape.clone(), weight.bytes(), &spec.name)?;
+        let values = values
+            .as_f32()
+            .with_context(|| format!("weight `{}` is not a float tensor", spec.name))?;
+        let bytes = tessera_ir::quant::quantize(format, values)
+            .with_context(|| format!("quantizing weight `{}`", spec.name))?;
+        weight.spec.dtype = format;
+        weight.data = WeightData::Owned(bytes);
+    }
+    tracing::info!(weights = names.len(), %format, "quantized");
+    Ok(())
+}
+
+/// The Module half of [`quantize_model`] (what `explain --quant` needs: no weight data): the
+/// quantizable weights declared as `format` and read through `Dequantize`; returns their names.
+pub fn quantize_module(module: &mut Module, format: DType) -> Result<BTreeSet<String>> {
+    let names = quantizable_weights(module);
+    for entry in &mut module.entries {
+        entry.graph = dequantize_weights(&entry.graph, &names, format)
+            .with_context(|| format!("quantizing entry point `{}`", entry.name))?;
+    }
+    for spec in module
+        .weights
+        .iter_mut()
+        .filter(|w| names.contains(&w.name))
+    {
+        spec.dtype = format;
+    }
+    Ok(names)
 }
 
 /// Runs the optimizer on every entry point for `target`'s cost model and materializes the
@@ -152,7 +222,7 @@ pub fn lower_for_cpu(module: &mut Module) -> Result<()> {
                 if let BufferSource::Weight(name) = &kg.buffer(b).source {
                     // `Module::validate` holds the buffer to the declared weight's type.
                     let dtype = kg.buffer(b).ty.dtype;
-                    if dtype != DType::F32 {
+                    if dtype != DType::F32 && !dtype.is_quantized() {
                         return Err(fail(
                             kernel,
                             format!(

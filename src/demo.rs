@@ -93,6 +93,7 @@ pub fn run_demo(
         target: Target::Reference,
         output: artifact.to_path_buf(),
         optimize: true,
+        quant: None,
     };
     let compiled = write_artifact(&model, "demo", &opts, progress)?;
     let kernels_per_layer = optimized

@@ -6,5 +6,5 @@ pub mod demo;
 
 pub use compile::{
     compile_model, load_module, lower_for_cpu, materialize_derived_weights, optimize_model,
-    write_artifact, CompileOptions, CompileReport, Target,
+    quantize_model, quantize_module, write_artifact, CompileOptions, CompileReport, Quant, Target,
 };

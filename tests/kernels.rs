@@ -172,6 +172,7 @@ fn kernel_graphs_run_exactly_like_their_graphs() {
             target: Target::Reference,
             output: output.clone(),
             optimize: true,
+            quant: None,
         };
         let report = write_artifact(model, FIXTURE, &opts, &mut |_, _| {}).unwrap();
         (output, report.optimized)

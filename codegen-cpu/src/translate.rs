@@ -109,6 +109,7 @@ pub(crate) fn translate(
         group_id,
         num_groups,
         math: HashMap::new(),
+        splats: HashMap::new(),
     };
     t.block(&k.body)?;
     t.b.ins().return_(&[]);
@@ -164,6 +165,8 @@ struct Translator<'a, 'f, M: Module> {
     num_groups: ir::Value,
     /// Math functions imported into the function so far.
     math: HashMap<&'static str, FuncRef>,
+    /// The scalar each splat value was made from (vector shifts by a splat use it directly).
+    splats: HashMap<Value, Value>,
 }
 
 impl<M: Module> Translator<'_, '_, M> {
@@ -219,6 +222,9 @@ impl<M: Module> Translator<'_, '_, M> {
     fn stmt(&mut self, stmt: &Stmt) -> Result<(), CodegenError> {
         match stmt {
             Stmt::Let(v, inst) => {
+                if let Inst::Splat(_, a) = inst {
+                    self.splats.insert(*v, *a);
+                }
                 let x = self.inst(inst, self.ty(*v))?;
                 self.vals[v.index()] = Some(x);
             }
@@ -339,6 +345,18 @@ impl<M: Module> Translator<'_, '_, M> {
             Inst::Param(i) => self.param(*i, ty.scalar),
             Inst::Special(s) => self.special(*s)?,
             Inst::Unary(op, a) => self.unary(*op, *a, ty)?,
+            Inst::Binary(op @ (BinaryOp::Shl | BinaryOp::Shr), a, b)
+                if self.splats.contains_key(b) =>
+            {
+                // A vector shifted by a splat shifts every lane by one scalar amount.
+                let (x, amount) = (self.val(*a), self.val(self.splats[b]));
+                let ins = self.b.ins();
+                match op {
+                    BinaryOp::Shl => ins.ishl(x, amount),
+                    _ if is_signed(ty.scalar) => ins.sshr(x, amount),
+                    _ => ins.ushr(x, amount),
+                }
+            }
             Inst::Binary(op, a, b) => {
                 let (x, y) = (self.val(*a), self.val(*b));
                 let lanewise = matches!(op, BinaryOp::Rem | BinaryOp::Shl | BinaryOp::Shr)

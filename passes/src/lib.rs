@@ -7,5 +7,6 @@ pub mod cost;
 pub mod lower;
 pub mod optimize;
 pub mod plan;
+pub mod quantize;
 pub mod rolling;
 pub mod saturate;

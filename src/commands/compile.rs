@@ -2,7 +2,7 @@
 
 use super::{print_json, ByteProgress};
 use std::path::PathBuf;
-use tessera::{compile_model, CompileOptions, Target};
+use tessera::{compile_model, CompileOptions, Quant, Target};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,6 +14,9 @@ pub struct Args {
     /// What the artifact's code runs on.
     #[arg(long, value_enum, default_value_t = Target::Reference)]
     target: Target,
+    /// Store the projection weights block-quantized (embeddings and norms keep their dtype).
+    #[arg(long, value_enum)]
+    quant: Option<Quant>,
     /// Store only the imported Graphs (no optimized kernels); the runtime interprets them as is.
     #[arg(long)]
     no_opt: bool,
@@ -27,6 +30,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         target: args.target,
         output: args.output,
         optimize: !args.no_opt,
+        quant: args.quant,
     };
     let bar = ByteProgress::new("importing and optimizing");
     let report = compile_model(&args.model, &opts, &mut |done, total| {

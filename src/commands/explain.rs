@@ -36,6 +36,9 @@ pub struct Args {
     /// Override the shape bucket, e.g. `seq=4` or `past=4096,batch=2`.
     #[arg(long, value_name = "SYM=N,…")]
     bucket: Option<String>,
+    /// Explain the model with its projection weights block-quantized, as `compile --quant` stores them.
+    #[arg(long, value_enum)]
+    quant: Option<tessera::Quant>,
     /// Print one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -64,7 +67,10 @@ fn parse_bucket(text: &str, env: &mut DimEnv) -> Result<()> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let module = tessera::load_module(&args.model)?;
+    let mut module = tessera::load_module(&args.model)?;
+    if let Some(quant) = args.quant {
+        tessera::quantize_module(&mut module, quant.dtype())?;
+    }
     let target = TargetSpec::by_name(&args.target).map_err(anyhow::Error::msg)?;
     let cost = Roofline {
         target: target.clone(),

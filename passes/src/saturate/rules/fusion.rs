@@ -56,9 +56,21 @@ fn constant(egraph: &TEGraph, id: Id) -> Option<f64> {
     })
 }
 
+/// The op a node's kernel would be built from, unless it is a leaf or a matmul over a
+/// dequantized weight: the latter's class also holds the `quant_matmul` that reads the weight
+/// quantized (recognition), which is lifted instead — exploring both would double the fused
+/// variants of every projection for kernels that read the weight as f32 from memory.
 fn liftable(egraph: &TEGraph, node: &TNode) -> Option<(Op, Vec<Id>)> {
     match node_op(node, &attr_of(egraph))? {
         (Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. }, _) => None,
+        (Op::MatMul { .. }, inputs)
+            if egraph[inputs[1]]
+                .nodes
+                .iter()
+                .any(|n| matches!(n, TNode::Dequantize(_))) =>
+        {
+            None
+        }
         lifted => Some(lifted),
     }
 }

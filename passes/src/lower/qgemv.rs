@@ -1,0 +1,418 @@
+//! The quantized matmul template (`QGemv`, and `QGemm` row by row): `[elementwise prologue,
+//! at most one RmsNorm] QuantMatMul{transpose_b}(x, w) [epilogue]` with `w` a Q8_0 or Q4_0
+//! weight `[N, K]` in GGUF blocks (see `ir::quant`), read as bytes and never dequantized to
+//! memory. A group computes `tile` output columns of one lhs row:
+//!
+//! 1. the lhs row (the prologue evaluated, the norm applied) is quantized to 8 bits per block of
+//!    32 — `d_x = amax/127`, `q = round(x/d_x)`, as llama.cpp's `quantize_row_q8_0` — into
+//!    private memory, once per group;
+//! 2. each weight block is an integer dot product of its codes with the row's codes
+//!    ([`Intrinsic::Dot4I8Packed`] for Q8_0; [`Intrinsic::Dot4U8I8Packed`] on the unsigned
+//!    4-bit codes for Q4_0, the `−8` offset applied once per block as `8·Σq`), scaled by
+//!    `d_w·d_x` into an f32x4 accumulator;
+//! 3. the epilogue is evaluated per output element; one that reads the matmul at other columns
+//!    of the same row (the SwiGLU `silu(gate)·up` over merged gate/up slices) gets each column's
+//!    dot product as it asks for it.
+//!
+//! Rounding the activations to 8 bits is the approximation llama.cpp's quantized kernels make;
+//! the weights are exact. The tile is chosen so a row splits into about [`GROUPS_PER_ROW`]
+//! groups: enough for a thread pool to balance, few enough that quantizing the row once per
+//! group is a small fraction of the group's work.
+
+use super::expr::{fold_many, for_each, Body};
+use super::row_reduce::{rms_factor, rms_norm_at};
+use tessera_ir::kernel::BodyArg;
+use tessera_ir::lir::{
+    Axis, BinaryOp, BufRef, CmpOp, Intrinsic, KernelBuilder, Literal, MemorySpace, ReduceOp,
+    ScalarType, SizeExpr, Special, Type, UnaryOp, Value,
+};
+use tessera_ir::{DType, Op, QK};
+
+/// How many groups one lhs row is cut into (see the module doc).
+const GROUPS_PER_ROW: i64 = 16;
+
+/// f32x4 vectors (and packed `u32` code words) per block of 32 values.
+const VECTORS_PER_BLOCK: i64 = QK as i64 / 4;
+
+/// The byte layout of a weight block format.
+#[derive(Clone, Copy)]
+struct Format {
+    /// Bytes per block of 32 values (f16 scale + codes).
+    block_bytes: i64,
+    /// Q4_0: unsigned 4-bit codes with an offset of 8; Q8_0: signed bytes.
+    nibbles: bool,
+}
+
+impl Format {
+    fn of(dtype: DType) -> Result<Format, String> {
+        match dtype {
+            DType::Q8_0 => Ok(Format {
+                block_bytes: 34,
+                nibbles: false,
+            }),
+            DType::Q4_0 => Ok(Format {
+                block_bytes: 18,
+                nibbles: true,
+            }),
+            other => Err(format!("quantized matmul weight of dtype {other}")),
+        }
+    }
+}
+
+/// Where a group reads the lhs row from: an f32 buffer (an input, or the private row the
+/// prologue was evaluated into) at element `base`, times an RmsNorm factor and weight when a
+/// norm of a direct input is read in place.
+struct RowSource {
+    buf: BufRef,
+    base: Value,
+    norm: Option<(Value, BufRef)>,
+}
+
+/// The private buffers holding a group's quantized lhs row.
+struct QuantizedRow {
+    /// The 8-bit codes, four per `u32`.
+    codes: BufRef,
+    /// `d_x` per block.
+    scales: BufRef,
+    /// `8·d_x·Σq` per block (Q4_0's offset correction).
+    offsets: BufRef,
+}
+
+/// Writes the quantized matmul kernel of `body` into `b`, storing to `out`.
+pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(), String> {
+    let m = body
+        .ops
+        .iter()
+        .position(|s| matches!(s.op, Op::QuantMatMul { .. }))
+        .ok_or("a quantized matmul kernel without a quant_matmul")?;
+    let mm = &body.ops[m];
+    if mm.op != (Op::QuantMatMul { transpose_b: true }) {
+        return Err("quant_matmul without transpose_b".into());
+    }
+    let weight = body.ty(mm.args[1]);
+    let format = Format::of(weight.dtype)?;
+    let (n, k) = match weight.shape.as_slice() {
+        [n, k] => (n.as_const(), k.as_const()),
+        _ => (None, None),
+    };
+    let (Some(_), Some(k)) = (n, k) else {
+        return Err(format!("quantized matmul weight of shape {weight}"));
+    };
+    let w = match mm.args[1] {
+        BodyArg::Input(i) => body.buffers[i],
+        BodyArg::Op(_) => return Err("a computed quantized weight".into()),
+    };
+    let mm_shape = &body.types[m].shape;
+    let lead = &mm_shape[..mm_shape.len() - 1];
+    let out_shape = &body.ty(body.result()).shape;
+    let (out_cols, out_lead) = out_shape.split_last().ok_or("a matmul of a scalar")?;
+    if out_lead != lead {
+        return Err("an epilogue that changes the matmul's rows".into());
+    }
+    let out_cols = out_cols
+        .as_const()
+        .ok_or("an output with a symbolic last axis")?;
+    let tile = (out_cols + GROUPS_PER_ROW - 1) / GROUPS_PER_ROW;
+    let tile = ((tile + 3) / 4 * 4).max(4);
+    b.grid([
+        SizeExpr::Const(out_cols as u64).ceil_div(tile as u64),
+        body.symbols.numel_size(lead)?,
+        SizeExpr::Const(1),
+    ]);
+    let row = b.special(Special::GroupId(Axis::Y));
+    let col_group = b.special(Special::GroupId(Axis::X));
+    let lead_idx = body.symbols.unravel(b, row, lead)?;
+    let source = row_source(b, body, m, k, row, &lead_idx)?;
+    let q = quantize_row(b, &source, k, format)?;
+    let tile_v = b.const_i(tile);
+    let col0 = b.mul(col_group, tile_v);
+    let out_cols_v = b.const_i(out_cols);
+    let out_base = b.mul(row, out_cols_v);
+    let zero = b.const_i(0);
+    for_each(b, zero, tile_v, |b, c| {
+        let col = b.add(col0, c);
+        let inside = b.cmp(CmpOp::Lt, col, out_cols_v);
+        let mut failure = Ok(());
+        b.if_then(inside, |b| {
+            let hook = |b: &mut KernelBuilder, at: &[Value]| {
+                let (&mm_col, at_lead) = at.split_last().ok_or("a matmul of a scalar")?;
+                if at_lead != lead_idx.as_slice() {
+                    return Err("an epilogue reading the matmul at another row".to_string());
+                }
+                column_dot(b, w, &q, format, k, mm_col)
+            };
+            let idx: Vec<Value> = lead_idx.iter().copied().chain([col]).collect();
+            failure = body
+                .value(b, body.result(), &idx, Some((m, &hook)))
+                .map(|v| {
+                    let at = b.add(out_base, col);
+                    b.store(out, at, v)
+                });
+        });
+        failure
+    })
+}
+
+/// The position and eps of the prologue's RmsNorm, if any; it must normalize the lhs rows.
+fn prologue_norm(body: &Body, m: usize) -> Result<Option<(usize, f32)>, String> {
+    let lhs_shape = &body.ty(body.ops[m].args[0]).shape;
+    let norms: Vec<(usize, f32)> = (0..m)
+        .filter_map(|j| match body.ops[j].op {
+            Op::RmsNorm { eps } => Some((j, eps)),
+            _ => None,
+        })
+        .collect();
+    match norms.as_slice() {
+        [] => Ok(None),
+        &[(r, eps)] if body.types[r].shape == *lhs_shape => Ok(Some((r, eps))),
+        _ => Err("a matmul prologue norm that does not normalize the lhs rows".into()),
+    }
+}
+
+/// Where the lhs row of the group's `row` is read from: an f32 input in place (with an RmsNorm
+/// of it applied while reading), or otherwise the prologue evaluated element by element into a
+/// private row.
+fn row_source(
+    b: &mut KernelBuilder,
+    body: &Body,
+    m: usize,
+    k: i64,
+    row: Value,
+    lead_idx: &[Value],
+) -> Result<RowSource, String> {
+    let lhs = body.ops[m].args[0];
+    let norm = prologue_norm(body, m)?;
+    let k_v = b.const_i(k);
+    let f32_input = |arg: BodyArg| match arg {
+        BodyArg::Input(i) if body.inputs[i].dtype == DType::F32 => Some(body.buffers[i]),
+        _ => None,
+    };
+    let factor = |b: &mut KernelBuilder, r: usize, eps: f32| {
+        let x = body.ops[r].args[0];
+        rms_factor(b, k_v, eps, |b, i| {
+            let idx: Vec<Value> = lead_idx.iter().copied().chain([i]).collect();
+            body.value(b, x, &idx, None)
+        })
+    };
+    if let (Some(buf), None) = (f32_input(lhs), norm) {
+        let base = b.mul(row, k_v);
+        return Ok(RowSource {
+            buf,
+            base,
+            norm: None,
+        });
+    }
+    if let (BodyArg::Op(0), Some((0, eps)), 1) = (lhs, norm, m) {
+        let (x, g) = (body.ops[0].args[0], body.ops[0].args[1]);
+        if let (Some(xb), Some(gb)) = (f32_input(x), f32_input(g)) {
+            let r = factor(b, 0, eps)?;
+            let base = b.mul(row, k_v);
+            return Ok(RowSource {
+                buf: xb,
+                base,
+                norm: Some((r, gb)),
+            });
+        }
+    }
+    let len = u32::try_from(k).map_err(|_| "a reduction longer than u32")?;
+    let private = b.local("lhs_row", MemorySpace::Private, ScalarType::F32, len);
+    let scale = norm.map(|(r, eps)| factor(b, r, eps)).transpose()?;
+    let hook = norm
+        .zip(scale)
+        .map(|((r, _), s)| (r, rms_norm_at(body, &body.ops[r], s)));
+    let zero = b.const_i(0);
+    for_each(b, zero, k_v, |b, i| {
+        let idx: Vec<Value> = lead_idx.iter().copied().chain([i]).collect();
+        let v = body.value(b, lhs, &idx, hook.as_ref().map(|(r, f)| (*r, &**f)))?;
+        b.store(private, i, v);
+        Ok(())
+    })?;
+    Ok(RowSource {
+        buf: private,
+        base: zero,
+        norm: None,
+    })
+}
+
+/// Quantizes the row read from `src` block by block into private codes, scales and (for Q4_0)
+/// offset corrections.
+fn quantize_row(
+    b: &mut KernelBuilder,
+    src: &RowSource,
+    k: i64,
+    format: Format,
+) -> Result<QuantizedRow, String> {
+    if k % QK as i64 != 0 {
+        return Err(format!("a reduction of {k}, not whole blocks of {QK}"));
+    }
+    let blocks = k / QK as i64;
+    let len = |n: i64| u32::try_from(n).map_err(|_| "a reduction longer than u32".to_string());
+    let row = QuantizedRow {
+        codes: b.local(
+            "x_codes",
+            MemorySpace::Private,
+            ScalarType::U32,
+            len(k / 4)?,
+        ),
+        scales: b.local(
+            "x_scales",
+            MemorySpace::Private,
+            ScalarType::F32,
+            len(blocks)?,
+        ),
+        offsets: b.local(
+            "x_offsets",
+            MemorySpace::Private,
+            ScalarType::F32,
+            len(blocks)?,
+        ),
+    };
+    let zero = b.const_i(0);
+    let blocks_v = b.const_i(blocks);
+    let qk = b.const_i(QK as i64);
+    let words_per_block = b.const_i(VECTORS_PER_BLOCK);
+    let (fzero, f127, eight) = (b.const_f(0.0), b.const_f(127.0), b.const_f(8.0));
+    let (half, neg_half) = (b.const_f(0.5), b.const_f(-0.5));
+    let (half, neg_half, fzero4) = (b.splat(half, 4), b.splat(neg_half, 4), b.splat(fzero, 4));
+    let byte = b.constant(Type::scalar(ScalarType::I32), Literal::I(0xff));
+    let byte = b.splat(byte, 4);
+    let shifts: Vec<Value> = (0..4)
+        .map(|l| b.constant(Type::scalar(ScalarType::I32), Literal::I(8 * l)))
+        .collect();
+    for_each(b, zero, blocks_v, |b, j| {
+        let first = b.mul(j, qk);
+        let values: Vec<Value> = (0..VECTORS_PER_BLOCK)
+            .map(|v| {
+                let off = b.const_i(v * 4);
+                let i = b.add(first, off);
+                let at = b.add(src.base, i);
+                let x = b.load(src.buf, at, 4);
+                match src.norm {
+                    Some((r, g)) => {
+                        let r = b.splat(r, 4);
+                        let xr = b.mul(x, r);
+                        let gv = b.load(g, i, 4);
+                        b.mul(xr, gv)
+                    }
+                    None => x,
+                }
+            })
+            .collect();
+        let amax = values
+            .iter()
+            .map(|&v| b.unary(UnaryOp::Abs, v))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .reduce(|a, c| b.binary(BinaryOp::Max, a, c))
+            .expect("a block has vectors");
+        let amax = b.reduce_lanes(ReduceOp::Max, amax);
+        let d = b.div(amax, f127);
+        b.store(row.scales, j, d);
+        let positive = b.cmp(CmpOp::Gt, amax, fzero);
+        let inv = b.div(f127, amax);
+        let inv = b.select(positive, inv, fzero);
+        let inv = b.splat(inv, 4);
+        let words = b.mul(j, words_per_block);
+        let mut sum = None;
+        for (v, &x) in values.iter().enumerate() {
+            // Round half away from zero: truncate x/d ± 0.5.
+            let negative = b.cmp(CmpOp::Lt, x, fzero4);
+            let bias = b.select(negative, neg_half, half);
+            let scaled = b.fma(x, inv, bias);
+            let q = b.cast(ScalarType::I32, scaled);
+            sum = Some(match sum {
+                None => q,
+                Some(s) => b.add(s, q),
+            });
+            let bytes = b.binary(BinaryOp::And, q, byte);
+            let word = (0..4)
+                .map(|l| {
+                    let lane = b.extract(bytes, l);
+                    b.binary(BinaryOp::Shl, lane, shifts[l as usize])
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .reduce(|a, c| b.binary(BinaryOp::Or, a, c))
+                .expect("four lanes");
+            let word = b.bitcast(ScalarType::U32, 1, word);
+            let v = b.const_i(v as i64);
+            let at = b.add(words, v);
+            b.store(row.codes, at, word);
+        }
+        if format.nibbles {
+            let total = b.reduce_lanes(ReduceOp::Add, sum.expect("a block has vectors"));
+            let total = b.cast(ScalarType::F32, total);
+            let d8 = b.mul(d, eight);
+            let offset = b.mul(d8, total);
+            b.store(row.offsets, j, offset);
+        }
+        Ok(())
+    })?;
+    Ok(row)
+}
+
+/// The dot product of the quantized lhs row with weight row `col`: per block, an integer dot
+/// product of the codes scaled by `d_w·d_x`, in an f32x4 accumulator (Q4_0: minus the offset
+/// correction in a scalar one).
+fn column_dot(
+    b: &mut KernelBuilder,
+    w: BufRef,
+    q: &QuantizedRow,
+    format: Format,
+    k: i64,
+    col: Value,
+) -> Result<Value, String> {
+    let blocks = k / QK as i64;
+    let row_bytes = b.const_i(blocks * format.block_bytes);
+    let base = b.mul(col, row_bytes);
+    let block_bytes = b.const_i(format.block_bytes);
+    let zero = b.const_i(0);
+    let blocks_v = b.const_i(blocks);
+    let fzero = b.const_f(0.0);
+    let acc0 = b.splat(fzero, 4);
+    let izero = b.constant(Type::scalar(ScalarType::I32), Literal::I(0));
+    let izero = b.splat(izero, 4);
+    let words_per_block = b.const_i(VECTORS_PER_BLOCK);
+    let (two, four, sixteen) = (b.const_i(2), b.const_i(4), b.const_i(16));
+    let u32x4 = Type::vector(ScalarType::U32, 4);
+    let byte = |b: &mut KernelBuilder, v: i64| {
+        let c = b.constant(Type::scalar(ScalarType::U8), Literal::I(v));
+        b.splat(c, 16)
+    };
+    let (low_nibble, nibble_shift) = (byte(b, 0x0f), byte(b, 4));
+    let acc = fold_many(b, (zero, blocks_v, 1), &[acc0, fzero], |b, j, acc| {
+        let at = b.mul(j, block_bytes);
+        let at = b.add(base, at);
+        let dw = b.load_bytes(w, at, Type::scalar(ScalarType::F16));
+        let dw = b.cast(ScalarType::F32, dw);
+        let dx = b.load(q.scales, j, 1);
+        let d = b.mul(dw, dx);
+        let codes_at = b.add(at, two);
+        let x_at = b.mul(j, words_per_block);
+        let x_lo = b.load(q.codes, x_at, 4);
+        let x_hi_at = b.add(x_at, four);
+        let x_hi = b.load(q.codes, x_hi_at, 4);
+        let (isum, corr) = if format.nibbles {
+            let packed = b.load_bytes(w, codes_at, Type::vector(ScalarType::U8, 16));
+            let lo = b.binary(BinaryOp::And, packed, low_nibble);
+            let hi = b.binary(BinaryOp::Shr, packed, nibble_shift);
+            let lo = b.bitcast(ScalarType::U32, 4, lo);
+            let hi = b.bitcast(ScalarType::U32, 4, hi);
+            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[lo, x_lo, izero]);
+            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[hi, x_hi, s]);
+            let offset = b.load(q.offsets, j, 1);
+            (s, b.fma(dw, offset, acc[1]))
+        } else {
+            let lo = b.load_bytes(w, codes_at, u32x4);
+            let hi_at = b.add(codes_at, sixteen);
+            let hi = b.load_bytes(w, hi_at, u32x4);
+            let s = b.intrinsic(Intrinsic::Dot4I8Packed, &[lo, x_lo, izero]);
+            (b.intrinsic(Intrinsic::Dot4I8Packed, &[hi, x_hi, s]), acc[1])
+        };
+        let sum = b.cast(ScalarType::F32, isum);
+        let dv = b.splat(d, 4);
+        Ok(vec![b.fma(sum, dv, acc[0]), corr])
+    })?;
+    let total = b.reduce_lanes(ReduceOp::Add, acc[0]);
+    Ok(b.sub(total, acc[1]))
+}
