@@ -28,6 +28,8 @@ enum Command {
     Explain(commands::explain::Args),
     /// Build a small Llama-architecture model with seeded random weights, compile, load and run it.
     Demo(commands::demo::Args),
+    /// Time prefill and decode of an artifact and compare decode with the memory-bandwidth roofline.
+    Bench(commands::bench::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Explain(a) => commands::explain::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! One module per subcommand: argument definitions and what the command prints.
 
+pub mod bench;
 pub mod compile;
 pub mod demo;
 pub mod explain;
