@@ -247,6 +247,79 @@ fn gemv_with_bias_epilogue() {
     check(&gemv_kernel(false), &inputs, &[]);
 }
 
+const GEMM: KernelKind = KernelKind::Gemm {
+    tile_m: 32,
+    tile_n: 64,
+    tile_k: 32,
+    stages: 2,
+};
+
+/// The gemm template's M, N and K tails: every M of `seq` from 1 to past two register blocks, N
+/// and K with and without a remainder, with and without an RmsNorm prologue on the direct lhs.
+#[test]
+fn gemm_tails_with_and_without_rms_norm_prologue() {
+    for norm in [false, true] {
+        let mut k = gemv_kernel(norm);
+        k.kind = GEMM;
+        for (n, kk) in [("13", "70"), ("64", "64"), ("13", "64"), ("64", "70")] {
+            let inputs = [
+                f32_(&["seq", kk]),
+                f32_(&[n, kk]),
+                f32_(&["seq", n]),
+                f32_(&[kk]),
+            ];
+            for m in [1, 2, 3, 4, 5, 7, 8, 16, 17, 33] {
+                check(&k, &inputs, &[("seq", m)]);
+            }
+        }
+    }
+}
+
+/// The gemm template with the optimizer's MLP forms: residual add → RmsNorm → matmul → SiLU ·
+/// up (a computed prologue, scalar accumulators) and a direct rank-3 lhs with a SiLU-mul
+/// epilogue, as `FlatGemm` and `Gemm` kernels.
+#[test]
+fn gemm_with_computed_prologue_and_silu_mul_epilogue() {
+    let computed = kernel(
+        GEMM,
+        vec![
+            step(Op::Binary(BinaryOp::Add), &[In(0), In(1)]),
+            step(Op::RmsNorm { eps: 1e-5 }, &[At(0), In(3)]),
+            step(Op::MatMul { transpose_b: true }, &[At(1), In(2)]),
+            step(Op::Unary(UnaryOp::Silu), &[At(2)]),
+            step(Op::Binary(BinaryOp::Mul), &[At(3), In(4)]),
+        ],
+    );
+    let direct = kernel(
+        KernelKind::FlatGemm {
+            tile_n: 64,
+            tile_k: 32,
+        },
+        vec![
+            step(Op::MatMul { transpose_b: true }, &[In(0), In(1)]),
+            step(Op::Unary(UnaryOp::Silu), &[At(0)]),
+            step(Op::Binary(BinaryOp::Mul), &[At(1), In(2)]),
+        ],
+    );
+    for m in [1, 5, 17] {
+        let x = f32_(&["seq", "70"]);
+        let inputs = [
+            x.clone(),
+            x,
+            f32_(&["13", "70"]),
+            f32_(&["70"]),
+            f32_(&["seq", "13"]),
+        ];
+        check(&computed, &inputs, &[("seq", m)]);
+        let inputs = [
+            f32_(&["2", "seq", "70"]),
+            f32_(&["13", "70"]),
+            f32_(&["2", "seq", "13"]),
+        ];
+        check(&direct, &inputs, &[("seq", m)]);
+    }
+}
+
 #[test]
 fn gemv_with_multi_op_prologues() {
     // residual add → RmsNorm → matmul → add, and residual add → matmul → mul.

@@ -9,8 +9,8 @@
 //! product per matmul element it reads (correct, not tuned). `split_k` is ignored: one CPU
 //! thread runs the whole K loop.
 //!
-//! `Gemm` and `FlatGemm` kernels are lowered the same way for now (one row of M at a time):
-//! correct, but not tuned for large M.
+//! The body parsing ([`Gemv::parse`]), the epilogue store ([`Gemv::store`]) and the remapping
+//! path ([`remapped`]) are shared with the [`super::gemm`] template.
 
 use super::elementwise;
 use super::expr::{fold_range, for_each, Body};
@@ -20,10 +20,10 @@ use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Sp
 use tessera_ir::{DType, Dim, Op};
 
 /// f32 lanes of one 128-bit vector.
-const LANES: u32 = 4;
+pub(super) const LANES: u32 = 4;
 
 /// How the gemv reads its lhs rows.
-enum Lhs {
+pub(super) enum Lhs {
     /// An f32 input (times the factor and weight of an RmsNorm prologue on it) read straight
     /// from memory with vector loads: the x buffer and, with the norm, its weight buffer.
     Direct { x: BufRef, norm: Option<BufRef> },
@@ -64,25 +64,114 @@ fn prologue_norm(body: &Body, m: usize) -> Result<Option<(usize, f32)>, String> 
 
 /// A parsed gemv body: the matmul at `m` of an `[N, K]` f32 weight `w`, how its lhs is read,
 /// and the prologue's RmsNorm (position, eps), if any.
-struct Gemv<'a> {
-    body: &'a Body<'a>,
-    m: usize,
-    w: BufRef,
-    lhs: Lhs,
-    norm: Option<(usize, f32)>,
-    n: i64,
-    k: i64,
+pub(super) struct Gemv<'a> {
+    pub body: &'a Body<'a>,
+    pub m: usize,
+    pub w: BufRef,
+    pub lhs: Lhs,
+    pub norm: Option<(usize, f32)>,
+    pub n: i64,
+    pub k: i64,
 }
 
-impl Gemv<'_> {
+impl<'a> Gemv<'a> {
+    /// Parses a matmul kernel's body: its matmul must be `transpose_b` with a constant-shaped
+    /// f32 weight `[N, K]`.
+    pub(super) fn parse(body: &'a Body<'a>) -> Result<Gemv<'a>, String> {
+        let m = body
+            .ops
+            .iter()
+            .position(|s| matches!(s.op, Op::MatMul { .. }))
+            .ok_or("a matmul kernel without a matmul")?;
+        let mm = &body.ops[m];
+        if mm.op != (Op::MatMul { transpose_b: true }) {
+            return Err("matmul without transpose_b".into());
+        }
+        let weight = body.ty(mm.args[1]);
+        let (n, k) = match weight.shape.as_slice() {
+            [n, k] => (n.as_const(), k.as_const()),
+            _ => (None, None),
+        };
+        let (Some(n), Some(k)) = (n, k) else {
+            return Err(format!("matmul weight of shape {weight}"));
+        };
+        let w = f32_input(body, mm.args[1])?;
+        let lhs_arg = mm.args[0];
+        let norm = prologue_norm(body, m)?;
+        let lhs = match (lhs_arg, norm) {
+            (BodyArg::Input(_), None) => Lhs::Direct {
+                x: f32_input(body, lhs_arg)?,
+                norm: None,
+            },
+            (BodyArg::Op(0), Some((0, _))) if m == 1 => Lhs::Direct {
+                x: f32_input(body, body.ops[0].args[0])?,
+                norm: Some(f32_input(body, body.ops[0].args[1])?),
+            },
+            _ => Lhs::Computed,
+        };
+        Ok(Gemv {
+            body,
+            m,
+            w,
+            lhs,
+            norm,
+            n,
+            k,
+        })
+    }
+
+    /// Whether the ops after the matmul keep every element at its index: no layout op or RoPE
+    /// (which read other elements) and the matmul's shape as the result's.
+    pub(super) fn elementwise_epilogue(&self) -> bool {
+        let body = self.body;
+        body.ty(body.result()).shape == body.types[self.m].shape
+            && body.ops[self.m + 1..].iter().all(|s| {
+                !matches!(
+                    s.op,
+                    Op::Reshape { .. }
+                        | Op::Permute { .. }
+                        | Op::Slice { .. }
+                        | Op::Expand { .. }
+                        | Op::Rope { .. }
+                )
+            })
+    }
+
+    /// For an elementwise epilogue: stores the body's result at the output element of matmul
+    /// element (`row`, `col`) (row-major row number over [`Gemv::lead`]) whose value is `acc`.
+    pub(super) fn store(
+        &self,
+        b: &mut KernelBuilder,
+        out: BufRef,
+        row: Value,
+        col: Value,
+        acc: Value,
+    ) -> Result<(), String> {
+        let body = self.body;
+        let n_v = b.const_i(self.n);
+        let out_base = b.mul(row, n_v);
+        let e = b.add(out_base, col);
+        let idx = body.symbols.unravel(b, e, &body.types[self.m].shape)?;
+        let hook = |_: &mut KernelBuilder, at: &[Value]| {
+            if at == idx.as_slice() {
+                Ok(acc)
+            } else {
+                Err("an epilogue reading the matmul at another element".to_string())
+            }
+        };
+        let v = body.value(b, body.result(), &idx, Some((self.m, &hook)))?;
+        b.store(out, e, v);
+        Ok(())
+    }
+
     /// The matmul's leading dims (all but the output column).
-    fn lead(&self) -> &[Dim] {
+    pub(super) fn lead(&self) -> &[Dim] {
         let shape = &self.body.types[self.m].shape;
         &shape[..shape.len() - 1]
     }
 
     /// The prologue norm's factor for the lhs row at `lead_idx`, if there is a norm.
-    fn row_scale(
+    pub(super) fn row_scale(
         &self,
         b: &mut KernelBuilder,
         lead_idx: &[Value],
@@ -168,22 +257,6 @@ impl Gemv<'_> {
     }
 }
 
-/// Whether the ops after the matmul `m` keep every element at its index: no layout op or RoPE
-/// (which read other elements) and the matmul's shape as the result's.
-fn elementwise_epilogue(body: &Body, m: usize) -> bool {
-    body.ty(body.result()).shape == body.types[m].shape
-        && body.ops[m + 1..].iter().all(|s| {
-            !matches!(
-                s.op,
-                Op::Reshape { .. }
-                    | Op::Permute { .. }
-                    | Op::Slice { .. }
-                    | Op::Expand { .. }
-                    | Op::Rope { .. }
-            )
-        })
-}
-
 /// Writes the gemv kernel of `body` into `b`, storing to `out`.
 pub(super) fn lower(
     b: &mut KernelBuilder,
@@ -191,64 +264,31 @@ pub(super) fn lower(
     out: BufRef,
     tile_n: u32,
 ) -> Result<(), String> {
-    let m = body
-        .ops
-        .iter()
-        .position(|s| matches!(s.op, Op::MatMul { .. }))
-        .ok_or("a matmul kernel without a matmul")?;
-    let mm = &body.ops[m];
-    if mm.op != (Op::MatMul { transpose_b: true }) {
-        return Err("matmul without transpose_b".into());
-    }
-    let weight = body.ty(mm.args[1]);
-    let (n, k) = match weight.shape.as_slice() {
-        [n, k] => (n.as_const(), k.as_const()),
-        _ => (None, None),
-    };
-    let (Some(n), Some(k)) = (n, k) else {
-        return Err(format!("matmul weight of shape {weight}"));
-    };
-    let w = f32_input(body, mm.args[1])?;
-    let lhs_arg = mm.args[0];
-    let norm = prologue_norm(body, m)?;
-    let lhs = match (lhs_arg, norm) {
-        (BodyArg::Input(_), None) => Lhs::Direct {
-            x: f32_input(body, lhs_arg)?,
-            norm: None,
-        },
-        (BodyArg::Op(0), Some((0, _))) if m == 1 => Lhs::Direct {
-            x: f32_input(body, body.ops[0].args[0])?,
-            norm: Some(f32_input(body, body.ops[0].args[1])?),
-        },
-        _ => Lhs::Computed,
-    };
-    let g = Gemv {
-        body,
-        m,
-        w,
-        lhs,
-        norm,
-        n,
-        k,
-    };
-    if elementwise_epilogue(body, m) {
+    let g = Gemv::parse(body)?;
+    if g.elementwise_epilogue() {
         rows(b, &g, out, tile_n)
     } else {
-        let hook = |b: &mut KernelBuilder, at: &[Value]| {
-            let (&col, lead_idx) = at.split_last().ok_or("a matmul of a scalar")?;
-            let row = body.symbols.ravel(b, lead_idx, g.lead())?;
-            let scale = g.row_scale(b, lead_idx)?;
-            g.dot(b, lead_idx, row, scale, col)
-        };
-        elementwise::lower_with(b, body, out, Some((m, &hook)))
+        remapped(b, &g, out)
     }
+}
+
+/// The kernel of an epilogue that remaps indices: the elementwise template over the output's
+/// index space, with one dot product (and the row's norm factor) per matmul element it reads.
+pub(super) fn remapped(b: &mut KernelBuilder, g: &Gemv, out: BufRef) -> Result<(), String> {
+    let body = g.body;
+    let hook = |b: &mut KernelBuilder, at: &[Value]| {
+        let (&col, lead_idx) = at.split_last().ok_or("a matmul of a scalar")?;
+        let row = body.symbols.ravel(b, lead_idx, g.lead())?;
+        let scale = g.row_scale(b, lead_idx)?;
+        g.dot(b, lead_idx, row, scale, col)
+    };
+    elementwise::lower_with(b, body, out, Some((g.m, &hook)))
 }
 
 /// The fast path for an elementwise epilogue: a group computes `tile_n` output columns of one
 /// lhs row, the norm's factor once for the row, and applies the epilogue to each dot product.
 fn rows(b: &mut KernelBuilder, g: &Gemv, out: BufRef, tile_n: u32) -> Result<(), String> {
     let body = g.body;
-    let shape = &body.types[g.m].shape;
     let tile = u64::from(tile_n.max(1));
     b.grid([
         SizeExpr::Const(g.n as u64).ceil_div(tile),
@@ -260,7 +300,6 @@ fn rows(b: &mut KernelBuilder, g: &Gemv, out: BufRef, tile_n: u32) -> Result<(),
     let tile_v = b.const_i(tile as i64);
     let col0 = b.mul(col_group, tile_v);
     let n_v = b.const_i(g.n);
-    let out_base = b.mul(row, n_v);
     let lead_idx = body.symbols.unravel(b, row, g.lead())?;
     let scale = g.row_scale(b, &lead_idx)?;
     let start = b.const_i(0);
@@ -277,21 +316,7 @@ fn rows(b: &mut KernelBuilder, g: &Gemv, out: BufRef, tile_n: u32) -> Result<(),
                     return;
                 }
             };
-            let e = b.add(out_base, col);
-            failure = body
-                .symbols
-                .unravel(b, e, shape)
-                .and_then(|idx| {
-                    let hook = |_: &mut KernelBuilder, at: &[Value]| {
-                        if at == idx.as_slice() {
-                            Ok(acc)
-                        } else {
-                            Err("an epilogue reading the matmul at another element".to_string())
-                        }
-                    };
-                    body.value(b, body.result(), &idx, Some((g.m, &hook)))
-                })
-                .map(|v| b.store(out, e, v));
+            failure = g.store(b, out, row, col, acc);
         });
         failure
     })

@@ -11,7 +11,7 @@ use tessera_ir::lir::{
 use tessera_ir::{DType, Op};
 
 /// `r = 1/sqrt(total/d + eps)`.
-fn inv_std(b: &mut KernelBuilder, total: Value, d: Value, eps: f32) -> Value {
+pub(super) fn inv_std(b: &mut KernelBuilder, total: Value, d: Value, eps: f32) -> Value {
     let mean = b.div(total, d);
     let eps = b.const_f(f64::from(eps));
     let v = b.add(mean, eps);
