@@ -16,7 +16,7 @@ use tessera_models::{ImportedModel, Weight, WeightData};
 use tessera_passes::cost::{Roofline, TargetSpec};
 use tessera_passes::lower::{lower_cpu, LowerError};
 use tessera_passes::optimize::{optimize_module, EntryReport};
-use tessera_passes::quantize::{dequantize_weights, quantizable_weights};
+use tessera_passes::quantize::{quantizable_weights, retype_weights};
 
 /// What the artifact's code runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -122,6 +122,9 @@ pub fn compile_model(
     if let Some(quant) = opts.quant {
         quantize_model(&mut imported, quant.dtype())?;
     }
+    if opts.target == Target::Cpu {
+        widen_half_weights(&mut imported)?;
+    }
     let optimized = if opts.optimize {
         optimize_model(&mut imported, opts.target)?
     } else {
@@ -136,42 +139,76 @@ pub fn compile_model(
 /// Stores the model's projection weights as `format` and reads them through `Dequantize` in every
 /// entry point's Graph ([`tessera_passes::quantize`]); other weights keep their dtype.
 pub fn quantize_model(model: &mut ImportedModel, format: DType) -> Result<()> {
+    let stored = quantizable_weights(&model.module)
+        .into_iter()
+        .map(|name| (name, format))
+        .collect();
+    store_weights_as(model, &stored)
+}
+
+/// Widens f16/bf16 weights to f32 for targets whose kernels read f32 (today's CPU templates).
+pub fn widen_half_weights(model: &mut ImportedModel) -> Result<()> {
+    let stored = model
+        .module
+        .weights
+        .iter()
+        .filter(|w| matches!(w.dtype, DType::F16 | DType::Bf16))
+        .map(|w| (w.name.clone(), DType::F32))
+        .collect();
+    store_weights_as(model, &stored)
+}
+
+/// Re-encodes each weight named in `stored` in its new dtype (quantized, or a float dtype) and
+/// retypes the Graphs that read it ([`retype_weights`]).
+fn store_weights_as(model: &mut ImportedModel, stored: &BTreeMap<String, DType>) -> Result<()> {
     let originals = model.module.weights.clone();
-    let names = quantize_module(&mut model.module, format)?;
+    retype_module(&mut model.module, stored)?;
     for (spec, weight) in originals.iter().zip(&mut model.weights) {
-        if !names.contains(&spec.name) {
+        let Some(&dtype) = stored.get(&spec.name) else {
             continue;
-        }
+        };
         let values =
             Tensor::from_le_bytes(spec.dtype, spec.shape.clone(), weight.bytes(), &spec.name)?;
-        let values = values
-            .as_f32()
-            .with_context(|| format!("weight `{}` is not a float tensor", spec.name))?;
-        let bytes = tessera_ir::quant::quantize(format, values)
-            .with_context(|| format!("quantizing weight `{}`", spec.name))?;
-        weight.spec.dtype = format;
+        let bytes = if dtype.is_quantized() {
+            let values = values
+                .as_f32()
+                .with_context(|| format!("weight `{}` is not a float tensor", spec.name))?;
+            tessera_ir::quant::quantize(dtype, values)
+                .with_context(|| format!("quantizing weight `{}`", spec.name))?
+        } else {
+            let mut widened = values;
+            widened.dtype = dtype;
+            widened.to_le_bytes()?
+        };
+        tracing::debug!(weight = %spec.name, from = %spec.dtype, to = %dtype, "re-encoded");
+        weight.spec.dtype = dtype;
         weight.data = WeightData::Owned(bytes);
     }
-    tracing::info!(weights = names.len(), %format, "quantized");
     Ok(())
 }
 
 /// The Module half of [`quantize_model`] (what `explain --quant` needs: no weight data): the
-/// quantizable weights declared as `format` and read through `Dequantize`; returns their names.
-pub fn quantize_module(module: &mut Module, format: DType) -> Result<BTreeSet<String>> {
-    let names = quantizable_weights(module);
+/// quantizable weights declared as `format` and read through `Dequantize`.
+pub fn quantize_module(module: &mut Module, format: DType) -> Result<()> {
+    let stored = quantizable_weights(module)
+        .into_iter()
+        .map(|name| (name, format))
+        .collect();
+    retype_module(module, &stored)
+}
+
+/// Declares each weight named in `stored` in its new dtype, in the Module and its Graphs.
+fn retype_module(module: &mut Module, stored: &BTreeMap<String, DType>) -> Result<()> {
     for entry in &mut module.entries {
-        entry.graph = dequantize_weights(&entry.graph, &names, format)
-            .with_context(|| format!("quantizing entry point `{}`", entry.name))?;
+        entry.graph = retype_weights(&entry.graph, stored)
+            .with_context(|| format!("retyping the weights of entry point `{}`", entry.name))?;
     }
-    for spec in module
-        .weights
-        .iter_mut()
-        .filter(|w| names.contains(&w.name))
-    {
-        spec.dtype = format;
+    for spec in &mut module.weights {
+        if let Some(&dtype) = stored.get(&spec.name) {
+            spec.dtype = dtype;
+        }
     }
-    Ok(names)
+    Ok(())
 }
 
 /// Runs the optimizer on every entry point for `target`'s cost model and materializes the

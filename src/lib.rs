@@ -6,5 +6,6 @@ pub mod demo;
 
 pub use compile::{
     compile_model, load_module, lower_for_cpu, materialize_derived_weights, optimize_model,
-    quantize_model, quantize_module, write_artifact, CompileOptions, CompileReport, Quant, Target,
+    quantize_model, quantize_module, widen_half_weights, write_artifact, CompileOptions,
+    CompileReport, Quant, Target,
 };

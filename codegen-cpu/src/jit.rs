@@ -28,6 +28,19 @@ pub fn clif_text(kernel: &Kernel) -> Result<String, CodegenError> {
     Ok(ctx.func.display().to_string())
 }
 
+/// The host machine code Cranelift generates for `kernel`, as its disassembly (`tessera explain
+/// --emit asm`): what to read when a template is slower than its instruction count suggests.
+pub fn asm_text(kernel: &Kernel) -> Result<String, CodegenError> {
+    let (mut module, mut ctx, id) = translated(kernel)?;
+    ctx.set_disasm(true);
+    module
+        .define_function(id, &mut ctx)
+        .map_err(|e| cranelift_error(kernel, format!("{e:?}")))?;
+    ctx.compiled_code()
+        .and_then(|c| c.vcode.clone())
+        .ok_or_else(|| cranelift_error(kernel, "no disassembly was produced".into()))
+}
+
 /// A fresh module with `kernel` verified and translated into a context, not yet defined.
 fn translated(kernel: &Kernel) -> Result<(JITModule, Context, FuncId), CodegenError> {
     verify(kernel, &cpu_capabilities())?;

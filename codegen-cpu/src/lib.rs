@@ -9,7 +9,7 @@ mod launch;
 mod translate;
 
 pub use error::CodegenError;
-pub use jit::{clif_text, compile};
+pub use jit::{asm_text, clif_text, compile};
 pub use launch::CompiledKernel;
 
 use std::collections::BTreeSet;

@@ -480,9 +480,10 @@ impl<M: Module> Translator<'_, '_, M> {
         };
         if lanes == 1 {
             let q = self.b.ins().extractlane(quads, 0);
-            self.b.ins().iadd(acc, q)
+            self.b.ins().iadd(q, acc)
         } else {
-            self.b.ins().iadd(acc, quads)
+            // (iadd quads acc), in this order, is the tree the VNNI rules match.
+            self.b.ins().iadd(quads, acc)
         }
     }
 

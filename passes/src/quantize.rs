@@ -9,7 +9,7 @@
 //! norms and biases keep their dtype, as llama.cpp's quantizations keep the norms; a tied
 //! embedding is both a gather table and the head, so it stays unquantized too.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tessera_ir::{DType, Graph, IrError, Module, NodeId, Op, QK};
 
 /// The weights of `module` that `--quant` stores block-quantized (see the module doc).
@@ -45,13 +45,10 @@ pub fn quantizable_weights(module: &Module) -> BTreeSet<String> {
     candidates
 }
 
-/// `g` with each weight named in `quantized` declared as `format` and read through
-/// `Dequantize` (which yields f32, so its consumers type as before).
-pub fn dequantize_weights(
-    g: &Graph,
-    quantized: &BTreeSet<String>,
-    format: DType,
-) -> Result<Graph, IrError> {
+/// `g` with each weight named in `stored` declared in its new dtype: a block-quantized one is
+/// read through `Dequantize` (which yields f32), a float one directly (f16/bf16 widened to f32
+/// at compile time for targets without half-precision kernels); consumers type as before.
+pub fn retype_weights(g: &Graph, stored: &BTreeMap<String, DType>) -> Result<Graph, IrError> {
     let mut out = Graph::new();
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     for (i, node) in g.nodes.iter().enumerate() {
@@ -60,11 +57,13 @@ pub fn dequantize_weights(
             Op::Input { name } => out.input(name, node.ty.dtype, node.ty.shape.clone()),
             Op::Weight { name } => {
                 let shape = concrete(&node.ty.shape, name)?;
-                if quantized.contains(name) {
-                    let w = out.weight(name, format, &shape);
-                    out.add(Op::Dequantize, &[w])?
-                } else {
-                    out.weight(name, node.ty.dtype, &shape)
+                match stored.get(name) {
+                    Some(&dtype) if dtype.is_quantized() => {
+                        let w = out.weight(name, dtype, &shape);
+                        out.add(Op::Dequantize, &[w])?
+                    }
+                    Some(&dtype) => out.weight(name, dtype, &shape),
+                    None => out.weight(name, node.ty.dtype, &shape),
                 }
             }
             Op::Constant { value } => out.constant(*value, node.ty.dtype),
@@ -156,7 +155,8 @@ mod tests {
     fn the_rewritten_graph_reads_the_quantized_weight_through_dequantize() {
         let m = module();
         let names = quantizable_weights(&m);
-        let g = dequantize_weights(&m.entries[0].graph, &names, DType::Q8_0).unwrap();
+        let stored = names.into_iter().map(|n| (n, DType::Q8_0)).collect();
+        let g = retype_weights(&m.entries[0].graph, &stored).unwrap();
         g.verify().unwrap();
         let head = g
             .nodes
@@ -184,14 +184,13 @@ mod tests {
         let norm = vec![1.0; 64];
         let tokens = Tensor::i32(vec![2], vec![3, 6]);
         let run = |g: &Graph, head: Tensor| {
-            let weights: std::collections::BTreeMap<String, Tensor> = [
+            let weights: BTreeMap<String, Tensor> = [
                 ("embed".to_string(), Tensor::f32(vec![8, 64], embed.clone())),
                 ("head".to_string(), head),
                 ("norm".to_string(), Tensor::f32(vec![64], norm.clone())),
             ]
             .into();
-            let inputs: std::collections::BTreeMap<String, Tensor> =
-                [("tokens".to_string(), tokens.clone())].into();
+            let inputs: BTreeMap<String, Tensor> = [("tokens".to_string(), tokens.clone())].into();
             interp::run(g, &weights, &inputs).unwrap()["logits"].clone()
         };
         let got = run(&g, quantized);

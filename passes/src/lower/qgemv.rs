@@ -6,10 +6,11 @@
 //! 1. the lhs row (the prologue evaluated, the norm applied) is quantized to 8 bits per block of
 //!    32 — `d_x = amax/127`, `q = round(x/d_x)`, as llama.cpp's `quantize_row_q8_0` — into
 //!    private memory, once per group;
-//! 2. each weight block is an integer dot product of its codes with the row's codes
-//!    ([`Intrinsic::Dot4I8Packed`] for Q8_0; [`Intrinsic::Dot4U8I8Packed`] on the unsigned
-//!    4-bit codes for Q4_0, the `−8` offset applied once per block as `8·Σq`), scaled by
-//!    `d_w·d_x` into an f32x4 accumulator;
+//! 2. each weight block is an integer dot product of its codes with the row's codes, always the
+//!    unsigned × signed [`Intrinsic::Dot4U8I8Packed`] (one `vpdpbusd` on VNNI hosts): Q4_0's
+//!    unsigned 4-bit codes against the signed row, its `−8` offset applied once per block as
+//!    `8·Σq`; for Q8_0 the row is stored offset by +128 and `128·Σw` (a dot product with ones)
+//!    subtracted; scaled by `d_w·d_x` into an f32x4 accumulator;
 //! 3. the epilogue is evaluated per output element; one that reads the matmul at other columns
 //!    of the same row (the SwiGLU `silu(gate)·up` over merged gate/up slices) gets each column's
 //!    dot product as it asks for it.
@@ -30,6 +31,10 @@ use tessera_ir::{DType, Op, QK};
 
 /// How many groups one lhs row is cut into (see the module doc).
 const GROUPS_PER_ROW: i64 = 16;
+
+/// What Q8_0 kernels add to the activation codes to make them unsigned (`log2` of it is the
+/// shift in [`column_dot`]), so both formats use the unsigned × signed dot product.
+const Q8_OFFSET: i64 = 128;
 
 /// f32x4 vectors (and packed `u32` code words) per block of 32 values.
 const VECTORS_PER_BLOCK: i64 = QK as i64 / 4;
@@ -95,7 +100,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
         [n, k] => (n.as_const(), k.as_const()),
         _ => (None, None),
     };
-    let (Some(_), Some(k)) = (n, k) else {
+    let (Some(n), Some(k)) = (n, k) else {
         return Err(format!("quantized matmul weight of shape {weight}"));
     };
     let w = match mm.args[1] {
@@ -106,16 +111,21 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let lead = &mm_shape[..mm_shape.len() - 1];
     let out_shape = &body.ty(body.result()).shape;
     let (out_cols, out_lead) = out_shape.split_last().ok_or("a matmul of a scalar")?;
-    if out_lead != lead {
-        return Err("an epilogue that changes the matmul's rows".into());
-    }
-    let out_cols = out_cols
-        .as_const()
-        .ok_or("an output with a symbolic last axis")?;
-    let tile = (out_cols + GROUPS_PER_ROW - 1) / GROUPS_PER_ROW;
+    // An epilogue that keeps the rows is evaluated per output column (it may read several
+    // matmul columns); one that moves elements to other rows (a head split: reshape + permute)
+    // must map each matmul element to one output element, which is written where it lands.
+    let scatter = out_lead != lead;
+    let cols = if scatter {
+        n
+    } else {
+        out_cols
+            .as_const()
+            .ok_or("an output with a symbolic last axis")?
+    };
+    let tile = (cols + GROUPS_PER_ROW - 1) / GROUPS_PER_ROW;
     let tile = ((tile + 3) / 4 * 4).max(4);
     b.grid([
-        SizeExpr::Const(out_cols as u64).ceil_div(tile as u64),
+        SizeExpr::Const(cols as u64).ceil_div(tile as u64),
         body.symbols.numel_size(lead)?,
         SizeExpr::Const(1),
     ]);
@@ -126,31 +136,53 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let q = quantize_row(b, &source, k, format)?;
     let tile_v = b.const_i(tile);
     let col0 = b.mul(col_group, tile_v);
-    let out_cols_v = b.const_i(out_cols);
-    let out_base = b.mul(row, out_cols_v);
+    let cols_v = b.const_i(cols);
     let zero = b.const_i(0);
     for_each(b, zero, tile_v, |b, c| {
         let col = b.add(col0, c);
-        let inside = b.cmp(CmpOp::Lt, col, out_cols_v);
+        let inside = b.cmp(CmpOp::Lt, col, cols_v);
         let mut failure = Ok(());
         b.if_then(inside, |b| {
-            let hook = |b: &mut KernelBuilder, at: &[Value]| {
-                let (&mm_col, at_lead) = at.split_last().ok_or("a matmul of a scalar")?;
-                if at_lead != lead_idx.as_slice() {
-                    return Err("an epilogue reading the matmul at another row".to_string());
-                }
-                column_dot(b, w, &q, format, k, mm_col)
-            };
             let idx: Vec<Value> = lead_idx.iter().copied().chain([col]).collect();
-            failure = body
-                .value(b, body.result(), &idx, Some((m, &hook)))
-                .map(|v| {
-                    let at = b.add(out_base, col);
-                    b.store(out, at, v)
-                });
+            failure = if scatter {
+                scatter_column(b, body, m, (w, &q, format, k), &idx, out)
+            } else {
+                let hook = |b: &mut KernelBuilder, at: &[Value]| {
+                    let (&mm_col, at_lead) = at.split_last().ok_or("a matmul of a scalar")?;
+                    if at_lead != lead_idx.as_slice() {
+                        return Err("an epilogue reading the matmul at another row".to_string());
+                    }
+                    column_dot(b, w, &q, format, k, mm_col)
+                };
+                body.value(b, body.result(), &idx, Some((m, &hook)))
+                    .and_then(|v| {
+                        let at = body.symbols.ravel(b, &idx, out_shape)?;
+                        b.store(out, at, v);
+                        Ok(())
+                    })
+            };
         });
         failure
     })
+}
+
+/// Computes the matmul element at `idx` (the weight, the quantized row, its format and K) and
+/// writes the epilogue's value where [`Body::forward`] maps it in the output.
+fn scatter_column(
+    b: &mut KernelBuilder,
+    body: &Body,
+    m: usize,
+    (w, q, format, k): (BufRef, &QuantizedRow, Format, i64),
+    idx: &[Value],
+    out: BufRef,
+) -> Result<(), String> {
+    let col = *idx.last().ok_or("a matmul of a scalar")?;
+    let dot = column_dot(b, w, q, format, k, col)?;
+    let at = body.forward(b, m, idx)?;
+    let value = body.value(b, body.result(), &at, Some((m, &|_, _| Ok(dot))))?;
+    let offset = body.symbols.ravel(b, &at, &body.ty(body.result()).shape)?;
+    b.store(out, offset, value);
+    Ok(())
 }
 
 /// The position and eps of the prologue's RmsNorm, if any; it must normalize the lhs rows.
@@ -276,6 +308,8 @@ fn quantize_row(
     let (half, neg_half, fzero4) = (b.splat(half, 4), b.splat(neg_half, 4), b.splat(fzero, 4));
     let byte = b.constant(Type::scalar(ScalarType::I32), Literal::I(0xff));
     let byte = b.splat(byte, 4);
+    let offset = b.constant(Type::scalar(ScalarType::I32), Literal::I(Q8_OFFSET));
+    let offset = b.splat(offset, 4);
     let shifts: Vec<Value> = (0..4)
         .map(|l| b.constant(Type::scalar(ScalarType::I32), Literal::I(8 * l)))
         .collect();
@@ -324,7 +358,8 @@ fn quantize_row(
                 None => q,
                 Some(s) => b.add(s, q),
             });
-            let bytes = b.binary(BinaryOp::And, q, byte);
+            let code = if format.nibbles { q } else { b.add(q, offset) };
+            let bytes = b.binary(BinaryOp::And, code, byte);
             let word = (0..4)
                 .map(|l| {
                     let lane = b.extract(bytes, l);
@@ -380,6 +415,10 @@ fn column_dot(
         b.splat(c, 16)
     };
     let (low_nibble, nibble_shift) = (byte(b, 0x0f), byte(b, 4));
+    let ones = byte(b, 1);
+    let ones = b.bitcast(ScalarType::U32, 4, ones);
+    let offset_shift = b.constant(Type::scalar(ScalarType::I32), Literal::I(7));
+    let offset_shift = b.splat(offset_shift, 4);
     let acc = fold_many(b, (zero, blocks_v, 1), &[acc0, fzero], |b, j, acc| {
         let at = b.mul(j, block_bytes);
         let at = b.add(base, at);
@@ -403,11 +442,16 @@ fn column_dot(
             let offset = b.load(q.offsets, j, 1);
             (s, b.fma(dw, offset, acc[1]))
         } else {
+            // Σ(q + 128)·w − 128·Σw, both unsigned × signed.
             let lo = b.load_bytes(w, codes_at, u32x4);
             let hi_at = b.add(codes_at, sixteen);
             let hi = b.load_bytes(w, hi_at, u32x4);
-            let s = b.intrinsic(Intrinsic::Dot4I8Packed, &[lo, x_lo, izero]);
-            (b.intrinsic(Intrinsic::Dot4I8Packed, &[hi, x_hi, s]), acc[1])
+            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_lo, lo, izero]);
+            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_hi, hi, s]);
+            let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, lo, izero]);
+            let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, hi, sw]);
+            let sw = b.binary(BinaryOp::Shl, sw, offset_shift);
+            (b.sub(s, sw), acc[1])
         };
         let sum = b.cast(ScalarType::F32, isum);
         let dv = b.splat(d, 4);

@@ -60,6 +60,17 @@ fn merge(egraph: &mut TEGraph, op: fn(bool) -> Op, m: &Bindings) -> Option<Vec<I
     if egraph.find(a) == egraph.find(b) || !weight_only(wa) || !weight_only(wb) {
         return None;
     }
+    // Dequantized weights merge as `quant_matmul`s, on their blocks: a plain matmul over the
+    // concatenation would store the merged weight dequantized.
+    let dequantized = |w: Id| {
+        egraph[w]
+            .nodes
+            .iter()
+            .any(|n| matches!(n, TNode::Dequantize(_)))
+    };
+    if matches!(op(false), Op::MatMul { .. }) && (dequantized(wa) || dequantized(wb)) {
+        return None;
+    }
     let (names_a, names_b) = (weights_under(egraph, wa), weights_under(egraph, wb));
     if names_b.len() != 1 || names_a.last()? >= names_b.first()? {
         return None;
