@@ -1,13 +1,14 @@
 //! Lowering: KernelGraph kernels to LIR (DESIGN.md §3), one template per algorithm and target
 //! class. [`lower_cpu`] writes the CPU (SIMD, one thread per workgroup) templates:
-//! [`elementwise`], [`row_reduce`], [`gemv`], [`gemm`], [`kv_append`], [`gather`] and
-//! [`attention`]; every other kernel is [`LowerError::Unsupported`].
+//! [`elementwise`], [`row_reduce`], [`gemv`], [`gemm`], [`qgemv`], [`kv_append`], [`gather`]
+//! and [`attention`].
 //!
 //! **LIR ABI.** Buffer params are the kernel's inputs in order (read-only, `in0`, `in1`, …), then
 //! its output (`out`); scalar params are the `i64` values of the symbols appearing in any
 //! input or output shape, sorted by name, so the kernel evaluates its shapes from them and its
 //! grid is a `SizeExpr` over them. Buffers are dense and row-major; inputs broadcast to the
-//! output by numpy rules. Supported element types are f32 and i32 (weights f32).
+//! output by numpy rules. Supported element types are f32 and i32; block-quantized weights
+//! (Q8_0, Q4_0) are `u8` buffers of their GGUF blocks.
 
 mod attention;
 mod elementwise;
@@ -17,6 +18,7 @@ mod gemm;
 mod gemv;
 mod index;
 mod kv_append;
+mod qgemv;
 mod row_reduce;
 
 use expr::{scalar_type, Body};
@@ -110,15 +112,18 @@ pub fn lower_cpu(
             }
             KernelKind::Gemv { tile_n, .. } => gemv::lower(b, &body, out, *tile_n),
             KernelKind::FlatGemm { .. } | KernelKind::Gemm { .. } => gemm::lower(b, &body, out),
-            other => Err(format!("template {}", other.name())),
+            KernelKind::QGemv { .. } | KernelKind::QGemm { .. } => qgemv::lower(b, &body, out),
         }
     };
     build(&mut b).map_err(unsupported)?;
     Ok(b.finish())
 }
 
-/// The element type of a buffer param: f32 or i32.
+/// The element type of a buffer param: f32 or i32, or bytes for a block-quantized weight.
 fn buffer_type(t: &TensorType) -> Result<lir::ScalarType, String> {
+    if t.dtype.is_quantized() {
+        return Ok(lir::ScalarType::U8);
+    }
     match scalar_type(t.dtype)? {
         s @ (lir::ScalarType::F32 | lir::ScalarType::I32) => Ok(s),
         _ => Err(format!("dtype {} in memory", t.dtype)),
