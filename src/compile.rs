@@ -173,6 +173,12 @@ fn store_weights_as(model: &mut ImportedModel, stored: &BTreeMap<String, DType>)
             let values = values
                 .as_f32()
                 .with_context(|| format!("weight `{}` is not a float tensor", spec.name))?;
+            if values.iter().any(|v| !v.is_finite()) {
+                bail!(
+                    "weight `{}` holds infinite or NaN values: it cannot be quantized",
+                    spec.name
+                );
+            }
             tessera_ir::quant::quantize(dtype, values)
                 .with_context(|| format!("quantizing weight `{}`", spec.name))?
         } else {

@@ -226,3 +226,36 @@ fn quantized_matmul_with_prologues_and_epilogues() {
         assert_close(&got, &want, 1e-5);
     }
 }
+
+/// A head-split epilogue (reshape + permute, the Q projection of prefill and decode) moves each
+/// matmul element to another row of the output: written where it lands, exactly.
+#[test]
+fn quantized_matmul_with_a_head_split_epilogue() {
+    for format in [DType::Q8_0, DType::Q4_0] {
+        let (seq, heads, dim, k) = (3, 4, 8, 64);
+        let body = vec![
+            step(Op::QuantMatMul { transpose_b: true }, &[In(0), In(1)]),
+            step(
+                Op::Reshape {
+                    shape: [1, seq, heads, dim].map(Dim::from).to_vec(),
+                },
+                &[At(0)],
+            ),
+            step(
+                Op::Permute {
+                    perm: vec![0, 2, 1, 3],
+                },
+                &[At(1)],
+            ),
+        ];
+        let inputs = [ty(DType::F32, &[1, seq, k]), ty(format, &[heads * dim, k])];
+        let kind = KernelKind::QGemm {
+            format,
+            tile_m: 4,
+            tile_n: 4,
+            tile_k: 32,
+        };
+        let (got, want) = run(kind, body, &inputs, true);
+        assert_close(&got, &want, 1e-5);
+    }
+}

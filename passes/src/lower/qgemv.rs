@@ -79,7 +79,8 @@ struct QuantizedRow {
     codes: BufRef,
     /// `d_x` per block.
     scales: BufRef,
-    /// `8·d_x·Σq` per block (Q4_0's offset correction).
+    /// Q4_0's offset correction as the integer dot products' starting value: `[−8·Σq, 0, 0, 0]`
+    /// per block.
     offsets: BufRef,
 }
 
@@ -295,15 +296,17 @@ fn quantize_row(
         offsets: b.local(
             "x_offsets",
             MemorySpace::Private,
-            ScalarType::F32,
-            len(blocks)?,
+            ScalarType::I32,
+            len(blocks * 4)?,
         ),
     };
     let zero = b.const_i(0);
     let blocks_v = b.const_i(blocks);
     let qk = b.const_i(QK as i64);
     let words_per_block = b.const_i(VECTORS_PER_BLOCK);
-    let (fzero, f127, eight) = (b.const_f(0.0), b.const_f(127.0), b.const_f(8.0));
+    let (fzero, f127) = (b.const_f(0.0), b.const_f(127.0));
+    let minus_eight = b.constant(Type::scalar(ScalarType::I32), Literal::I(-8));
+    let izero = b.constant(Type::scalar(ScalarType::I32), Literal::I(0));
     let (half, neg_half) = (b.const_f(0.5), b.const_f(-0.5));
     let (half, neg_half, fzero4) = (b.splat(half, 4), b.splat(neg_half, 4), b.splat(fzero, 4));
     let byte = b.constant(Type::scalar(ScalarType::I32), Literal::I(0xff));
@@ -376,10 +379,15 @@ fn quantize_row(
         }
         if format.nibbles {
             let total = b.reduce_lanes(ReduceOp::Add, sum.expect("a block has vectors"));
-            let total = b.cast(ScalarType::F32, total);
-            let d8 = b.mul(d, eight);
-            let offset = b.mul(d8, total);
-            b.store(row.offsets, j, offset);
+            let offset = b.mul(total, minus_eight);
+            let four = b.const_i(4);
+            let at = b.mul(j, four);
+            b.store(row.offsets, at, offset);
+            for lane in 1..4 {
+                let l = b.const_i(lane);
+                let at = b.add(at, l);
+                b.store(row.offsets, at, izero);
+            }
         }
         Ok(())
     })?;
@@ -387,8 +395,8 @@ fn quantize_row(
 }
 
 /// The dot product of the quantized lhs row with weight row `col`: per block, an integer dot
-/// product of the codes scaled by `d_w·d_x`, in an f32x4 accumulator (Q4_0: minus the offset
-/// correction in a scalar one).
+/// product of the codes (Q4_0's starting at its offset correction) scaled by `d_w·d_x`, in an
+/// f32x4 accumulator.
 fn column_dot(
     b: &mut KernelBuilder,
     w: BufRef,
@@ -419,11 +427,9 @@ fn column_dot(
     let ones = b.bitcast(ScalarType::U32, 4, ones);
     let offset_shift = b.constant(Type::scalar(ScalarType::I32), Literal::I(7));
     let offset_shift = b.splat(offset_shift, 4);
-    let acc = fold_many(b, (zero, blocks_v, 1), &[acc0, fzero], |b, j, acc| {
-        let at = b.mul(j, block_bytes);
-        let at = b.add(base, at);
-        let dw = b.load_bytes(w, at, Type::scalar(ScalarType::F16));
-        let dw = b.cast(ScalarType::F32, dw);
+    let acc = fold_many(b, (zero, blocks_v, 1), &[acc0, base], |b, j, acc| {
+        let at = acc[1];
+        let dw = block_scale(b, w, at);
         let dx = b.load(q.scales, j, 1);
         let d = b.mul(dw, dx);
         let codes_at = b.add(at, two);
@@ -431,16 +437,16 @@ fn column_dot(
         let x_lo = b.load(q.codes, x_at, 4);
         let x_hi_at = b.add(x_at, four);
         let x_hi = b.load(q.codes, x_hi_at, 4);
-        let (isum, corr) = if format.nibbles {
+        let isum = if format.nibbles {
             let packed = b.load_bytes(w, codes_at, Type::vector(ScalarType::U8, 16));
             let lo = b.binary(BinaryOp::And, packed, low_nibble);
             let hi = b.binary(BinaryOp::Shr, packed, nibble_shift);
             let lo = b.bitcast(ScalarType::U32, 4, lo);
             let hi = b.bitcast(ScalarType::U32, 4, hi);
-            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[lo, x_lo, izero]);
-            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[hi, x_hi, s]);
-            let offset = b.load(q.offsets, j, 1);
-            (s, b.fma(dw, offset, acc[1]))
+            let offset_at = b.mul(j, four);
+            let offset = b.load(q.offsets, offset_at, 4);
+            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[lo, x_lo, offset]);
+            b.intrinsic(Intrinsic::Dot4U8I8Packed, &[hi, x_hi, s])
         } else {
             // Σ(q + 128)·w − 128·Σw, both unsigned × signed.
             let lo = b.load_bytes(w, codes_at, u32x4);
@@ -451,12 +457,34 @@ fn column_dot(
             let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, lo, izero]);
             let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, hi, sw]);
             let sw = b.binary(BinaryOp::Shl, sw, offset_shift);
-            (b.sub(s, sw), acc[1])
+            b.sub(s, sw)
         };
         let sum = b.cast(ScalarType::F32, isum);
         let dv = b.splat(d, 4);
-        Ok(vec![b.fma(sum, dv, acc[0]), corr])
+        let next = b.add(at, block_bytes);
+        Ok(vec![b.fma(sum, dv, acc[0]), next])
     })?;
-    let total = b.reduce_lanes(ReduceOp::Add, acc[0]);
-    Ok(b.sub(total, acc[1]))
+    Ok(b.reduce_lanes(ReduceOp::Add, acc[0]))
+}
+
+/// The f16 scale `d` starting at byte `at` of a block, as f32, in integer ops: exponent and
+/// mantissa shifted into place with the sign, then rescaled by 2^112 (which also normalizes
+/// subnormals). Exact for finite scales — quantizing finite weights only produces finite ones,
+/// and `compile --quant` refuses non-finite weights — and 8 instructions where the general
+/// conversion (`Cast`, which also rebuilds infinities and NaNs) takes 16. Reads 4 bytes: the
+/// scale and the block's first two code bytes.
+fn block_scale(b: &mut KernelBuilder, w: BufRef, at: Value) -> Value {
+    let int =
+        |b: &mut KernelBuilder, v: i64| b.constant(Type::scalar(ScalarType::I32), Literal::I(v));
+    let word = b.load_bytes(w, at, Type::scalar(ScalarType::I32));
+    let (magnitude_mask, sign_mask) = (int(b, 0x7fff), int(b, 0x8000));
+    let (thirteen, sixteen) = (int(b, 13), int(b, 16));
+    let magnitude = b.binary(BinaryOp::And, word, magnitude_mask);
+    let magnitude = b.binary(BinaryOp::Shl, magnitude, thirteen);
+    let sign = b.binary(BinaryOp::And, word, sign_mask);
+    let sign = b.binary(BinaryOp::Shl, sign, sixteen);
+    let bits = b.binary(BinaryOp::Or, magnitude, sign);
+    let f = b.bitcast(ScalarType::F32, 1, bits);
+    let rescale = b.const_f(2f64.powi(112));
+    b.mul(f, rescale)
 }
