@@ -497,12 +497,14 @@ fn flash(body: Vec<BodyOp>) -> Kernel {
 #[test]
 fn causal_gqa_prefill_attention() {
     let k = flash(vec![attention(true, None, &[In(0), In(1), In(2)])]);
-    let inputs = [
-        f32_(&["1", "4", "5", "6"]),
-        f32_(&["1", "2", "5", "6"]),
-        f32_(&["1", "2", "5", "6"]),
-    ];
-    check(&k, &inputs, &[]);
+    for d in ["6", "8"] {
+        let inputs = [
+            f32_(&["1", "4", "5", d]),
+            f32_(&["1", "2", "5", d]),
+            f32_(&["1", "2", "5", d]),
+        ];
+        check(&k, &inputs, &[]);
+    }
 }
 
 #[test]
@@ -512,8 +514,11 @@ fn decode_attention_over_a_symbolic_past() {
         vec![attention(true, None, &[In(0), In(1), In(2)])],
     );
     let kv = |d: &str| f32_(&["2", "2", "past + 1", d]);
-    let inputs = [f32_(&["2", "4", "1", "6"]), kv("6"), kv("3")];
-    check(&k, &inputs, &[("past", 8)]);
+    // Head dims of 6 and 3 read K/V element by element; 8 and 4, as whole vectors.
+    for (d, dv) in [("6", "3"), ("8", "4")] {
+        let inputs = [f32_(&["2", "4", "1", d]), kv(d), kv(dv)];
+        check(&k, &inputs, &[("past", 8)]);
+    }
 }
 
 #[test]

@@ -5,8 +5,10 @@
 //! bounds limit the loop range — keeps the online softmax's running max and sum as carried
 //! values and the Dv accumulator in a Private array; the normalized row is written through the
 //! epilogue at the output index each element maps to ([`Body::forward`]). Operands are read
-//! through [`Body::value`], so prologues are evaluated in place. Correct, not tuned: the block
-//! and split parameters are not used yet, and D and Dv must be constants.
+//! through [`Body::value`], so prologues are evaluated in place — except K and V read as they are
+//! from dense f32 buffers (the KV cache, decode and prefill alike), whose rows are read as f32x4
+//! vectors with the head dims unrolled. The block and split parameters are not used yet (one
+//! query row per group is parallel enough for a CPU pool), and D and Dv must be constants.
 
 use super::expr::{fold, fold_many, for_each, Body};
 use super::index::broadcast;
@@ -16,6 +18,19 @@ use tessera_ir::lir::{
     Value,
 };
 use tessera_ir::{Dim, Op};
+
+/// f32 lanes of one 128-bit vector.
+const LANES: u32 = 4;
+
+/// The buffer of an f32 input operand read as is (no prologue).
+fn direct_f32(body: &Body, arg: BodyArg) -> Option<BufRef> {
+    match arg {
+        BodyArg::Input(i) if body.inputs[i].dtype == tessera_ir::DType::F32 => {
+            Some(body.buffers[i])
+        }
+        _ => None,
+    }
+}
 
 /// The constant size of an attention head dim, the length of a Private array.
 fn head_dim(d: &Dim, what: &str) -> Result<u32, String> {
@@ -104,15 +119,40 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let scores_shape = [batch.clone(), hq.clone(), s.clone(), t.clone()];
     let neg_inf = b.const_f(f64::NEG_INFINITY);
     let init = [neg_inf, zero_f];
+    // K and V read straight from dense f32 buffers (the KV cache) with whole vectors per row.
+    let rows = match (direct_f32(body, k), direct_f32(body, v)) {
+        (Some(kb), Some(vb)) if d % LANES == 0 && dv % LANES == 0 => {
+            let origin = |b: &mut KernelBuilder, arg: BodyArg, j: Value| {
+                body.symbols
+                    .ravel(b, &[bi, kv_head, j, zero], &body.ty(arg).shape)
+            };
+            Some((kb, vb, origin))
+        }
+        _ => None,
+    };
     let ml = fold_many(b, (lo, hi, 1), &init, |b, j, ml| {
         let [m, l] = ml[..] else {
             unreachable!("two carried values");
         };
-        let mut score = fold(b, d_v, zero_f, |b, c, sum| {
-            let x = b.load(q_row, c, 1);
-            let y = body.value(b, k, &[bi, kv_head, j, c], None)?;
-            Ok(b.fma(x, y, sum))
-        })?;
+        let mut score = match &rows {
+            Some((kb, _, origin)) => {
+                let base = origin(b, k, j)?;
+                let zero4 = b.splat(zero_f, LANES);
+                let sums = (0..d / LANES).try_fold(zero4, |sum, c| {
+                    let at = b.const_i(i64::from(c * LANES));
+                    let x = b.load(q_row, at, LANES);
+                    let at = b.add(base, at);
+                    let y = b.load(*kb, at, LANES);
+                    Ok::<_, String>(b.fma(x, y, sum))
+                })?;
+                b.reduce_lanes(lir::ReduceOp::Add, sums)
+            }
+            None => fold(b, d_v, zero_f, |b, c, sum| {
+                let x = b.load(q_row, c, 1);
+                let y = body.value(b, k, &[bi, kv_head, j, c], None)?;
+                Ok(b.fma(x, y, sum))
+            })?,
+        };
         if let Some(mask) = mask {
             let at = broadcast(b, &[bi, h, i, j], &scores_shape, &body.ty(mask).shape)?;
             let bias = body.value(b, mask, &at, None)?;
@@ -128,14 +168,29 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
         let p = b.unary(lir::UnaryOp::Exp, centered);
         let l_scaled = b.mul(l, alpha);
         let l_new = b.add(l_scaled, p);
-        for_each(b, zero, dv_v, |b, c| {
-            let o = b.load(acc, c, 1);
-            let o = b.mul(o, alpha);
-            let x = body.value(b, v, &[bi, kv_head, j, c], None)?;
-            let o = b.fma(p, x, o);
-            b.store(acc, c, o);
-            Ok(())
-        })?;
+        match &rows {
+            Some((_, vb, origin)) => {
+                let base = origin(b, v, j)?;
+                let (alpha4, p4) = (b.splat(alpha, LANES), b.splat(p, LANES));
+                for c in 0..dv / LANES {
+                    let at = b.const_i(i64::from(c * LANES));
+                    let o = b.load(acc, at, LANES);
+                    let o = b.mul(o, alpha4);
+                    let from = b.add(base, at);
+                    let x = b.load(*vb, from, LANES);
+                    let o = b.fma(p4, x, o);
+                    b.store(acc, at, o);
+                }
+            }
+            None => for_each(b, zero, dv_v, |b, c| {
+                let o = b.load(acc, c, 1);
+                let o = b.mul(o, alpha);
+                let x = body.value(b, v, &[bi, kv_head, j, c], None)?;
+                let o = b.fma(p, x, o);
+                b.store(acc, c, o);
+                Ok(())
+            })?,
+        }
         Ok(vec![m_new, l_new])
     })?;
     // A row that sees no key, or only −∞ scores, has l = 0 and is zeros.
