@@ -148,14 +148,18 @@ pub fn quantize_model(model: &mut ImportedModel, format: DType) -> Result<()> {
 
 /// Widens f16/bf16 weights to f32 for targets whose kernels read f32 (today's CPU templates).
 pub fn widen_half_weights(model: &mut ImportedModel) -> Result<()> {
-    let stored = model
-        .module
+    let stored = half_weights_widened(&model.module);
+    store_weights_as(model, &stored)
+}
+
+/// Each f16/bf16 weight of `module`, mapped to f32 (what [`widen_half_weights`] stores).
+pub fn half_weights_widened(module: &Module) -> BTreeMap<String, DType> {
+    module
         .weights
         .iter()
         .filter(|w| matches!(w.dtype, DType::F16 | DType::Bf16))
         .map(|w| (w.name.clone(), DType::F32))
-        .collect();
-    store_weights_as(model, &stored)
+        .collect()
 }
 
 /// Re-encodes each weight named in `stored` in its new dtype (quantized, or a float dtype) and
@@ -204,7 +208,7 @@ pub fn quantize_module(module: &mut Module, format: DType) -> Result<()> {
 }
 
 /// Declares each weight named in `stored` in its new dtype, in the Module and its Graphs.
-fn retype_module(module: &mut Module, stored: &BTreeMap<String, DType>) -> Result<()> {
+pub fn retype_module(module: &mut Module, stored: &BTreeMap<String, DType>) -> Result<()> {
     for entry in &mut module.entries {
         entry.graph = retype_weights(&entry.graph, stored)
             .with_context(|| format!("retyping the weights of entry point `{}`", entry.name))?;
@@ -275,12 +279,7 @@ pub fn lower_for_cpu(module: &mut Module) -> Result<()> {
                     }
                 }
             }
-            let inputs: Vec<TensorType> = kernel
-                .inputs
-                .iter()
-                .map(|&b| kg.buffer(b).ty.clone())
-                .collect();
-            let lir = lower_cpu(kernel, &inputs, &kg.buffer(kernel.output).ty).map_err(|e| {
+            let lir = lower_kernel_cpu(kg, kernel).map_err(|e| {
                 let reason = match e {
                     LowerError::Unsupported { what, .. } => {
                         format!("{what} is not supported by the CPU templates yet")
@@ -296,6 +295,19 @@ pub fn lower_for_cpu(module: &mut Module) -> Result<()> {
         entry.cpu_code = code;
     }
     Ok(())
+}
+
+/// Lowers one kernel of `kg` to CPU LIR with its buffers' types.
+pub fn lower_kernel_cpu(
+    kg: &KernelGraph,
+    kernel: &Kernel,
+) -> Result<tessera_ir::lir::Kernel, LowerError> {
+    let inputs: Vec<TensorType> = kernel
+        .inputs
+        .iter()
+        .map(|&b| kg.buffer(b).ty.clone())
+        .collect();
+    lower_cpu(kernel, &inputs, &kg.buffer(kernel.output).ty)
 }
 
 /// Keeps only the weights some KernelGraph reads, once every entry point has one: projections

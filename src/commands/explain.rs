@@ -1,11 +1,13 @@
-//! `tessera explain MODEL --target T --emit graph|egraph|kernels`: what the optimizer sees and
-//! chooses, per entry point. MODEL may be a folder with only config.json (shapes, no weights).
+//! `tessera explain MODEL --target T --emit graph|egraph|kernels|lir|clif|asm`: what the optimizer
+//! sees and chooses, per entry point, and the CPU code of its kernels. MODEL may be a folder with
+//! only config.json (shapes, no weights).
 
 use super::print_json;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use tessera_ir::kernel::KernelGraph;
 use tessera_ir::DimEnv;
 use tessera_passes::cost::{Roofline, TargetSpec};
 use tessera_passes::optimize::{default_bucket, optimize_entry, EntryReport};
@@ -18,6 +20,12 @@ enum Emit {
     Egraph,
     /// The chosen kernels: template, tiles, fused body, estimated time.
     Kernels,
+    /// Each kernel's loop-level IR as the CPU templates write it (`--target cpu`).
+    Lir,
+    /// Each kernel's Cranelift IR, before Cranelift's optimizations (`--target cpu`).
+    Clif,
+    /// Each kernel's host machine code as Cranelift emits it (`--target cpu`).
+    Asm,
 }
 
 #[derive(clap::Args)]
@@ -36,6 +44,9 @@ pub struct Args {
     /// Override the shape bucket, e.g. `seq=4` or `past=4096,batch=2`.
     #[arg(long, value_name = "SYM=N,…")]
     bucket: Option<String>,
+    /// With --emit lir|clif|asm: only the kernel at this position of the entry's kernel list.
+    #[arg(long, value_name = "N")]
+    kernel: Option<usize>,
     /// Explain the model with its projection weights block-quantized, as `compile --quant` stores them.
     #[arg(long, value_enum)]
     quant: Option<tessera::Quant>,
@@ -70,6 +81,11 @@ pub fn run(args: Args) -> Result<()> {
     let mut module = tessera::load_module(&args.model)?;
     if let Some(quant) = args.quant {
         tessera::quantize_module(&mut module, quant.dtype())?;
+    }
+    if matches!(args.emit, Emit::Lir | Emit::Clif | Emit::Asm) {
+        // As `compile --target cpu` stores them.
+        let widened = tessera::half_weights_widened(&module);
+        tessera::retype_module(&mut module, &widened)?;
     }
     let target = TargetSpec::by_name(&args.target).map_err(anyhow::Error::msg)?;
     let cost = Roofline {
@@ -108,6 +124,9 @@ pub fn run(args: Args) -> Result<()> {
             .insert(entry.name.clone(), report.kernels_per_layer);
         if !args.json {
             print_entry(&report, &kg, args.emit);
+            if matches!(args.emit, Emit::Lir | Emit::Clif | Emit::Asm) {
+                print_code(&kg, args.emit, args.kernel, &args.target)?;
+            }
         }
         explanation.entries.push(report);
     }
@@ -123,7 +142,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn print_entry(report: &EntryReport, kg: &tessera_ir::kernel::KernelGraph, emit: Emit) {
+fn print_entry(report: &EntryReport, kg: &KernelGraph, emit: Emit) {
     let bucket: Vec<String> = report
         .bucket
         .iter()
@@ -165,6 +184,33 @@ fn print_entry(report: &EntryReport, kg: &tessera_ir::kernel::KernelGraph, emit:
             }
         }
         Emit::Kernels => print!("{kg}"),
-        Emit::Graph => {}
+        Emit::Graph | Emit::Lir | Emit::Clif | Emit::Asm => {}
     }
+}
+
+/// Prints the CPU code of `kg`'s launched kernels (or of kernel `only`) as `emit` asks.
+fn print_code(kg: &KernelGraph, emit: Emit, only: Option<usize>, target: &str) -> Result<()> {
+    if !matches!(target, "cpu" | "reference") {
+        bail!("--emit lir|clif|asm shows CPU code: use --target cpu (the cost model was {target})");
+    }
+    if let Some(n) = only.filter(|&n| n >= kg.kernels.len()) {
+        bail!(
+            "--kernel {n}: the entry point has {} kernels",
+            kg.kernels.len()
+        );
+    }
+    for (i, kernel) in kg.kernels.iter().enumerate() {
+        if only.is_some_and(|n| n != i) || !kernel.kind.launches(&kernel.body) {
+            continue;
+        }
+        let lir = tessera::lower_kernel_cpu(kg, kernel)
+            .with_context(|| format!("kernel {i} `{}`", kernel.scope))?;
+        let text = match emit {
+            Emit::Lir => lir.to_string(),
+            Emit::Clif => tessera_codegen_cpu::clif_text(&lir)?,
+            _ => tessera_codegen_cpu::asm_text(&lir)?,
+        };
+        println!("kernel {i} `{}` ({}):\n{text}", kernel.scope, kernel.kind);
+    }
+    Ok(())
 }

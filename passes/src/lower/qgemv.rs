@@ -33,7 +33,7 @@ use tessera_ir::{DType, Op, QK};
 const GROUPS_PER_ROW: i64 = 16;
 
 /// What Q8_0 kernels add to the activation codes to make them unsigned (`log2` of it is the
-/// shift in [`column_dot`]), so both formats use the unsigned × signed dot product.
+/// shift in [`column_dots`]), so both formats use the unsigned × signed dot product.
 const Q8_OFFSET: i64 = 128;
 
 /// f32x4 vectors (and packed `u32` code words) per block of 32 values.
@@ -135,52 +135,157 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let lead_idx = body.symbols.unravel(b, row, lead)?;
     let source = row_source(b, body, m, k, row, &lead_idx)?;
     let q = quantize_row(b, &source, k, format)?;
-    let tile_v = b.const_i(tile);
+    let weight = (w, &q, format, k);
+    // The matmul columns an output column reads, as offsets from it: known for the scatter
+    // path and for epilogues of elementwise ops and last-axis slices (SwiGLU reads j and j + H).
+    // Their dot products share the row's loads in one pass over the blocks; a lone column is
+    // paired with the next output column for the same reason.
+    let offsets = if scatter {
+        Some(vec![0])
+    } else {
+        column_offsets(body, body.result(), m)
+    };
+    let step = match &offsets {
+        Some(o) if o.len() == 1 => 2,
+        _ => 1,
+    };
+    let (tile_v, step_v) = (b.const_i(tile), b.const_i(step));
     let col0 = b.mul(col_group, tile_v);
-    let cols_v = b.const_i(cols);
-    let zero = b.const_i(0);
-    for_each(b, zero, tile_v, |b, c| {
-        let col = b.add(col0, c);
-        let inside = b.cmp(CmpOp::Lt, col, cols_v);
+    let (cols_v, last_col) = (b.const_i(cols), b.const_i(cols - 1));
+    let (zero, steps) = (b.const_i(0), b.const_i(tile / step));
+    for_each(b, zero, steps, |b, c| {
+        let first = b.mul(c, step_v);
+        let first = b.add(col0, first);
+        let inside = b.cmp(CmpOp::Lt, first, cols_v);
         let mut failure = Ok(());
         b.if_then(inside, |b| {
-            let idx: Vec<Value> = lead_idx.iter().copied().chain([col]).collect();
-            failure = if scatter {
-                scatter_column(b, body, m, (w, &q, format, k), &idx, out)
-            } else {
-                let hook = |b: &mut KernelBuilder, at: &[Value]| {
-                    let (&mm_col, at_lead) = at.split_last().ok_or("a matmul of a scalar")?;
-                    if at_lead != lead_idx.as_slice() {
-                        return Err("an epilogue reading the matmul at another row".to_string());
+            // Columns past the end (the second of a pair) are computed on the last column and
+            // not stored, so every read stays in bounds.
+            let outs: Vec<Value> = (0..step)
+                .map(|s| {
+                    let s = b.const_i(s);
+                    let o = b.add(first, s);
+                    b.binary(BinaryOp::Min, o, last_col)
+                })
+                .collect();
+            failure = match &offsets {
+                Some(offsets) => {
+                    let mut mm_cols = Vec::with_capacity(outs.len() * offsets.len());
+                    for &o in &outs {
+                        for &off in offsets {
+                            let off = b.const_i(off);
+                            mm_cols.push(b.add(o, off));
+                        }
                     }
-                    column_dot(b, w, &q, format, k, mm_col)
-                };
-                body.value(b, body.result(), &idx, Some((m, &hook)))
-                    .and_then(|v| {
-                        let at = body.symbols.ravel(b, &idx, out_shape)?;
-                        b.store(out, at, v);
-                        Ok(())
+                    column_dots(b, weight, &mm_cols).and_then(|dots| {
+                        outs.iter().enumerate().try_for_each(|(s, &col)| {
+                            let idx: Vec<Value> = lead_idx.iter().copied().chain([col]).collect();
+                            let found = (scatter, mm_cols.as_slice(), dots.as_slice());
+                            if s == 0 {
+                                return store_output(b, body, m, found, &idx, out);
+                            }
+                            let s = b.const_i(s as i64);
+                            let next = b.add(first, s);
+                            let stored = b.cmp(CmpOp::Lt, next, cols_v);
+                            let mut result = Ok(());
+                            b.if_then(stored, |b| {
+                                result = store_output(b, body, m, found, &idx, out)
+                            });
+                            result
+                        })
                     })
+                }
+                None => {
+                    let hook = |b: &mut KernelBuilder, at: &[Value]| {
+                        let (&mm_col, at_lead) = at.split_last().ok_or("a matmul of a scalar")?;
+                        if at_lead != lead_idx.as_slice() {
+                            return Err("an epilogue reading the matmul at another row".into());
+                        }
+                        column_dots(b, weight, &[mm_col]).map(|d| d[0])
+                    };
+                    let idx: Vec<Value> = lead_idx.iter().copied().chain([first]).collect();
+                    body.value(b, body.result(), &idx, Some((m, &hook)))
+                        .and_then(|v| {
+                            let at = body.symbols.ravel(b, &idx, out_shape)?;
+                            b.store(out, at, v);
+                            Ok(())
+                        })
+                }
             };
         });
         failure
     })
 }
 
-/// Computes the matmul element at `idx` (the weight, the quantized row, its format and K) and
-/// writes the epilogue's value where [`Body::forward`] maps it in the output.
-fn scatter_column(
+/// The matmul columns output column `j` of the result reads, as offsets `o` (it reads `j + o`),
+/// when every path from the result to the matmul `m` goes through elementwise ops of one shape
+/// and constant last-axis slices; `None` otherwise (the epilogue then computes each column it
+/// asks for on its own).
+fn column_offsets(body: &Body, arg: BodyArg, m: usize) -> Option<Vec<i64>> {
+    let j = match arg {
+        BodyArg::Input(_) => return Some(vec![]),
+        BodyArg::Op(j) if j == m => return Some(vec![0]),
+        BodyArg::Op(j) => j,
+    };
+    let step = &body.ops[j];
+    let shape = &body.types[j].shape;
+    let mut offsets = Vec::new();
+    for &a in &step.args {
+        let inner = column_offsets(body, a, m)?;
+        let shifted = match &step.op {
+            _ if inner.is_empty() => inner,
+            Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast { .. }
+                if body.ty(a).shape == *shape =>
+            {
+                inner
+            }
+            Op::Slice { axis, start, .. } if *axis + 1 == shape.len() => {
+                let start = start.as_const()?;
+                inner.into_iter().map(|o| o + start).collect()
+            }
+            _ => return None,
+        };
+        offsets.extend(shifted);
+    }
+    offsets.sort_unstable();
+    offsets.dedup();
+    Some(offsets)
+}
+
+/// Writes the output element whose matmul column is `idx`'s last index, given the dot products
+/// `dots` of the row's matmul columns `mm_cols`: through the epilogue in place (each matmul
+/// element it asks for is picked among `dots` by comparing columns), or, for an epilogue that
+/// moves elements to other rows, where [`Body::forward`] maps it.
+fn store_output(
     b: &mut KernelBuilder,
     body: &Body,
     m: usize,
-    (w, q, format, k): (BufRef, &QuantizedRow, Format, i64),
+    (scatter, mm_cols, dots): (bool, &[Value], &[Value]),
     idx: &[Value],
     out: BufRef,
 ) -> Result<(), String> {
     let col = *idx.last().ok_or("a matmul of a scalar")?;
-    let dot = column_dot(b, w, q, format, k, col)?;
-    let at = body.forward(b, m, idx)?;
-    let value = body.value(b, body.result(), &at, Some((m, &|_, _| Ok(dot))))?;
+    let pick = |b: &mut KernelBuilder, want: Value| {
+        let missing = b.const_f(f64::NAN);
+        mm_cols.iter().zip(dots).rev().fold(missing, |v, (&c, &d)| {
+            let hit = b.cmp(CmpOp::Eq, want, c);
+            b.select(hit, d, v)
+        })
+    };
+    let at = if scatter {
+        body.forward(b, m, idx)?
+    } else {
+        idx.to_vec()
+    };
+    let hook = |b: &mut KernelBuilder, want: &[Value]| {
+        let want = if scatter {
+            col
+        } else {
+            *want.last().ok_or("a matmul of a scalar")?
+        };
+        Ok(pick(b, want))
+    };
+    let value = body.value(b, body.result(), &at, Some((m, &hook)))?;
     let offset = body.symbols.ravel(b, &at, &body.ty(body.result()).shape)?;
     b.store(out, offset, value);
     Ok(())
@@ -394,20 +499,17 @@ fn quantize_row(
     Ok(row)
 }
 
-/// The dot product of the quantized lhs row with weight row `col`: per block, an integer dot
+/// The dot products of the quantized lhs row with weight rows `cols`, in one pass over the
+/// blocks that loads the row's codes once for all of them: per block and column, an integer dot
 /// product of the codes (Q4_0's starting at its offset correction) scaled by `d_w·d_x`, in an
-/// f32x4 accumulator.
-fn column_dot(
+/// f32x4 accumulator per column.
+fn column_dots(
     b: &mut KernelBuilder,
-    w: BufRef,
-    q: &QuantizedRow,
-    format: Format,
-    k: i64,
-    col: Value,
-) -> Result<Value, String> {
+    (w, q, format, k): (BufRef, &QuantizedRow, Format, i64),
+    cols: &[Value],
+) -> Result<Vec<Value>, String> {
     let blocks = k / QK as i64;
     let row_bytes = b.const_i(blocks * format.block_bytes);
-    let base = b.mul(col, row_bytes);
     let block_bytes = b.const_i(format.block_bytes);
     let zero = b.const_i(0);
     let blocks_v = b.const_i(blocks);
@@ -427,44 +529,61 @@ fn column_dot(
     let ones = b.bitcast(ScalarType::U32, 4, ones);
     let offset_shift = b.constant(Type::scalar(ScalarType::I32), Literal::I(7));
     let offset_shift = b.splat(offset_shift, 4);
-    let acc = fold_many(b, (zero, blocks_v, 1), &[acc0, base], |b, j, acc| {
-        let at = acc[1];
-        let dw = block_scale(b, w, at);
+    let n = cols.len();
+    let mut init = vec![acc0; n];
+    for &c in cols {
+        init.push(b.mul(c, row_bytes));
+    }
+    let carried = fold_many(b, (zero, blocks_v, 1), &init, |b, j, carried| {
         let dx = b.load(q.scales, j, 1);
-        let d = b.mul(dw, dx);
-        let codes_at = b.add(at, two);
         let x_at = b.mul(j, words_per_block);
         let x_lo = b.load(q.codes, x_at, 4);
         let x_hi_at = b.add(x_at, four);
         let x_hi = b.load(q.codes, x_hi_at, 4);
-        let isum = if format.nibbles {
-            let packed = b.load_bytes(w, codes_at, Type::vector(ScalarType::U8, 16));
-            let lo = b.binary(BinaryOp::And, packed, low_nibble);
-            let hi = b.binary(BinaryOp::Shr, packed, nibble_shift);
-            let lo = b.bitcast(ScalarType::U32, 4, lo);
-            let hi = b.bitcast(ScalarType::U32, 4, hi);
-            let offset_at = b.mul(j, four);
-            let offset = b.load(q.offsets, offset_at, 4);
-            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[lo, x_lo, offset]);
-            b.intrinsic(Intrinsic::Dot4U8I8Packed, &[hi, x_hi, s])
-        } else {
-            // Σ(q + 128)·w − 128·Σw, both unsigned × signed.
-            let lo = b.load_bytes(w, codes_at, u32x4);
-            let hi_at = b.add(codes_at, sixteen);
-            let hi = b.load_bytes(w, hi_at, u32x4);
-            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_lo, lo, izero]);
-            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_hi, hi, s]);
-            let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, lo, izero]);
-            let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, hi, sw]);
-            let sw = b.binary(BinaryOp::Shl, sw, offset_shift);
-            b.sub(s, sw)
-        };
-        let sum = b.cast(ScalarType::F32, isum);
-        let dv = b.splat(d, 4);
-        let next = b.add(at, block_bytes);
-        Ok(vec![b.fma(sum, dv, acc[0]), next])
+        let offset = format.nibbles.then(|| {
+            let at = b.mul(j, four);
+            b.load(q.offsets, at, 4)
+        });
+        let mut next = carried.to_vec();
+        for i in 0..n {
+            let at = carried[n + i];
+            let dw = block_scale(b, w, at);
+            let d = b.mul(dw, dx);
+            let codes_at = b.add(at, two);
+            let isum = match offset {
+                Some(offset) => {
+                    let packed = b.load_bytes(w, codes_at, Type::vector(ScalarType::U8, 16));
+                    let lo = b.binary(BinaryOp::And, packed, low_nibble);
+                    let hi = b.binary(BinaryOp::Shr, packed, nibble_shift);
+                    let lo = b.bitcast(ScalarType::U32, 4, lo);
+                    let hi = b.bitcast(ScalarType::U32, 4, hi);
+                    let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[lo, x_lo, offset]);
+                    b.intrinsic(Intrinsic::Dot4U8I8Packed, &[hi, x_hi, s])
+                }
+                None => {
+                    // Σ(q + 128)·w − 128·Σw, both unsigned × signed.
+                    let lo = b.load_bytes(w, codes_at, u32x4);
+                    let hi_at = b.add(codes_at, sixteen);
+                    let hi = b.load_bytes(w, hi_at, u32x4);
+                    let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_lo, lo, izero]);
+                    let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_hi, hi, s]);
+                    let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, lo, izero]);
+                    let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, hi, sw]);
+                    let sw = b.binary(BinaryOp::Shl, sw, offset_shift);
+                    b.sub(s, sw)
+                }
+            };
+            let sum = b.cast(ScalarType::F32, isum);
+            let dv = b.splat(d, 4);
+            next[i] = b.fma(sum, dv, carried[i]);
+            next[n + i] = b.add(at, block_bytes);
+        }
+        Ok(next)
     })?;
-    Ok(b.reduce_lanes(ReduceOp::Add, acc[0]))
+    Ok(carried[..n]
+        .iter()
+        .map(|&acc| b.reduce_lanes(ReduceOp::Add, acc))
+        .collect())
 }
 
 /// The f16 scale `d` starting at byte `at` of a block, as f32, in integer ops: exponent and
