@@ -377,3 +377,37 @@ fn explain_works_from_a_config_alone() {
     assert!(fails(&["explain", dir, "--target", "tpu"]).contains("valid targets"));
     assert!(fails(&["explain", dir, "--bucket", "seq"]).contains("SYM=N"));
 }
+
+/// `--quant` on a model whose projection holds a NaN is an error naming the weight (quantized
+/// block scales must be finite).
+#[test]
+fn quantizing_a_non_finite_weight_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("llama");
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture("llama")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let name = "model.layers.0.self_attn.o_proj.weight";
+    let index: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let shard = dir.join(index["weight_map"][name].as_str().unwrap());
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let start = 8 + header_len + header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&shard, bytes).unwrap();
+    let err = fails(&[
+        "compile",
+        dir.to_str().unwrap(),
+        "-o",
+        tmp.path().join("q.tsr").to_str().unwrap(),
+        "--quant",
+        "q4_0",
+    ]);
+    assert!(err.contains(name) && err.contains("NaN"), "{err}");
+}
