@@ -5,7 +5,7 @@ pub mod compile;
 pub mod demo;
 
 pub use compile::{
-    compile_model, load_module, lower_for_cpu, lower_kernel_cpu, materialize_derived_weights, optimize_model,
-    half_weights_widened, quantize_model, quantize_module, retype_module, widen_half_weights, write_artifact, CompileOptions,
-    CompileReport, Quant, Target,
+    compile_model, half_weights_widened, load_module, lower_for_cpu, lower_kernel_cpu,
+    materialize_derived_weights, optimize_model, quantize_model, quantize_module, retype_module,
+    widen_half_weights, write_artifact, CompileOptions, CompileReport, Quant, Target,
 };
