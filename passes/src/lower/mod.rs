@@ -112,7 +112,8 @@ pub fn lower_cpu(
             }
             KernelKind::Gemv { tile_n, .. } => gemv::lower(b, &body, out, *tile_n),
             KernelKind::FlatGemm { .. } | KernelKind::Gemm { .. } => gemm::lower(b, &body, out),
-            KernelKind::QGemv { .. } | KernelKind::QGemm { .. } => qgemv::lower(b, &body, out),
+            KernelKind::QGemv { .. } => qgemv::lower(b, &body, out, 1),
+            KernelKind::QGemm { .. } => qgemv::lower(b, &body, out, qgemv::GEMM_ROWS),
         }
     };
     build(&mut b).map_err(unsupported)?;

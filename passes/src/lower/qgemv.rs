@@ -29,6 +29,9 @@ use tessera_ir::lir::{
 };
 use tessera_ir::{DType, Op, QK};
 
+/// Rows of a QGemm group: each decoded weight block feeds this many rows' dot products.
+pub(super) const GEMM_ROWS: i64 = 4;
+
 /// How many groups one lhs row is cut into (see the module doc).
 const GROUPS_PER_ROW: i64 = 16;
 
@@ -85,7 +88,13 @@ struct QuantizedRow {
 }
 
 /// Writes the quantized matmul kernel of `body` into `b`, storing to `out`.
-pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(), String> {
+/// `rows_per_group` lhs rows share each weight block's decoding (QGemm; 1 for QGemv).
+pub(super) fn lower(
+    b: &mut KernelBuilder,
+    body: &Body,
+    out: BufRef,
+    rows_per_group: i64,
+) -> Result<(), String> {
     let m = body
         .ops
         .iter()
@@ -127,15 +136,31 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let tile = ((tile + 3) / 4 * 4).max(4);
     b.grid([
         SizeExpr::Const(cols as u64).ceil_div(tile as u64),
-        body.symbols.numel_size(lead)?,
+        body.symbols
+            .numel_size(lead)?
+            .ceil_div(rows_per_group as u64),
         SizeExpr::Const(1),
     ]);
-    let row = b.special(Special::GroupId(Axis::Y));
+    let row_group = b.special(Special::GroupId(Axis::Y));
     let col_group = b.special(Special::GroupId(Axis::X));
-    let lead_idx = body.symbols.unravel(b, row, lead)?;
-    let source = row_source(b, body, m, k, row, &lead_idx)?;
-    let q = quantize_row(b, &source, k, format)?;
-    let weight = (w, &q, format, k);
+    // Rows past the last (in the last group) are computed on the last row and not stored.
+    let total_rows = body.symbols.numel(b, lead)?;
+    let one = b.const_i(1);
+    let last_row = b.sub(total_rows, one);
+    let per_group = b.const_i(rows_per_group);
+    let first_row = b.mul(row_group, per_group);
+    let mut rows = Vec::new();
+    for r in 0..rows_per_group {
+        let r = b.const_i(r);
+        let row = b.add(first_row, r);
+        let clamped = b.binary(BinaryOp::Min, row, last_row);
+        let lead_idx = body.symbols.unravel(b, clamped, lead)?;
+        let source = row_source(b, body, m, k, clamped, &lead_idx)?;
+        let q = quantize_row(b, &source, k, format)?;
+        rows.push((row, lead_idx, q));
+    }
+    let quantized: Vec<&QuantizedRow> = rows.iter().map(|(_, _, q)| q).collect();
+    let weight = (w, format, k);
     // The matmul columns an output column reads, as offsets from it: known for the scatter
     // path and for epilogues of elementwise ops and last-axis slices (SwiGLU reads j and j + H).
     // Their dot products share the row's loads in one pass over the blocks; a lone column is
@@ -177,44 +202,66 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
                             mm_cols.push(b.add(o, off));
                         }
                     }
-                    column_dots(b, weight, &mm_cols).and_then(|dots| {
-                        outs.iter().enumerate().try_for_each(|(s, &col)| {
-                            let idx: Vec<Value> = lead_idx.iter().copied().chain([col]).collect();
-                            let found = (scatter, mm_cols.as_slice(), dots.as_slice());
-                            if s == 0 {
-                                return store_output(b, body, m, found, &idx, out);
-                            }
-                            let s = b.const_i(s as i64);
-                            let next = b.add(first, s);
-                            let stored = b.cmp(CmpOp::Lt, next, cols_v);
-                            let mut result = Ok(());
-                            b.if_then(stored, |b| {
-                                result = store_output(b, body, m, found, &idx, out)
-                            });
-                            result
+                    let dots = column_dots(b, weight, &quantized, &mm_cols);
+                    dots.and_then(|dots| {
+                        for_rows(b, &rows, total_rows, |b, r, lead_idx| {
+                            outs.iter().enumerate().try_for_each(|(s, &col)| {
+                                let idx: Vec<Value> =
+                                    lead_idx.iter().copied().chain([col]).collect();
+                                let found = (scatter, mm_cols.as_slice(), dots[r].as_slice());
+                                if s == 0 {
+                                    return store_output(b, body, m, found, &idx, out);
+                                }
+                                let s = b.const_i(s as i64);
+                                let next = b.add(first, s);
+                                let stored = b.cmp(CmpOp::Lt, next, cols_v);
+                                let mut result = Ok(());
+                                b.if_then(stored, |b| {
+                                    result = store_output(b, body, m, found, &idx, out)
+                                });
+                                result
+                            })
                         })
                     })
                 }
-                None => {
+                None => for_rows(b, &rows, total_rows, |b, r, lead_idx| {
                     let hook = |b: &mut KernelBuilder, at: &[Value]| {
                         let (&mm_col, at_lead) = at.split_last().ok_or("a matmul of a scalar")?;
-                        if at_lead != lead_idx.as_slice() {
+                        if at_lead != lead_idx {
                             return Err("an epilogue reading the matmul at another row".into());
                         }
-                        column_dots(b, weight, &[mm_col]).map(|d| d[0])
+                        column_dots(b, weight, &quantized[r..=r], &[mm_col]).map(|d| d[0][0])
                     };
                     let idx: Vec<Value> = lead_idx.iter().copied().chain([first]).collect();
-                    body.value(b, body.result(), &idx, Some((m, &hook)))
-                        .and_then(|v| {
-                            let at = body.symbols.ravel(b, &idx, out_shape)?;
-                            b.store(out, at, v);
-                            Ok(())
-                        })
-                }
+                    let v = body.value(b, body.result(), &idx, Some((m, &hook)))?;
+                    let at = body.symbols.ravel(b, &idx, out_shape)?;
+                    b.store(out, at, v);
+                    Ok(())
+                }),
             };
         });
         failure
     })
+}
+
+/// Runs `f(b, r, lead index)` for each of the group's rows that exists (the first always does).
+fn for_rows(
+    b: &mut KernelBuilder,
+    rows: &[(Value, Vec<Value>, QuantizedRow)],
+    total_rows: Value,
+    mut f: impl FnMut(&mut KernelBuilder, usize, &[Value]) -> Result<(), String>,
+) -> Result<(), String> {
+    for (r, (row, lead_idx, _)) in rows.iter().enumerate() {
+        if r == 0 {
+            f(b, r, lead_idx)?;
+            continue;
+        }
+        let exists = b.cmp(CmpOp::Lt, *row, total_rows);
+        let mut result = Ok(());
+        b.if_then(exists, |b| result = f(b, r, lead_idx));
+        result?;
+    }
+    Ok(())
 }
 
 /// The matmul columns output column `j` of the result reads, as offsets `o` (it reads `j + o`),
@@ -499,15 +546,17 @@ fn quantize_row(
     Ok(row)
 }
 
-/// The dot products of the quantized lhs row with weight rows `cols`, in one pass over the
-/// blocks that loads the row's codes once for all of them: per block and column, an integer dot
-/// product of the codes (Q4_0's starting at its offset correction) scaled by `d_w·d_x`, in an
-/// f32x4 accumulator per column.
+/// The dot products of the quantized lhs rows `rows` with weight rows `cols` (`[row][col]`), in
+/// one pass over the blocks: each weight block is decoded once for all rows and each row's codes
+/// loaded once for all columns; per block, row and column, an integer dot product of the codes
+/// (Q4_0's starting at the row's offset correction) scaled by `d_w·d_x`, in an f32x4
+/// accumulator.
 fn column_dots(
     b: &mut KernelBuilder,
-    (w, q, format, k): (BufRef, &QuantizedRow, Format, i64),
+    (w, format, k): (BufRef, Format, i64),
+    rows: &[&QuantizedRow],
     cols: &[Value],
-) -> Result<Vec<Value>, String> {
+) -> Result<Vec<Vec<Value>>, String> {
     let blocks = k / QK as i64;
     let row_bytes = b.const_i(blocks * format.block_bytes);
     let block_bytes = b.const_i(format.block_bytes);
@@ -529,60 +578,76 @@ fn column_dots(
     let ones = b.bitcast(ScalarType::U32, 4, ones);
     let offset_shift = b.constant(Type::scalar(ScalarType::I32), Literal::I(7));
     let offset_shift = b.splat(offset_shift, 4);
-    let n = cols.len();
-    let mut init = vec![acc0; n];
+    let (nr, nc) = (rows.len(), cols.len());
+    let mut init = vec![acc0; nr * nc];
     for &c in cols {
         init.push(b.mul(c, row_bytes));
     }
     let carried = fold_many(b, (zero, blocks_v, 1), &init, |b, j, carried| {
-        let dx = b.load(q.scales, j, 1);
         let x_at = b.mul(j, words_per_block);
-        let x_lo = b.load(q.codes, x_at, 4);
         let x_hi_at = b.add(x_at, four);
-        let x_hi = b.load(q.codes, x_hi_at, 4);
-        let offset = format.nibbles.then(|| {
-            let at = b.mul(j, four);
-            b.load(q.offsets, at, 4)
-        });
+        let offset_at = b.mul(j, four);
+        let xs: Vec<_> = rows
+            .iter()
+            .map(|q| {
+                let dx = b.load(q.scales, j, 1);
+                let lo = b.load(q.codes, x_at, 4);
+                let hi = b.load(q.codes, x_hi_at, 4);
+                let offset = format.nibbles.then(|| b.load(q.offsets, offset_at, 4));
+                (dx, lo, hi, offset)
+            })
+            .collect();
         let mut next = carried.to_vec();
-        for i in 0..n {
-            let at = carried[n + i];
+        for i in 0..nc {
+            let at = carried[nr * nc + i];
             let dw = block_scale(b, w, at);
-            let d = b.mul(dw, dx);
             let codes_at = b.add(at, two);
-            let isum = match offset {
-                Some(offset) => {
-                    let packed = b.load_bytes(w, codes_at, Type::vector(ScalarType::U8, 16));
-                    let lo = b.binary(BinaryOp::And, packed, low_nibble);
-                    let hi = b.binary(BinaryOp::Shr, packed, nibble_shift);
-                    let lo = b.bitcast(ScalarType::U32, 4, lo);
-                    let hi = b.bitcast(ScalarType::U32, 4, hi);
-                    let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[lo, x_lo, offset]);
-                    b.intrinsic(Intrinsic::Dot4U8I8Packed, &[hi, x_hi, s])
-                }
-                None => {
-                    // Σ(q + 128)·w − 128·Σw, both unsigned × signed.
-                    let lo = b.load_bytes(w, codes_at, u32x4);
-                    let hi_at = b.add(codes_at, sixteen);
-                    let hi = b.load_bytes(w, hi_at, u32x4);
-                    let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_lo, lo, izero]);
-                    let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_hi, hi, s]);
-                    let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, lo, izero]);
-                    let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, hi, sw]);
-                    let sw = b.binary(BinaryOp::Shl, sw, offset_shift);
-                    b.sub(s, sw)
-                }
+            // The block's codes as two u32x4 (Q4_0: the low and high nibbles) and, for Q8_0,
+            // 128·Σw (the row offset's correction).
+            let (lo, hi, correction) = if format.nibbles {
+                let packed = b.load_bytes(w, codes_at, Type::vector(ScalarType::U8, 16));
+                let lo = b.binary(BinaryOp::And, packed, low_nibble);
+                let hi = b.binary(BinaryOp::Shr, packed, nibble_shift);
+                let lo = b.bitcast(ScalarType::U32, 4, lo);
+                (lo, b.bitcast(ScalarType::U32, 4, hi), None)
+            } else {
+                let lo = b.load_bytes(w, codes_at, u32x4);
+                let hi_at = b.add(codes_at, sixteen);
+                let hi = b.load_bytes(w, hi_at, u32x4);
+                let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, lo, izero]);
+                let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, hi, sw]);
+                (lo, hi, Some(b.binary(BinaryOp::Shl, sw, offset_shift)))
             };
-            let sum = b.cast(ScalarType::F32, isum);
-            let dv = b.splat(d, 4);
-            next[i] = b.fma(sum, dv, carried[i]);
-            next[n + i] = b.add(at, block_bytes);
+            for (r, &(dx, x_lo, x_hi, offset)) in xs.iter().enumerate() {
+                let isum = match (offset, correction) {
+                    (Some(offset), _) => {
+                        let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[lo, x_lo, offset]);
+                        b.intrinsic(Intrinsic::Dot4U8I8Packed, &[hi, x_hi, s])
+                    }
+                    (None, Some(sw)) => {
+                        // Σ(q + 128)·w − 128·Σw, both unsigned × signed.
+                        let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_lo, lo, izero]);
+                        let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_hi, hi, s]);
+                        b.sub(s, sw)
+                    }
+                    (None, None) => unreachable!("Q8_0 blocks have a correction"),
+                };
+                let d = b.mul(dw, dx);
+                let sum = b.cast(ScalarType::F32, isum);
+                let dv = b.splat(d, 4);
+                next[r * nc + i] = b.fma(sum, dv, carried[r * nc + i]);
+            }
+            next[nr * nc + i] = b.add(at, block_bytes);
         }
         Ok(next)
     })?;
-    Ok(carried[..n]
-        .iter()
-        .map(|&acc| b.reduce_lanes(ReduceOp::Add, acc))
+    Ok(carried[..nr * nc]
+        .chunks(nc)
+        .map(|row| {
+            row.iter()
+                .map(|&acc| b.reduce_lanes(ReduceOp::Add, acc))
+                .collect()
+        })
         .collect())
 }
 
