@@ -45,7 +45,7 @@ fn f32_input(body: &Body, arg: BodyArg) -> Result<BufRef, String> {
 
 /// The position of the prologue's RmsNorm (ops before the matmul `m`), if any; its shape must be
 /// the lhs shape, so that its rows are the lhs rows.
-fn prologue_norm(body: &Body, m: usize) -> Result<Option<(usize, f32)>, String> {
+pub(super) fn prologue_norm(body: &Body, m: usize) -> Result<Option<(usize, f32)>, String> {
     let norms: Vec<(usize, f32)> = (0..m)
         .filter_map(|j| match body.ops[j].op {
             Op::RmsNorm { eps } => Some((j, eps)),
@@ -60,6 +60,33 @@ fn prologue_norm(body: &Body, m: usize) -> Result<Option<(usize, f32)>, String> 
         [_] => Err("a matmul prologue norm of another shape than the lhs".into()),
         _ => Err("a matmul prologue of several norms".into()),
     }
+}
+
+/// The position of a body's matmul (`QuantMatMul` when `quantized`), which must be `transpose_b`
+/// with a constant-shaped weight `[N, K]`, and N and K.
+pub(super) fn transposed_matmul(body: &Body, quantized: bool) -> Result<(usize, i64, i64), String> {
+    let m = body
+        .ops
+        .iter()
+        .position(|s| match s.op {
+            Op::MatMul { .. } => !quantized,
+            Op::QuantMatMul { .. } => quantized,
+            _ => false,
+        })
+        .ok_or("a matmul kernel without a matmul")?;
+    let mm = &body.ops[m];
+    if !matches!(
+        mm.op,
+        Op::MatMul { transpose_b: true } | Op::QuantMatMul { transpose_b: true }
+    ) {
+        return Err(format!("{} without transpose_b", mm.op.name()));
+    }
+    let weight = body.ty(mm.args[1]);
+    match weight.shape.as_slice() {
+        [n, k] => n.as_const().zip(k.as_const()).map(|(n, k)| (m, n, k)),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{} weight of shape {weight}", mm.op.name()))
 }
 
 /// A parsed gemv body: the matmul at `m` of an `[N, K]` f32 weight `w`, how its lhs is read,
@@ -78,23 +105,8 @@ impl<'a> Gemv<'a> {
     /// Parses a matmul kernel's body: its matmul must be `transpose_b` with a constant-shaped
     /// f32 weight `[N, K]`.
     pub(super) fn parse(body: &'a Body<'a>) -> Result<Gemv<'a>, String> {
-        let m = body
-            .ops
-            .iter()
-            .position(|s| matches!(s.op, Op::MatMul { .. }))
-            .ok_or("a matmul kernel without a matmul")?;
+        let (m, n, k) = transposed_matmul(body, false)?;
         let mm = &body.ops[m];
-        if mm.op != (Op::MatMul { transpose_b: true }) {
-            return Err("matmul without transpose_b".into());
-        }
-        let weight = body.ty(mm.args[1]);
-        let (n, k) = match weight.shape.as_slice() {
-            [n, k] => (n.as_const(), k.as_const()),
-            _ => (None, None),
-        };
-        let (Some(n), Some(k)) = (n, k) else {
-            return Err(format!("matmul weight of shape {weight}"));
-        };
         let w = f32_input(body, mm.args[1])?;
         let lhs_arg = mm.args[0];
         let norm = prologue_norm(body, m)?;

@@ -21,6 +21,7 @@
 //! group is a small fraction of the group's work.
 
 use super::expr::{fold_many, for_each, Body};
+use super::gemv::{prologue_norm, transposed_matmul};
 use super::row_reduce::{rms_factor, rms_norm_at};
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{
@@ -95,24 +96,9 @@ pub(super) fn lower(
     out: BufRef,
     rows_per_group: i64,
 ) -> Result<(), String> {
-    let m = body
-        .ops
-        .iter()
-        .position(|s| matches!(s.op, Op::QuantMatMul { .. }))
-        .ok_or("a quantized matmul kernel without a quant_matmul")?;
+    let (m, n, k) = transposed_matmul(body, true)?;
     let mm = &body.ops[m];
-    if mm.op != (Op::QuantMatMul { transpose_b: true }) {
-        return Err("quant_matmul without transpose_b".into());
-    }
-    let weight = body.ty(mm.args[1]);
-    let format = Format::of(weight.dtype)?;
-    let (n, k) = match weight.shape.as_slice() {
-        [n, k] => (n.as_const(), k.as_const()),
-        _ => (None, None),
-    };
-    let (Some(n), Some(k)) = (n, k) else {
-        return Err(format!("quantized matmul weight of shape {weight}"));
-    };
+    let format = Format::of(body.ty(mm.args[1]).dtype)?;
     let w = match mm.args[1] {
         BodyArg::Input(i) => body.buffers[i],
         BodyArg::Op(_) => return Err("a computed quantized weight".into()),
@@ -336,22 +322,6 @@ fn store_output(
     let offset = body.symbols.ravel(b, &at, &body.ty(body.result()).shape)?;
     b.store(out, offset, value);
     Ok(())
-}
-
-/// The position and eps of the prologue's RmsNorm, if any; it must normalize the lhs rows.
-fn prologue_norm(body: &Body, m: usize) -> Result<Option<(usize, f32)>, String> {
-    let lhs_shape = &body.ty(body.ops[m].args[0]).shape;
-    let norms: Vec<(usize, f32)> = (0..m)
-        .filter_map(|j| match body.ops[j].op {
-            Op::RmsNorm { eps } => Some((j, eps)),
-            _ => None,
-        })
-        .collect();
-    match norms.as_slice() {
-        [] => Ok(None),
-        &[(r, eps)] if body.types[r].shape == *lhs_shape => Ok(Some((r, eps))),
-        _ => Err("a matmul prologue norm that does not normalize the lhs rows".into()),
-    }
 }
 
 /// Where the lhs row of the group's `row` is read from: an f32 input in place (with an RmsNorm
