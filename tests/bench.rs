@@ -1,46 +1,10 @@
 //! `tessera bench` end to end: the JSON report of a real artifact, its weight-bytes figure against
 //! one computed independently from the model's config.json, and the errors a user meets.
 
+mod common;
+
+use common::{compile_with as compile, fixture, ok, tessera};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args)
-        .output()
-        .expect("spawn tessera")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = tessera(args);
-    assert!(
-        out.status.success(),
-        "tessera {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// Compiles fixture `name` into `dir` with the extra compile arguments `extra`.
-fn compile(name: &str, dir: &Path, extra: &[&str]) -> String {
-    let out = dir
-        .join(format!("{name}.tsr"))
-        .to_str()
-        .unwrap()
-        .to_string();
-    let model = fixture(name);
-    let mut args = vec!["compile", model.to_str().unwrap(), "-o", &out];
-    args.extend_from_slice(extra);
-    ok(&args);
-    out
-}
 
 /// Weight bytes one decode token reads, from a Llama config.json alone: every weight fully (in
 /// the checkpoint's dtype; `rope.inv_freq`, computed at import, is f32) except the embedding

@@ -1,62 +1,14 @@
 //! The `tessera` binary end to end: compile, run (ids, text, JSON, logits), inspect, demo, and the
 //! errors a user meets with bad input.
 
+mod common;
+
+use common::{compile_with, fails, fixture, last_json, ok};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args)
-        .output()
-        .expect("spawn tessera")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = tessera(args);
-    assert!(
-        out.status.success(),
-        "tessera {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail and returns its stderr.
-fn fails(args: &[&str]) -> String {
-    let out = tessera(args);
-    assert!(!out.status.success(), "tessera {args:?} should have failed");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        !err.contains("panicked"),
-        "tessera {args:?} panicked:\n{err}"
-    );
-    err
-}
-
-fn last_json(stdout: &str) -> Value {
-    serde_json::from_str(stdout.lines().last().expect("output")).expect("last line is JSON")
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use std::path::Path;
 
 fn compile(name: &str, dir: &Path) -> String {
     compile_with(name, dir, &[])
-}
-
-/// Compiles fixture `name` into `dir` with the extra compile arguments `extra`.
-fn compile_with(name: &str, dir: &Path, extra: &[&str]) -> String {
-    let out = dir.join(format!("{name}.tsr"));
-    let out = out.to_str().unwrap().to_string();
-    let model = fixture(name);
-    let mut args = vec!["compile", model.to_str().unwrap(), "-o", &out];
-    args.extend_from_slice(extra);
-    ok(&args);
-    out
 }
 
 /// The fixture's prompt as `--prompt-ids` takes it.
