@@ -11,6 +11,7 @@
 //! query row per group is parallel enough for a CPU pool), and D and Dv must be constants.
 
 use super::expr::{fold, fold_many, for_each, Body};
+use super::gemv::LANES;
 use super::index::broadcast;
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{
@@ -18,19 +19,6 @@ use tessera_ir::lir::{
     Value,
 };
 use tessera_ir::{Dim, Op};
-
-/// f32 lanes of one 128-bit vector.
-const LANES: u32 = 4;
-
-/// The buffer of an f32 input operand read as is (no prologue).
-fn direct_f32(body: &Body, arg: BodyArg) -> Option<BufRef> {
-    match arg {
-        BodyArg::Input(i) if body.inputs[i].dtype == tessera_ir::DType::F32 => {
-            Some(body.buffers[i])
-        }
-        _ => None,
-    }
-}
 
 /// The constant size of an attention head dim, the length of a Private array.
 fn head_dim(d: &Dim, what: &str) -> Result<u32, String> {
@@ -120,7 +108,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let neg_inf = b.const_f(f64::NEG_INFINITY);
     let init = [neg_inf, zero_f];
     // K and V read straight from dense f32 buffers (the KV cache) with whole vectors per row.
-    let rows = match (direct_f32(body, k), direct_f32(body, v)) {
+    let rows = match (body.f32_input(k), body.f32_input(v)) {
         (Some(kb), Some(vb)) if d % LANES == 0 && dv % LANES == 0 => {
             let origin = |b: &mut KernelBuilder, arg: BodyArg, j: Value| {
                 body.symbols

@@ -44,6 +44,14 @@ impl Body<'_> {
         }
     }
 
+    /// The buffer of `arg` when it is an f32 kernel input read as is (no body op computes it).
+    pub(super) fn f32_input(&self, arg: BodyArg) -> Option<BufRef> {
+        match arg {
+            BodyArg::Input(i) if self.inputs[i].dtype == DType::F32 => Some(self.buffers[i]),
+            _ => None,
+        }
+    }
+
     /// The body's result: the last op.
     pub(super) fn result(&self) -> BodyArg {
         BodyArg::Op(self.ops.len() - 1)

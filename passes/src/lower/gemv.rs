@@ -17,7 +17,7 @@ use super::expr::{fold_range, for_each, Body};
 use super::row_reduce::{rms_factor, rms_norm_at};
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value};
-use tessera_ir::{DType, Dim, Op};
+use tessera_ir::{Dim, Op};
 
 /// f32 lanes of one 128-bit vector.
 pub(super) const LANES: u32 = 4;
@@ -31,16 +31,29 @@ pub(super) enum Lhs {
     Computed,
 }
 
-/// An f32 input's buffer.
+/// An f32 input's buffer, or why the operand is not one.
 fn f32_input(body: &Body, arg: BodyArg) -> Result<BufRef, String> {
-    match arg {
-        BodyArg::Input(i) if body.inputs[i].dtype == DType::F32 => Ok(body.buffers[i]),
-        BodyArg::Input(i) => Err(format!("gemv operand of dtype {}", body.inputs[i].dtype)),
-        BodyArg::Op(j) => Err(format!(
-            "gemv operand computed by `{}`",
-            body.ops[j].op.name()
-        )),
-    }
+    body.f32_input(arg).ok_or_else(|| match arg {
+        BodyArg::Input(i) => format!("gemv operand of dtype {}", body.inputs[i].dtype),
+        BodyArg::Op(j) => format!("gemv operand computed by `{}`", body.ops[j].op.name()),
+    })
+}
+
+/// How the lhs of the matmul at `m` is read, given the prologue's norm ([`prologue_norm`]):
+/// in place when it is an input, or the RmsNorm of one as the only prologue op; evaluated
+/// through the prologue otherwise.
+pub(super) fn lhs_of(body: &Body, m: usize, norm: Option<(usize, f32)>) -> Result<Lhs, String> {
+    Ok(match (body.ops[m].args[0], norm) {
+        (lhs @ BodyArg::Input(_), None) => Lhs::Direct {
+            x: f32_input(body, lhs)?,
+            norm: None,
+        },
+        (BodyArg::Op(0), Some((0, _))) if m == 1 => Lhs::Direct {
+            x: f32_input(body, body.ops[0].args[0])?,
+            norm: Some(f32_input(body, body.ops[0].args[1])?),
+        },
+        _ => Lhs::Computed,
+    })
 }
 
 /// The position of the prologue's RmsNorm (ops before the matmul `m`), if any; its shape must be
@@ -108,19 +121,8 @@ impl<'a> Gemv<'a> {
         let (m, n, k) = transposed_matmul(body, false)?;
         let mm = &body.ops[m];
         let w = f32_input(body, mm.args[1])?;
-        let lhs_arg = mm.args[0];
         let norm = prologue_norm(body, m)?;
-        let lhs = match (lhs_arg, norm) {
-            (BodyArg::Input(_), None) => Lhs::Direct {
-                x: f32_input(body, lhs_arg)?,
-                norm: None,
-            },
-            (BodyArg::Op(0), Some((0, _))) if m == 1 => Lhs::Direct {
-                x: f32_input(body, body.ops[0].args[0])?,
-                norm: Some(f32_input(body, body.ops[0].args[1])?),
-            },
-            _ => Lhs::Computed,
-        };
+        let lhs = lhs_of(body, m, norm)?;
         Ok(Gemv {
             body,
             m,

@@ -1,19 +1,22 @@
-//! The quantized matmul template (`QGemv`, and `QGemm` row by row): `[elementwise prologue,
-//! at most one RmsNorm] QuantMatMul{transpose_b}(x, w) [epilogue]` with `w` a Q8_0 or Q4_0
-//! weight `[N, K]` in GGUF blocks (see `ir::quant`), read as bytes and never dequantized to
-//! memory. A group computes `tile` output columns of one lhs row:
+//! The quantized matmul template (`QGemv`, and `QGemm` with [`GEMM_ROWS`] rows per group):
+//! `[elementwise prologue, at most one RmsNorm] QuantMatMul{transpose_b}(x, w) [epilogue]` with
+//! `w` a Q8_0 or Q4_0 weight `[N, K]` in GGUF blocks (see `ir::quant`), read as bytes and never
+//! dequantized to memory. A group computes `tile` output columns of its lhs rows:
 //!
-//! 1. the lhs row (the prologue evaluated, the norm applied) is quantized to 8 bits per block of
+//! 1. each lhs row (the prologue evaluated, the norm applied) is quantized to 8 bits per block of
 //!    32 — `d_x = amax/127`, `q = round(x/d_x)`, as llama.cpp's `quantize_row_q8_0` — into
 //!    private memory, once per group;
 //! 2. each weight block is an integer dot product of its codes with the row's codes, always the
 //!    unsigned × signed [`Intrinsic::Dot4U8I8Packed`] (one `vpdpbusd` on VNNI hosts): Q4_0's
 //!    unsigned 4-bit codes against the signed row, its `−8` offset applied once per block as
 //!    `8·Σq`; for Q8_0 the row is stored offset by +128 and `128·Σw` (a dot product with ones)
-//!    subtracted; scaled by `d_w·d_x` into an f32x4 accumulator;
-//! 3. the epilogue is evaluated per output element; one that reads the matmul at other columns
-//!    of the same row (the SwiGLU `silu(gate)·up` over merged gate/up slices) gets each column's
-//!    dot product as it asks for it.
+//!    subtracted; scaled by `d_w·d_x` into an f32x4 accumulator. One pass over the blocks serves
+//!    several weight rows (each row's codes loaded once) and all the group's lhs rows (each
+//!    weight block decoded once);
+//! 3. the epilogue is evaluated per output element. The matmul columns it reads are found from
+//!    its slices (SwiGLU's `silu(gate)·up` over merged gate/up reads `j` and `j + H`) and computed
+//!    in that one pass; an epilogue that moves elements to other rows (a head split) is written
+//!    where [`Body::forward`] maps each element; any other gets each column it asks for alone.
 //!
 //! Rounding the activations to 8 bits is the approximation llama.cpp's quantized kernels make;
 //! the weights are exact. The tile is chosen so a row splits into about [`GROUPS_PER_ROW`]
@@ -21,7 +24,7 @@
 //! group is a small fraction of the group's work.
 
 use super::expr::{fold_many, for_each, Body};
-use super::gemv::{prologue_norm, transposed_matmul};
+use super::gemv::{lhs_of, prologue_norm, transposed_matmul, Lhs};
 use super::row_reduce::{rms_factor, rms_norm_at};
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{
@@ -36,8 +39,8 @@ pub(super) const GEMM_ROWS: i64 = 4;
 /// How many groups one lhs row is cut into (see the module doc).
 const GROUPS_PER_ROW: i64 = 16;
 
-/// What Q8_0 kernels add to the activation codes to make them unsigned (`log2` of it is the
-/// shift in [`column_dots`]), so both formats use the unsigned × signed dot product.
+/// What Q8_0 kernels add to the activation codes to make them unsigned (a power of two: its
+/// `log2` is the shift in [`column_dots`]), so both formats use the unsigned × signed dot product.
 const Q8_OFFSET: i64 = 128;
 
 /// f32x4 vectors (and packed `u32` code words) per block of 32 values.
@@ -54,16 +57,12 @@ struct Format {
 
 impl Format {
     fn of(dtype: DType) -> Result<Format, String> {
-        match dtype {
-            DType::Q8_0 => Ok(Format {
-                block_bytes: 34,
-                nibbles: false,
+        match (dtype, dtype.quant_block()) {
+            (DType::Q8_0 | DType::Q4_0, Some(block)) if block.elems == QK => Ok(Format {
+                block_bytes: block.bytes as i64,
+                nibbles: dtype == DType::Q4_0,
             }),
-            DType::Q4_0 => Ok(Format {
-                block_bytes: 18,
-                nibbles: true,
-            }),
-            other => Err(format!("quantized matmul weight of dtype {other}")),
+            _ => Err(format!("quantized matmul weight of dtype {dtype}")),
         }
     }
 }
@@ -195,17 +194,12 @@ pub(super) fn lower(
                                 let idx: Vec<Value> =
                                     lead_idx.iter().copied().chain([col]).collect();
                                 let found = (scatter, mm_cols.as_slice(), dots[r].as_slice());
-                                if s == 0 {
-                                    return store_output(b, body, m, found, &idx, out);
-                                }
-                                let s = b.const_i(s as i64);
-                                let next = b.add(first, s);
-                                let stored = b.cmp(CmpOp::Lt, next, cols_v);
-                                let mut result = Ok(());
-                                b.if_then(stored, |b| {
-                                    result = store_output(b, body, m, found, &idx, out)
+                                let stored = (s > 0).then(|| {
+                                    let s = b.const_i(s as i64);
+                                    let next = b.add(first, s);
+                                    b.cmp(CmpOp::Lt, next, cols_v)
                                 });
-                                result
+                                when(b, stored, |b| store_output(b, body, m, found, &idx, out))
                             })
                         })
                     })
@@ -237,17 +231,27 @@ fn for_rows(
     total_rows: Value,
     mut f: impl FnMut(&mut KernelBuilder, usize, &[Value]) -> Result<(), String>,
 ) -> Result<(), String> {
-    for (r, (row, lead_idx, _)) in rows.iter().enumerate() {
-        if r == 0 {
-            f(b, r, lead_idx)?;
-            continue;
-        }
-        let exists = b.cmp(CmpOp::Lt, *row, total_rows);
-        let mut result = Ok(());
-        b.if_then(exists, |b| result = f(b, r, lead_idx));
-        result?;
-    }
-    Ok(())
+    rows.iter()
+        .enumerate()
+        .try_for_each(|(r, (row, lead_idx, _))| {
+            let exists = (r > 0).then(|| b.cmp(CmpOp::Lt, *row, total_rows));
+            when(b, exists, |b| f(b, r, lead_idx))
+        })
+}
+
+/// Emits `f` under `condition`, or unconditionally without one; a loop or branch body cannot
+/// return an error, so `f`'s is returned after it.
+fn when(
+    b: &mut KernelBuilder,
+    condition: Option<Value>,
+    f: impl FnOnce(&mut KernelBuilder) -> Result<(), String>,
+) -> Result<(), String> {
+    let Some(condition) = condition else {
+        return f(b);
+    };
+    let mut result = Ok(());
+    b.if_then(condition, |b| result = f(b));
+    result
 }
 
 /// The matmul columns output column `j` of the result reads, as offsets `o` (it reads `j + o`),
@@ -338,10 +342,6 @@ fn row_source(
     let lhs = body.ops[m].args[0];
     let norm = prologue_norm(body, m)?;
     let k_v = b.const_i(k);
-    let f32_input = |arg: BodyArg| match arg {
-        BodyArg::Input(i) if body.inputs[i].dtype == DType::F32 => Some(body.buffers[i]),
-        _ => None,
-    };
     let factor = |b: &mut KernelBuilder, r: usize, eps: f32| {
         let x = body.ops[r].args[0];
         rms_factor(b, k_v, eps, |b, i| {
@@ -349,25 +349,13 @@ fn row_source(
             body.value(b, x, &idx, None)
         })
     };
-    if let (Some(buf), None) = (f32_input(lhs), norm) {
+    if let Lhs::Direct { x, norm: g } = lhs_of(body, m, norm)? {
+        let norm = match (norm, g) {
+            (Some((r, eps)), Some(g)) => Some((factor(b, r, eps)?, g)),
+            _ => None,
+        };
         let base = b.mul(row, k_v);
-        return Ok(RowSource {
-            buf,
-            base,
-            norm: None,
-        });
-    }
-    if let (BodyArg::Op(0), Some((0, eps)), 1) = (lhs, norm, m) {
-        let (x, g) = (body.ops[0].args[0], body.ops[0].args[1]);
-        if let (Some(xb), Some(gb)) = (f32_input(x), f32_input(g)) {
-            let r = factor(b, 0, eps)?;
-            let base = b.mul(row, k_v);
-            return Ok(RowSource {
-                buf: xb,
-                base,
-                norm: Some((r, gb)),
-            });
-        }
+        return Ok(RowSource { buf: x, base, norm });
     }
     let len = u32::try_from(k).map_err(|_| "a reduction longer than u32")?;
     let private = b.local("lhs_row", MemorySpace::Private, ScalarType::F32, len);
@@ -546,7 +534,8 @@ fn column_dots(
     let (low_nibble, nibble_shift) = (byte(b, 0x0f), byte(b, 4));
     let ones = byte(b, 1);
     let ones = b.bitcast(ScalarType::U32, 4, ones);
-    let offset_shift = b.constant(Type::scalar(ScalarType::I32), Literal::I(7));
+    let offset_shift = Literal::I(i64::from(Q8_OFFSET.trailing_zeros()));
+    let offset_shift = b.constant(Type::scalar(ScalarType::I32), offset_shift);
     let offset_shift = b.splat(offset_shift, 4);
     let (nr, nc) = (rows.len(), cols.len());
     let mut init = vec![acc0; nr * nc];
