@@ -139,11 +139,17 @@ pub fn compile_model(
 /// Stores the model's projection weights as `format` and reads them through `Dequantize` in every
 /// entry point's Graph ([`tessera_passes::quantize`]); other weights keep their dtype.
 pub fn quantize_model(model: &mut ImportedModel, format: DType) -> Result<()> {
-    let stored = quantizable_weights(&model.module)
+    let stored = quantized_weights(&model.module, format);
+    store_weights_as(model, &stored)
+}
+
+/// The weights of `module` that `--quant` stores as `format` ([`quantizable_weights`]), mapped
+/// to it; with [`retype_module`], what `explain --quant` applies (no weight data needed).
+pub fn quantized_weights(module: &Module, format: DType) -> BTreeMap<String, DType> {
+    quantizable_weights(module)
         .into_iter()
         .map(|name| (name, format))
-        .collect();
-    store_weights_as(model, &stored)
+        .collect()
 }
 
 /// Widens f16/bf16 weights to f32 for targets whose kernels read f32 (today's CPU templates).
@@ -165,9 +171,9 @@ pub fn half_weights_widened(module: &Module) -> BTreeMap<String, DType> {
 /// Re-encodes each weight named in `stored` in its new dtype (quantized, or a float dtype) and
 /// retypes the Graphs that read it ([`retype_weights`]).
 fn store_weights_as(model: &mut ImportedModel, stored: &BTreeMap<String, DType>) -> Result<()> {
-    let originals = model.module.weights.clone();
     retype_module(&mut model.module, stored)?;
-    for (spec, weight) in originals.iter().zip(&mut model.weights) {
+    for weight in &mut model.weights {
+        let spec = &weight.spec;
         let Some(&dtype) = stored.get(&spec.name) else {
             continue;
         };
@@ -195,16 +201,6 @@ fn store_weights_as(model: &mut ImportedModel, stored: &BTreeMap<String, DType>)
         weight.data = WeightData::Owned(bytes);
     }
     Ok(())
-}
-
-/// The Module half of [`quantize_model`] (what `explain --quant` needs: no weight data): the
-/// quantizable weights declared as `format` and read through `Dequantize`.
-pub fn quantize_module(module: &mut Module, format: DType) -> Result<()> {
-    let stored = quantizable_weights(module)
-        .into_iter()
-        .map(|name| (name, format))
-        .collect();
-    retype_module(module, &stored)
 }
 
 /// Declares each weight named in `stored` in its new dtype, in the Module and its Graphs.

@@ -10,7 +10,7 @@
 //! embedding is both a gather table and the head, so it stays unquantized too.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use tessera_ir::{DType, Graph, IrError, Module, NodeId, Op, QK};
+use tessera_ir::{eval_shape, DType, DimEnv, Graph, IrError, Module, NodeId, Op, QK};
 
 /// The weights of `module` that `--quant` stores block-quantized (see the module doc).
 pub fn quantizable_weights(module: &Module) -> BTreeSet<String> {
@@ -56,7 +56,9 @@ pub fn retype_weights(g: &Graph, stored: &BTreeMap<String, DType>) -> Result<Gra
         let new = match &node.op {
             Op::Input { name } => out.input(name, node.ty.dtype, node.ty.shape.clone()),
             Op::Weight { name } => {
-                let shape = concrete(&node.ty.shape, name)?;
+                let shape = eval_shape(&node.ty.shape, &DimEnv::new()).map_err(|m| {
+                    IrError::Invalid(format!("weight `{name}` has a symbolic shape: {m}"))
+                })?;
                 match stored.get(name) {
                     Some(&dtype) if dtype.is_quantized() => {
                         let w = out.weight(name, dtype, &shape);
@@ -78,18 +80,6 @@ pub fn retype_weights(g: &Graph, stored: &BTreeMap<String, DType>) -> Result<Gra
         out.output(name, map[id]);
     }
     Ok(out)
-}
-
-/// A weight's shape, which is always concrete.
-fn concrete(shape: &[tessera_ir::Dim], name: &str) -> Result<Vec<usize>, IrError> {
-    shape
-        .iter()
-        .map(|d| {
-            d.as_const()
-                .map(|v| v as usize)
-                .ok_or_else(|| IrError::Invalid(format!("weight `{name}` has a symbolic shape")))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -80,7 +80,8 @@ fn parse_bucket(text: &str, env: &mut DimEnv) -> Result<()> {
 pub fn run(args: Args) -> Result<()> {
     let mut module = tessera::load_module(&args.model)?;
     if let Some(quant) = args.quant {
-        tessera::quantize_module(&mut module, quant.dtype())?;
+        let quantized = tessera::quantized_weights(&module, quant.dtype());
+        tessera::retype_module(&mut module, &quantized)?;
     }
     if matches!(args.emit, Emit::Lir | Emit::Clif | Emit::Asm) {
         // As `compile --target cpu` stores them.
