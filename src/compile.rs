@@ -16,7 +16,8 @@ use tessera_models::{ImportedModel, Weight, WeightData};
 use tessera_passes::cost::{Roofline, TargetSpec};
 use tessera_passes::lower::{lower_cpu, LowerError};
 use tessera_passes::optimize::{optimize_module, EntryReport};
-use tessera_passes::quantize::{quantizable_weights, retype_weights};
+use tessera_passes::quantize::quantizable_weights;
+use tessera_passes::storage::{store_weights, transpose_bytes, untransposed_projections, Storage};
 
 /// What the artifact's code runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -119,6 +120,7 @@ pub fn compile_model(
     }
     let mut imported = tessera_models::import_hf(model)?;
     tracing::info!(architecture = %imported.module.info.architecture, weights = imported.weights.len(), "imported");
+    transpose_projections(&mut imported)?;
     if let Some(quant) = opts.quant {
         quantize_model(&mut imported, quant.dtype())?;
     }
@@ -136,6 +138,31 @@ pub fn compile_model(
     Ok(report)
 }
 
+/// Stores the `[K, N]` projection weights (GPT-2's `Conv1D`) as `[N, K]`, the layout the matmul
+/// templates and `--quant` read ([`tessera_passes::storage`]).
+pub fn transpose_projections(model: &mut ImportedModel) -> Result<()> {
+    let stored = transposed_projections(&model.module);
+    store_weights_as(model, &stored)
+}
+
+/// The weights [`transpose_projections`] stores transposed, in their dtype; with
+/// [`apply_storage`], what `explain` applies (no weight data needed).
+pub fn transposed_projections(module: &Module) -> BTreeMap<String, Storage> {
+    let names = untransposed_projections(module);
+    module
+        .weights
+        .iter()
+        .filter(|w| names.contains(&w.name))
+        .map(|w| {
+            let storage = Storage {
+                dtype: w.dtype,
+                transposed: true,
+            };
+            (w.name.clone(), storage)
+        })
+        .collect()
+}
+
 /// Stores the model's projection weights as `format` and reads them through `Dequantize` in every
 /// entry point's Graph ([`tessera_passes::quantize`]); other weights keep their dtype.
 pub fn quantize_model(model: &mut ImportedModel, format: DType) -> Result<()> {
@@ -144,11 +171,11 @@ pub fn quantize_model(model: &mut ImportedModel, format: DType) -> Result<()> {
 }
 
 /// The weights of `module` that `--quant` stores as `format` ([`quantizable_weights`]), mapped
-/// to it; with [`retype_module`], what `explain --quant` applies (no weight data needed).
-pub fn quantized_weights(module: &Module, format: DType) -> BTreeMap<String, DType> {
+/// to it; with [`apply_storage`], what `explain --quant` applies (no weight data needed).
+pub fn quantized_weights(module: &Module, format: DType) -> BTreeMap<String, Storage> {
     quantizable_weights(module)
         .into_iter()
-        .map(|name| (name, format))
+        .map(|name| (name, Storage::as_dtype(format)))
         .collect()
 }
 
@@ -159,59 +186,78 @@ pub fn widen_half_weights(model: &mut ImportedModel) -> Result<()> {
 }
 
 /// Each f16/bf16 weight of `module`, mapped to f32 (what [`widen_half_weights`] stores).
-pub fn half_weights_widened(module: &Module) -> BTreeMap<String, DType> {
+pub fn half_weights_widened(module: &Module) -> BTreeMap<String, Storage> {
     module
         .weights
         .iter()
         .filter(|w| matches!(w.dtype, DType::F16 | DType::Bf16))
-        .map(|w| (w.name.clone(), DType::F32))
+        .map(|w| (w.name.clone(), Storage::as_dtype(DType::F32)))
         .collect()
 }
 
-/// Re-encodes each weight named in `stored` in its new dtype (quantized, or a float dtype) and
-/// retypes the Graphs that read it ([`retype_weights`]).
-fn store_weights_as(model: &mut ImportedModel, stored: &BTreeMap<String, DType>) -> Result<()> {
-    retype_module(&mut model.module, stored)?;
+/// Re-encodes each weight named in `stored` in its stored form (quantized or another float
+/// dtype, transposed) and rewrites the Graphs that read it ([`store_weights`]).
+fn store_weights_as(model: &mut ImportedModel, stored: &BTreeMap<String, Storage>) -> Result<()> {
+    apply_storage(&mut model.module, stored)?;
     for weight in &mut model.weights {
         let spec = &weight.spec;
-        let Some(&dtype) = stored.get(&spec.name) else {
+        let Some(&storage) = stored.get(&spec.name) else {
             continue;
         };
-        let values =
-            Tensor::from_le_bytes(spec.dtype, spec.shape.clone(), weight.bytes(), &spec.name)?;
-        let bytes = if dtype.is_quantized() {
-            let values = values
-                .as_f32()
-                .with_context(|| format!("weight `{}` is not a float tensor", spec.name))?;
-            if values.iter().any(|v| !v.is_finite()) {
+        let (mut shape, mut bytes) = (spec.shape.clone(), weight.bytes().to_vec());
+        if storage.transposed {
+            let (&[rows, cols], Some(elem)) = (shape.as_slice(), spec.dtype.elem_bytes()) else {
                 bail!(
-                    "weight `{}` holds infinite or NaN values: it cannot be quantized",
-                    spec.name
+                    "weight `{}` cannot be stored transposed: {} {:?}",
+                    spec.name,
+                    spec.dtype,
+                    shape
                 );
-            }
-            tessera_ir::quant::quantize(dtype, values)
-                .with_context(|| format!("quantizing weight `{}`", spec.name))?
-        } else {
-            let mut widened = values;
-            widened.dtype = dtype;
-            widened.to_le_bytes()?
-        };
-        tracing::debug!(weight = %spec.name, from = %spec.dtype, to = %dtype, "re-encoded");
-        weight.spec.dtype = dtype;
+            };
+            bytes = transpose_bytes(&bytes, rows, cols, elem);
+            shape.reverse();
+        }
+        if storage.dtype != spec.dtype {
+            let values = Tensor::from_le_bytes(spec.dtype, shape.clone(), &bytes, &spec.name)?;
+            bytes = encode_as(values, storage.dtype, &spec.name)?;
+        }
+        tracing::debug!(weight = %spec.name, from = %spec.dtype, to = %storage.dtype, transposed = storage.transposed, "re-encoded");
+        weight.spec.dtype = storage.dtype;
+        weight.spec.shape = shape;
         weight.data = WeightData::Owned(bytes);
     }
     Ok(())
 }
 
-/// Declares each weight named in `stored` in its new dtype, in the Module and its Graphs.
-pub fn retype_module(module: &mut Module, stored: &BTreeMap<String, DType>) -> Result<()> {
+/// The bytes of `values` (weight `name`) in `dtype`: block-quantized, or converted.
+fn encode_as(values: Tensor, dtype: DType, name: &str) -> Result<Vec<u8>> {
+    if !dtype.is_quantized() {
+        let mut converted = values;
+        converted.dtype = dtype;
+        return Ok(converted.to_le_bytes()?);
+    }
+    let values = values
+        .as_f32()
+        .with_context(|| format!("weight `{name}` is not a float tensor"))?;
+    if values.iter().any(|v| !v.is_finite()) {
+        bail!("weight `{name}` holds infinite or NaN values: it cannot be quantized");
+    }
+    tessera_ir::quant::quantize(dtype, values)
+        .with_context(|| format!("quantizing weight `{name}`"))
+}
+
+/// Declares each weight named in `stored` in its stored form, in the Module and its Graphs.
+pub fn apply_storage(module: &mut Module, stored: &BTreeMap<String, Storage>) -> Result<()> {
     for entry in &mut module.entries {
-        entry.graph = retype_weights(&entry.graph, stored)
-            .with_context(|| format!("retyping the weights of entry point `{}`", entry.name))?;
+        entry.graph = store_weights(&entry.graph, stored)
+            .with_context(|| format!("storing the weights of entry point `{}`", entry.name))?;
     }
     for spec in &mut module.weights {
-        if let Some(&dtype) = stored.get(&spec.name) {
-            spec.dtype = dtype;
+        if let Some(storage) = stored.get(&spec.name) {
+            spec.dtype = storage.dtype;
+            if storage.transposed {
+                spec.shape.reverse();
+            }
         }
     }
     Ok(())

@@ -5,7 +5,8 @@ pub mod compile;
 pub mod demo;
 
 pub use compile::{
-    compile_model, half_weights_widened, load_module, lower_for_cpu, lower_kernel_cpu,
-    materialize_derived_weights, optimize_model, quantize_model, quantized_weights, retype_module,
-    widen_half_weights, write_artifact, CompileOptions, CompileReport, Quant, Target,
+    apply_storage, compile_model, half_weights_widened, load_module, lower_for_cpu,
+    lower_kernel_cpu, materialize_derived_weights, optimize_model, quantize_model,
+    quantized_weights, transpose_projections, transposed_projections, widen_half_weights,
+    write_artifact, CompileOptions, CompileReport, Quant, Target,
 };

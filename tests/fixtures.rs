@@ -1,12 +1,14 @@
 //! Every transformers fixture, compiled and run through tessera, must reproduce transformers'
 //! greedy tokens exactly and its logits to 1e-3 (prefill row, then each decode step); the Llama
-//! family also through `--target cpu` (f16/bf16 weights widened to f32 at compile time), and
-//! what the CPU templates cannot run (GPT-2's Conv1D) must be refused for it by name.
+//! family and GPT-2 also through `--target cpu` (f16/bf16 weights widened to f32 at compile time,
+//! Conv1D weights stored transposed), and what the CPU path cannot run must be refused by name.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tessera::{compile_model, CompileOptions, Quant, Target};
 use tessera_ir::npy;
+use tessera_passes::cost::{Roofline, TargetSpec};
+use tessera_passes::optimize::optimize_module;
 use tessera_runtime::{Engine, GenerateOptions, SamplingParams};
 
 const LOGIT_TOLERANCE: f32 = 1e-3;
@@ -130,32 +132,25 @@ fn qwen2_qkv_bias() {
 
 #[test]
 fn gpt2_conv1d_learned_positions() {
-    check_fixture("gpt2");
-}
-
-/// Compiling `name` for `--target cpu` fails; returns the error.
-fn cpu_compile_error(name: &str) -> String {
-    let tmp = tempfile::tempdir().unwrap();
-    let opts = CompileOptions {
-        target: Target::Cpu,
-        output: tmp.path().join(format!("{name}.tsr")),
-        optimize: true,
-        quant: None,
-    };
-    match compile_model(&fixture(name), &opts, &mut |_, _| {}) {
-        Ok(_) => panic!("{name} compiled for --target cpu"),
-        Err(e) => format!("{e:#}"),
-    }
+    check_fixture_and_cpu("gpt2");
 }
 
 #[test]
 fn cpu_target_refuses_what_it_cannot_run_by_name() {
-    let err = cpu_compile_error("gpt2");
+    // `compile` widens f16 weights for the CPU; a Module lowered without that names the weight.
+    let mut module = tessera::load_module(&fixture("llama_linear")).unwrap();
+    let spec = TargetSpec::cpu_host();
+    let cost = Roofline {
+        target: spec.clone(),
+    };
+    optimize_module(&mut module, &spec, &cost).unwrap();
+    let err = format!("{:#}", tessera::lower_for_cpu(&mut module).unwrap_err());
     assert!(
-        err.contains("kernel `transformer.h.0`") && err.contains("without transpose_b"),
-        "gpt2: {err}"
+        err.contains("entry point `prefill`: kernel `prologue`")
+            && err.contains("weight `model.embed_tokens.weight` is f16"),
+        "{err}"
     );
-    assert!(err.contains("--target reference"), "gpt2: {err}");
+    assert!(err.contains("--target reference"), "{err}");
     let no_opt = CompileOptions {
         target: Target::Cpu,
         output: std::env::temp_dir().join("unused.tsr"),
@@ -201,14 +196,23 @@ fn generate_quantized(
 /// agree, and the first tokens equal.
 #[test]
 fn quantized_cpu_matches_the_interpreter_on_the_same_quantized_weights() {
-    let dir = fixture("llama");
-    let expected: Expected =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    for quant in [Quant::Q8_0, Quant::Q4_0] {
+    for (name, quant) in [
+        ("llama", Quant::Q8_0),
+        ("llama", Quant::Q4_0),
+        ("gpt2", Quant::Q8_0),
+    ] {
+        let dir = fixture(name);
+        let expected: Expected =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
         let run = |target| generate_quantized(&dir, target, quant, &expected.prompt_ids, 6);
         let (ref_ids, ref_logits) = run(Target::Reference);
         let (cpu_ids, cpu_logits) = run(Target::Cpu);
-        assert_eq!(cpu_ids[..2], ref_ids[..2], "{quant:?}: first tokens differ");
+        assert_eq!(
+            cpu_ids[..2],
+            ref_ids[..2],
+            "{name} {quant:?}: first tokens differ"
+        );
         let agree = cpu_ids
             .iter()
             .zip(&ref_ids)
@@ -222,10 +226,10 @@ fn quantized_cpu_matches_the_interpreter_on_the_same_quantized_weights() {
                 .zip(want)
                 .map(|(g, w)| (g - w).abs())
                 .fold(0.0f32, f32::max);
-            eprintln!("{quant:?} step {step}: max |Δlogit| = {worst} (max |logit| {range})");
+            eprintln!("{name} {quant:?} step {step}: max |Δlogit| = {worst} (max |logit| {range})");
             assert!(
                 worst <= QUANT_TOLERANCE * range,
-                "{quant:?} step {step}: max |Δlogit| = {worst}, max |logit| {range}"
+                "{name} {quant:?} step {step}: max |Δlogit| = {worst}, max |logit| {range}"
             );
         }
     }

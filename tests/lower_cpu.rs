@@ -275,6 +275,34 @@ fn gemm_tails_with_and_without_rms_norm_prologue() {
     }
 }
 
+/// GPT-2's form: LayerNorm (mean, variance, weight, bias) → matmul → bias, as gemv and gemm
+/// kernels; the norm is evaluated through the prologue with its statistics once per row.
+#[test]
+fn gemv_and_gemm_with_layer_norm_prologue() {
+    let body = vec![
+        step(Op::LayerNorm { eps: 1e-5 }, &[In(0), In(3), In(4)]),
+        step(Op::MatMul { transpose_b: true }, &[At(0), In(1)]),
+        step(Op::Binary(BinaryOp::Add), &[At(1), In(2)]),
+    ];
+    let gemv = KernelKind::Gemv {
+        tile_n: 4,
+        split_k: 1,
+    };
+    for kind in [gemv, GEMM] {
+        let k = kernel(kind, body.clone());
+        let inputs = [
+            f32_(&["seq", "70"]),
+            f32_(&["13", "70"]),
+            f32_(&["13"]),
+            f32_(&["70"]),
+            f32_(&["70"]),
+        ];
+        for m in [1, 5] {
+            check(&k, &inputs, &[("seq", m)]);
+        }
+    }
+}
+
 /// The gemm template with the optimizer's MLP forms: residual add → RmsNorm → matmul → SiLU ·
 /// up (a computed prologue, scalar accumulators) and a direct rank-3 lhs with a SiLU-mul
 /// epilogue, as `FlatGemm` and `Gemm` kernels.

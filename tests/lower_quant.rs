@@ -163,7 +163,7 @@ fn quantized_matmul_matches_the_interpreter_on_the_same_weights() {
 
 /// The decode block's quantized kernels: RmsNorm read in place, a residual add + RmsNorm
 /// prologue evaluated into a private row with the merged gate/up SwiGLU epilogue reading two
-/// columns per output, and a residual epilogue — within the 8-bit rounding of the activations.
+/// columns per output, GPT-2's LayerNorm prologue, and a residual epilogue — within the 8-bit rounding of the activations.
 #[test]
 fn quantized_matmul_with_prologues_and_epilogues() {
     for format in [DType::Q8_0, DType::Q4_0] {
@@ -211,6 +211,19 @@ fn quantized_matmul_with_prologues_and_epilogues() {
             ty(DType::F32, &[1, k]),
         ];
         let (got, want) = run(qgemv(format), swiglu, &inputs, false);
+        assert_close(&got, &want, 2e-2);
+
+        let layer_norm = vec![
+            step(Op::LayerNorm { eps: 1e-5 }, &[In(0), In(2), In(3)]),
+            step(Op::QuantMatMul { transpose_b: true }, &[At(0), In(1)]),
+        ];
+        let inputs = [
+            ty(DType::F32, &[2, k]),
+            ty(format, &[n, k]),
+            ty(DType::F32, &[k]),
+            ty(DType::F32, &[k]),
+        ];
+        let (got, want) = run(qgemv(format), layer_norm, &inputs, false);
         assert_close(&got, &want, 2e-2);
 
         let residual = vec![

@@ -10,3 +10,4 @@ pub mod plan;
 pub mod quantize;
 pub mod rolling;
 pub mod saturate;
+pub mod storage;

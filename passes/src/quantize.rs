@@ -1,5 +1,5 @@
-//! `tessera compile --quant q8_0|q4_0`: which weights a model stores block-quantized, and the
-//! Graph rewrite that reads them through `Dequantize`. The optimizer then recognizes
+//! `tessera compile --quant q8_0|q4_0`: which weights a model stores block-quantized
+//! ([`crate::storage`] rewrites the Graph to read them through `Dequantize`). The optimizer then recognizes
 //! `matmul(x, dequantize(w))` as `quant_matmul` and selects QGEMV/QGEMM kernels, so the
 //! dequantization happens in registers, never in memory.
 //!
@@ -9,8 +9,8 @@
 //! norms and biases keep their dtype, as llama.cpp's quantizations keep the norms; a tied
 //! embedding is both a gather table and the head, so it stays unquantized too.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use tessera_ir::{eval_shape, DType, DimEnv, Graph, IrError, Module, NodeId, Op, QK};
+use std::collections::BTreeSet;
+use tessera_ir::{DType, Module, Op, QK};
 
 /// The weights of `module` that `--quant` stores block-quantized (see the module doc).
 pub fn quantizable_weights(module: &Module) -> BTreeSet<String> {
@@ -45,48 +45,13 @@ pub fn quantizable_weights(module: &Module) -> BTreeSet<String> {
     candidates
 }
 
-/// `g` with each weight named in `stored` declared in its new dtype: a block-quantized one is
-/// read through `Dequantize` (which yields f32), a float one directly (f16/bf16 widened to f32
-/// at compile time for targets without half-precision kernels); consumers type as before.
-pub fn retype_weights(g: &Graph, stored: &BTreeMap<String, DType>) -> Result<Graph, IrError> {
-    let mut out = Graph::new();
-    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
-    for (i, node) in g.nodes.iter().enumerate() {
-        out.set_scope(node.scope.clone());
-        let new = match &node.op {
-            Op::Input { name } => out.input(name, node.ty.dtype, node.ty.shape.clone()),
-            Op::Weight { name } => {
-                let shape = eval_shape(&node.ty.shape, &DimEnv::new()).map_err(|m| {
-                    IrError::Invalid(format!("weight `{name}` has a symbolic shape: {m}"))
-                })?;
-                match stored.get(name) {
-                    Some(&dtype) if dtype.is_quantized() => {
-                        let w = out.weight(name, dtype, &shape);
-                        out.add(Op::Dequantize, &[w])?
-                    }
-                    Some(&dtype) => out.weight(name, dtype, &shape),
-                    None => out.weight(name, node.ty.dtype, &shape),
-                }
-            }
-            Op::Constant { value } => out.constant(*value, node.ty.dtype),
-            op => {
-                let inputs: Vec<NodeId> = node.inputs.iter().map(|n| map[n]).collect();
-                out.add(op.clone(), &inputs)?
-            }
-        };
-        map.insert(NodeId(i as u32), new);
-    }
-    for (name, id) in &g.outputs {
-        out.output(name, map[id]);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::{store_weights, Storage};
+    use std::collections::BTreeMap;
     use tessera_ir::interp::{self, Tensor};
-    use tessera_ir::{Dim, EntryPoint, ModelInfo, WeightSpec};
+    use tessera_ir::{Dim, EntryPoint, Graph, ModelInfo, WeightSpec};
 
     /// `logits = (embed[tokens]) @ head^T`, plus `proj` used once as a projection and once
     /// transposed the other way.
@@ -145,8 +110,11 @@ mod tests {
     fn the_rewritten_graph_reads_the_quantized_weight_through_dequantize() {
         let m = module();
         let names = quantizable_weights(&m);
-        let stored = names.into_iter().map(|n| (n, DType::Q8_0)).collect();
-        let g = retype_weights(&m.entries[0].graph, &stored).unwrap();
+        let stored = names
+            .into_iter()
+            .map(|n| (n, Storage::as_dtype(DType::Q8_0)))
+            .collect();
+        let g = store_weights(&m.entries[0].graph, &stored).unwrap();
         g.verify().unwrap();
         let head = g
             .nodes

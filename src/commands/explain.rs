@@ -79,14 +79,16 @@ fn parse_bucket(text: &str, env: &mut DimEnv) -> Result<()> {
 
 pub fn run(args: Args) -> Result<()> {
     let mut module = tessera::load_module(&args.model)?;
+    // The weights as `compile` stores them.
+    let transposed = tessera::transposed_projections(&module);
+    tessera::apply_storage(&mut module, &transposed)?;
     if let Some(quant) = args.quant {
         let quantized = tessera::quantized_weights(&module, quant.dtype());
-        tessera::retype_module(&mut module, &quantized)?;
+        tessera::apply_storage(&mut module, &quantized)?;
     }
     if matches!(args.emit, Emit::Lir | Emit::Clif | Emit::Asm) {
-        // As `compile --target cpu` stores them.
         let widened = tessera::half_weights_widened(&module);
-        tessera::retype_module(&mut module, &widened)?;
+        tessera::apply_storage(&mut module, &widened)?;
     }
     let target = TargetSpec::by_name(&args.target).map_err(anyhow::Error::msg)?;
     let cost = Roofline {

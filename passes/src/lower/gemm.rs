@@ -1,5 +1,5 @@
 //! The CPU GEMM template (prefill): the bodies the [`super::gemv`] template accepts, `[elementwise
-//! prologue, at most one RmsNorm] MatMul{transpose_b} [elementwise epilogue]` with an f32 weight
+//! prologue, at most one RmsNorm or LayerNorm] MatMul{transpose_b} [elementwise epilogue]` with an f32 weight
 //! `W [N, K]`, computed for many lhs rows at once: C[m, n] = Σ_k A[m, k]·W[n, k], both operands
 //! contiguous in k.
 //!
@@ -37,7 +37,7 @@
 
 use super::expr::{fold_many, fold_range, Body, HookFn};
 use super::gemv::{self, Gemv, Lhs, LANES};
-use super::row_reduce::{inv_std, rms_norm_at};
+use super::row_reduce::{inv_std, norm_at};
 use tessera_ir::lir::{
     Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, ReduceOp, ScalarType, SizeExpr, Special, Value,
 };
@@ -146,16 +146,20 @@ fn row<'a>(
     let k_v = b.const_i(g.k);
     let x_base = b.mul(clamped, k_v);
     let (post, norm_hook) = match (&g.lhs, g.norm) {
-        (Lhs::Direct { x, .. }, Some((_, eps))) => {
-            (Some(direct_rms_factor(b, *x, x_base, g.k, eps)?), None)
+        (
+            Lhs::Direct {
+                x,
+                norm: Some((_, eps)),
+            },
+            _,
+        ) => (Some(direct_rms_factor(b, *x, x_base, g.k, *eps)?), None),
+        (Lhs::Computed, Some(r)) => {
+            let stats = g
+                .row_stats(b, &lead_idx)?
+                .expect("a prologue norm has row statistics");
+            (None, Some((r, norm_at(body, &body.ops[r], stats))))
         }
-        (Lhs::Computed, Some((r, _))) => {
-            let scale = g
-                .row_scale(b, &lead_idx)?
-                .expect("a prologue norm has a row factor");
-            (None, Some((r, rms_norm_at(body, &body.ops[r], scale))))
-        }
-        (_, None) => (None, None),
+        _ => (None, None),
     };
     Ok(Row {
         raw,
@@ -266,7 +270,10 @@ fn k_step(
 ) -> Result<Vec<Value>, String> {
     let body = g.body;
     let norm_w = match g.lhs {
-        Lhs::Direct { norm: Some(nw), .. } => Some(b.load(nw, k, lanes)),
+        Lhs::Direct {
+            norm: Some((nw, _)),
+            ..
+        } => Some(b.load(nw, k, lanes)),
         _ => None,
     };
     let ws: Vec<Value> = w_bases

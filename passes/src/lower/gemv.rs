@@ -1,4 +1,4 @@
-//! The gemv template: `[elementwise prologue, at most one RmsNorm] MatMul{transpose_b}
+//! The gemv template: `[elementwise prologue, at most one RmsNorm or LayerNorm] MatMul{transpose_b}
 //! [elementwise epilogue]` with an f32 weight `[N, K]`. A group computes `tile_n` output columns
 //! of one lhs row. When the lhs is an f32 input (or an RmsNorm of one), the K loop runs on f32x4
 //! carried accumulators with vector loads (a scalar loop takes the K % 4 tail) and the norm is
@@ -14,7 +14,7 @@
 
 use super::elementwise;
 use super::expr::{fold_range, for_each, Body};
-use super::row_reduce::{rms_factor, rms_norm_at};
+use super::row_reduce::{norm_at, norm_stats, NormStats};
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value};
 use tessera_ir::{Dim, Op};
@@ -25,8 +25,11 @@ pub(super) const LANES: u32 = 4;
 /// How the gemv reads its lhs rows.
 pub(super) enum Lhs {
     /// An f32 input (times the factor and weight of an RmsNorm prologue on it) read straight
-    /// from memory with vector loads: the x buffer and, with the norm, its weight buffer.
-    Direct { x: BufRef, norm: Option<BufRef> },
+    /// from memory with vector loads: the x buffer and, with the norm, its weight buffer and eps.
+    Direct {
+        x: BufRef,
+        norm: Option<(BufRef, f32)>,
+    },
     /// A multi-op prologue evaluated element by element through [`Body::value`].
     Computed,
 }
@@ -41,35 +44,30 @@ fn f32_input(body: &Body, arg: BodyArg) -> Result<BufRef, String> {
 
 /// How the lhs of the matmul at `m` is read, given the prologue's norm ([`prologue_norm`]):
 /// in place when it is an input, or the RmsNorm of one as the only prologue op; evaluated
-/// through the prologue otherwise.
-pub(super) fn lhs_of(body: &Body, m: usize, norm: Option<(usize, f32)>) -> Result<Lhs, String> {
-    Ok(match (body.ops[m].args[0], norm) {
-        (lhs @ BodyArg::Input(_), None) => Lhs::Direct {
+/// through the prologue otherwise (a LayerNorm, a residual add feeding the norm).
+pub(super) fn lhs_of(body: &Body, m: usize, norm: Option<usize>) -> Result<Lhs, String> {
+    Ok(match (body.ops[m].args[0], norm, &body.ops[0].op) {
+        (lhs @ BodyArg::Input(_), None, _) => Lhs::Direct {
             x: f32_input(body, lhs)?,
             norm: None,
         },
-        (BodyArg::Op(0), Some((0, _))) if m == 1 => Lhs::Direct {
+        (BodyArg::Op(0), Some(0), &Op::RmsNorm { eps }) if m == 1 => Lhs::Direct {
             x: f32_input(body, body.ops[0].args[0])?,
-            norm: Some(f32_input(body, body.ops[0].args[1])?),
+            norm: Some((f32_input(body, body.ops[0].args[1])?, eps)),
         },
         _ => Lhs::Computed,
     })
 }
 
-/// The position of the prologue's RmsNorm (ops before the matmul `m`), if any; its shape must be
-/// the lhs shape, so that its rows are the lhs rows.
-pub(super) fn prologue_norm(body: &Body, m: usize) -> Result<Option<(usize, f32)>, String> {
-    let norms: Vec<(usize, f32)> = (0..m)
-        .filter_map(|j| match body.ops[j].op {
-            Op::RmsNorm { eps } => Some((j, eps)),
-            _ => None,
-        })
+/// The position of the prologue's RmsNorm or LayerNorm (ops before the matmul `m`), if any; its
+/// shape must be the lhs shape, so that its rows are the lhs rows.
+pub(super) fn prologue_norm(body: &Body, m: usize) -> Result<Option<usize>, String> {
+    let norms: Vec<usize> = (0..m)
+        .filter(|&j| matches!(body.ops[j].op, Op::RmsNorm { .. } | Op::LayerNorm { .. }))
         .collect();
     match norms.as_slice() {
         [] => Ok(None),
-        &[(r, eps)] if body.types[r].shape == body.ty(body.ops[m].args[0]).shape => {
-            Ok(Some((r, eps)))
-        }
+        &[r] if body.types[r].shape == body.ty(body.ops[m].args[0]).shape => Ok(Some(r)),
         [_] => Err("a matmul prologue norm of another shape than the lhs".into()),
         _ => Err("a matmul prologue of several norms".into()),
     }
@@ -103,13 +101,13 @@ pub(super) fn transposed_matmul(body: &Body, quantized: bool) -> Result<(usize, 
 }
 
 /// A parsed gemv body: the matmul at `m` of an `[N, K]` f32 weight `w`, how its lhs is read,
-/// and the prologue's RmsNorm (position, eps), if any.
+/// and the position of the prologue's norm, if any.
 pub(super) struct Gemv<'a> {
     pub body: &'a Body<'a>,
     pub m: usize,
     pub w: BufRef,
     pub lhs: Lhs,
-    pub norm: Option<(usize, f32)>,
+    pub norm: Option<usize>,
     pub n: i64,
     pub k: i64,
 }
@@ -184,18 +182,18 @@ impl<'a> Gemv<'a> {
         &shape[..shape.len() - 1]
     }
 
-    /// The prologue norm's factor for the lhs row at `lead_idx`, if there is a norm.
-    pub(super) fn row_scale(
+    /// The prologue norm's statistics for the lhs row at `lead_idx`, if there is a norm.
+    pub(super) fn row_stats(
         &self,
         b: &mut KernelBuilder,
         lead_idx: &[Value],
-    ) -> Result<Option<Value>, String> {
+    ) -> Result<Option<NormStats>, String> {
         let body = self.body;
         self.norm
-            .map(|(r, eps)| {
+            .map(|r| {
                 let x = body.ops[r].args[0];
                 let k = b.const_i(self.k);
-                rms_factor(b, k, eps, |b, i| {
+                norm_stats(b, &body.ops[r].op, k, |b, i| {
                     body.value(b, x, &[lead_idx, &[i]].concat(), None)
                 })
             })
@@ -203,14 +201,14 @@ impl<'a> Gemv<'a> {
     }
 
     /// The dot product of the lhs row at `lead_idx` (row-major row number `row`, prologue norm
-    /// factor `scale`) with weight row `col`: f32x4 accumulators and a scalar tail for a direct
+    /// statistics `stats`) with weight row `col`: f32x4 accumulators and a scalar tail for a direct
     /// lhs, a scalar loop over the prologue's values otherwise.
     fn dot(
         &self,
         b: &mut KernelBuilder,
         lead_idx: &[Value],
         row: Value,
-        scale: Option<Value>,
+        stats: Option<NormStats>,
         col: Value,
     ) -> Result<Value, String> {
         let (body, w, k) = (self.body, self.w, self.k);
@@ -218,16 +216,16 @@ impl<'a> Gemv<'a> {
         let x_base = b.mul(row, k_v);
         let norm_hook = self
             .norm
-            .zip(scale)
-            .map(|((r, _), s)| (r, rms_norm_at(body, &body.ops[r], s)));
+            .zip(stats)
+            .map(|(r, s)| (r, norm_at(body, &body.ops[r], s)));
         let lhs_arg = body.ops[self.m].args[0];
         // lhs[row, i] as `lanes` lanes (more than one only for a direct lhs).
         let x_at = |b: &mut KernelBuilder, i: Value, lanes: u32| match self.lhs {
             Lhs::Direct { x, norm: g } => {
                 let at = b.add(x_base, i);
                 let x = b.load(x, at, lanes);
-                Ok(match (g, scale) {
-                    (Some(g), Some(r)) => {
+                Ok(match (g, stats) {
+                    (Some((g, _)), Some(NormStats { r, .. })) => {
                         let r = if lanes > 1 { b.splat(r, lanes) } else { r };
                         let xr = b.mul(x, r);
                         let g = b.load(g, i, lanes);
@@ -293,8 +291,8 @@ pub(super) fn remapped(b: &mut KernelBuilder, g: &Gemv, out: BufRef) -> Result<(
     let hook = |b: &mut KernelBuilder, at: &[Value]| {
         let (&col, lead_idx) = at.split_last().ok_or("a matmul of a scalar")?;
         let row = body.symbols.ravel(b, lead_idx, g.lead())?;
-        let scale = g.row_scale(b, lead_idx)?;
-        g.dot(b, lead_idx, row, scale, col)
+        let stats = g.row_stats(b, lead_idx)?;
+        g.dot(b, lead_idx, row, stats, col)
     };
     elementwise::lower_with(b, body, out, Some((g.m, &hook)))
 }
@@ -315,7 +313,7 @@ fn rows(b: &mut KernelBuilder, g: &Gemv, out: BufRef, tile_n: u32) -> Result<(),
     let col0 = b.mul(col_group, tile_v);
     let n_v = b.const_i(g.n);
     let lead_idx = body.symbols.unravel(b, row, g.lead())?;
-    let scale = g.row_scale(b, &lead_idx)?;
+    let stats = g.row_stats(b, &lead_idx)?;
     let start = b.const_i(0);
     let tile_end = b.const_i(tile as i64);
     for_each(b, start, tile_end, |b, c| {
@@ -323,7 +321,7 @@ fn rows(b: &mut KernelBuilder, g: &Gemv, out: BufRef, tile_n: u32) -> Result<(),
         let inside = b.cmp(CmpOp::Lt, col, n_v);
         let mut failure = Ok(());
         b.if_then(inside, |b| {
-            let acc = match g.dot(b, &lead_idx, row, scale, col) {
+            let acc = match g.dot(b, &lead_idx, row, stats, col) {
                 Ok(acc) => acc,
                 Err(e) => {
                     failure = Err(e);

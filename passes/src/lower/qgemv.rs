@@ -1,6 +1,6 @@
 //! The quantized matmul template (`QGemv`, and `QGemm` with [`GEMM_ROWS`] rows per group):
-//! `[elementwise prologue, at most one RmsNorm] QuantMatMul{transpose_b}(x, w) [epilogue]` with
-//! `w` a Q8_0 or Q4_0 weight `[N, K]` in GGUF blocks (see `ir::quant`), read as bytes and never
+//! `[elementwise prologue, at most one RmsNorm or LayerNorm] QuantMatMul{transpose_b}(x, w)
+//! [epilogue]` with `w` a Q8_0 or Q4_0 weight `[N, K]` in GGUF blocks (see `ir::quant`), read as bytes and never
 //! dequantized to memory. A group computes `tile` output columns of its lhs rows:
 //!
 //! 1. each lhs row (the prologue evaluated, the norm applied) is quantized to 8 bits per block of
@@ -25,7 +25,7 @@
 
 use super::expr::{fold_many, for_each, Body};
 use super::gemv::{lhs_of, prologue_norm, transposed_matmul, Lhs};
-use super::row_reduce::{rms_factor, rms_norm_at};
+use super::row_reduce::{norm_at, norm_stats};
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{
     Axis, BinaryOp, BufRef, CmpOp, Intrinsic, KernelBuilder, Literal, MemorySpace, ReduceOp,
@@ -342,16 +342,16 @@ fn row_source(
     let lhs = body.ops[m].args[0];
     let norm = prologue_norm(body, m)?;
     let k_v = b.const_i(k);
-    let factor = |b: &mut KernelBuilder, r: usize, eps: f32| {
+    let stats = |b: &mut KernelBuilder, r: usize| {
         let x = body.ops[r].args[0];
-        rms_factor(b, k_v, eps, |b, i| {
+        norm_stats(b, &body.ops[r].op, k_v, |b, i| {
             let idx: Vec<Value> = lead_idx.iter().copied().chain([i]).collect();
             body.value(b, x, &idx, None)
         })
     };
     if let Lhs::Direct { x, norm: g } = lhs_of(body, m, norm)? {
         let norm = match (norm, g) {
-            (Some((r, eps)), Some(g)) => Some((factor(b, r, eps)?, g)),
+            (Some(r), Some((g, _))) => Some((stats(b, r)?.r, g)),
             _ => None,
         };
         let base = b.mul(row, k_v);
@@ -359,10 +359,10 @@ fn row_source(
     }
     let len = u32::try_from(k).map_err(|_| "a reduction longer than u32")?;
     let private = b.local("lhs_row", MemorySpace::Private, ScalarType::F32, len);
-    let scale = norm.map(|(r, eps)| factor(b, r, eps)).transpose()?;
-    let hook = norm
-        .zip(scale)
-        .map(|((r, _), s)| (r, rms_norm_at(body, &body.ops[r], s)));
+    let hook = match norm {
+        Some(r) => Some((r, norm_at(body, &body.ops[r], stats(b, r)?))),
+        None => None,
+    };
     let zero = b.const_i(0);
     for_each(b, zero, k_v, |b, i| {
         let idx: Vec<Value> = lead_idx.iter().copied().chain([i]).collect();

@@ -18,30 +18,61 @@ pub(super) fn inv_std(b: &mut KernelBuilder, total: Value, d: Value, eps: f32) -
     b.unary(lir::UnaryOp::Rsqrt, v)
 }
 
-/// The RmsNorm factor `1/sqrt(Σx²/d + eps)` of a row of `d` elements whose j-th x is `x_at(j)`.
-pub(super) fn rms_factor(
-    b: &mut KernelBuilder,
-    d: Value,
-    eps: f32,
-    x_at: impl FnOnce(&mut KernelBuilder, Value) -> Result<Value, String>,
-) -> Result<Value, String> {
-    let zero = b.const_f(0.0);
-    let ss = fold(b, d, zero, |b, j, acc| {
-        let x = x_at(b, j)?;
-        Ok(b.fma(x, x, acc))
-    })?;
-    let df = b.cast(ScalarType::F32, d);
-    Ok(inv_std(b, ss, df, eps))
+/// What a norm applies to its row: the factor `r = 1/sqrt(var + eps)` and, for LayerNorm, the
+/// row's mean (RmsNorm's "variance" is the mean square, uncentered).
+#[derive(Clone, Copy)]
+pub(super) struct NormStats {
+    pub mean: Option<Value>,
+    pub r: Value,
 }
 
-/// The RmsNorm op `norm` at a multi-index of its shape, given its row's factor `r`: x·r·w.
-pub(super) fn rms_norm_at<'a>(body: &'a Body, norm: &'a BodyOp, r: Value) -> Box<HookFn<'a>> {
-    let (x, w) = (norm.args[0], norm.args[1]);
+/// The statistics of the RmsNorm or LayerNorm `op` over a row of `d` elements whose j-th x is
+/// `x_at(j)` (evaluated once per pass: one for RmsNorm, two for LayerNorm).
+pub(super) fn norm_stats(
+    b: &mut KernelBuilder,
+    op: &Op,
+    d: Value,
+    x_at: impl Fn(&mut KernelBuilder, Value) -> Result<Value, String>,
+) -> Result<NormStats, String> {
+    let zero = b.const_f(0.0);
+    let df = b.cast(ScalarType::F32, d);
+    let (mean, eps) = match *op {
+        Op::RmsNorm { eps } => (None, eps),
+        Op::LayerNorm { eps } => {
+            let sum = fold(b, d, zero, |b, j, acc| {
+                let x = x_at(b, j)?;
+                Ok(b.add(acc, x))
+            })?;
+            (Some(b.div(sum, df)), eps)
+        }
+        ref other => return Err(format!("`{}` as a norm", other.name())),
+    };
+    let squares = fold(b, d, zero, |b, j, acc| {
+        let x = x_at(b, j)?;
+        let c = mean.map_or(x, |m| b.sub(x, m));
+        Ok(b.fma(c, c, acc))
+    })?;
+    let r = inv_std(b, squares, df, eps);
+    Ok(NormStats { mean, r })
+}
+
+/// The norm op `norm` at a multi-index of its shape, given its row's statistics: `x·r·w`
+/// (RmsNorm) or `(x − mean)·r·w + bias` (LayerNorm).
+pub(super) fn norm_at<'a>(body: &'a Body, norm: &'a BodyOp, stats: NormStats) -> Box<HookFn<'a>> {
+    let (x, w, bias) = (norm.args[0], norm.args[1], norm.args.get(2).copied());
     Box::new(move |b, idx| {
+        let column = &idx[idx.len() - 1..];
         let xv = body.value(b, x, idx, None)?;
-        let wj = body.value(b, w, &idx[idx.len() - 1..], None)?;
-        let xr = b.mul(xv, r);
-        Ok(b.mul(xr, wj))
+        let c = stats.mean.map_or(xv, |m| b.sub(xv, m));
+        let cr = b.mul(c, stats.r);
+        let wj = body.value(b, w, column, None)?;
+        match bias {
+            Some(bias) => {
+                let bj = body.value(b, bias, column, None)?;
+                Ok(b.fma(cr, wj, bj))
+            }
+            None => Ok(b.mul(cr, wj)),
+        }
     })
 }
 
@@ -74,7 +105,6 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let row = b.special(Special::GroupId(Axis::X));
     let d = body.symbols.dim(b, last)?;
     let base = b.mul(row, d);
-    let df = b.cast(ScalarType::F32, d);
     let x_arg = anchor.args[0];
     let at = |b: &mut KernelBuilder, arg: BodyArg, idx: &[Value]| body.value(b, arg, idx, None);
     let x_at = |b: &mut KernelBuilder, j: Value| {
@@ -82,34 +112,10 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
         let idx = body.symbols.unravel(b, e, shape)?;
         at(b, x_arg, &idx)
     };
-    let column = |idx: &[Value]| [idx[idx.len() - 1]];
     let zero = b.const_f(0.0);
     let hook: Box<HookFn> = match anchor.op {
-        Op::RmsNorm { eps } => {
-            let r = rms_factor(b, d, eps, x_at)?;
-            rms_norm_at(body, anchor, r)
-        }
-        Op::LayerNorm { eps } => {
-            let sum = fold(b, d, zero, |b, j, acc| {
-                let x = x_at(b, j)?;
-                Ok(b.add(acc, x))
-            })?;
-            let mean = b.div(sum, df);
-            let sq = fold(b, d, zero, |b, j, acc| {
-                let x = x_at(b, j)?;
-                let c = b.sub(x, mean);
-                Ok(b.fma(c, c, acc))
-            })?;
-            let r = inv_std(b, sq, df, eps);
-            let (w, bias) = (anchor.args[1], anchor.args[2]);
-            Box::new(move |b, idx| {
-                let x = at(b, x_arg, idx)?;
-                let c = b.sub(x, mean);
-                let cr = b.mul(c, r);
-                let wj = at(b, w, &column(idx))?;
-                let bj = at(b, bias, &column(idx))?;
-                Ok(b.fma(cr, wj, bj))
-            })
+        Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
+            norm_at(body, anchor, norm_stats(b, &anchor.op, d, x_at)?)
         }
         _ => {
             let low = b.const_f(f64::NEG_INFINITY);
