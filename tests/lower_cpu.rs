@@ -348,6 +348,38 @@ fn gemm_with_computed_prologue_and_silu_mul_epilogue() {
     }
 }
 
+/// SwiGLU over merged gate/up weights, `silu(x·Wg)·(x·Wu)` as slices of one `[M, 2H]` matmul
+/// with an RmsNorm prologue, as gemv and gemm kernels: each output column reads matmul columns
+/// `j` and `j + H` in the same pass (H odd, M past the register block).
+#[test]
+fn gemv_and_gemm_with_a_swiglu_slice_epilogue() {
+    let half = 13;
+    let slice = |start: usize, end: usize| Op::Slice {
+        axis: 1,
+        start: Dim::from(start),
+        end: Dim::from(end),
+    };
+    let body = vec![
+        step(Op::RmsNorm { eps: 1e-5 }, &[In(0), In(2)]),
+        step(Op::MatMul { transpose_b: true }, &[At(0), In(1)]),
+        step(slice(0, half), &[At(1)]),
+        step(slice(half, 2 * half), &[At(1)]),
+        step(Op::Unary(UnaryOp::Silu), &[At(2)]),
+        step(Op::Binary(BinaryOp::Mul), &[At(4), At(3)]),
+    ];
+    let gemv = KernelKind::Gemv {
+        tile_n: 4,
+        split_k: 1,
+    };
+    let inputs = [f32_(&["seq", "70"]), f32_(&["26", "70"]), f32_(&["70"])];
+    for kind in [gemv, GEMM] {
+        let k = kernel(kind, body.clone());
+        for m in [1, 2, 5, 9] {
+            check(&k, &inputs, &[("seq", m)]);
+        }
+    }
+}
+
 #[test]
 fn gemv_with_multi_op_prologues() {
     // residual add → RmsNorm → matmul → add, and residual add → matmul → mul.

@@ -1,5 +1,5 @@
 //! The CPU GEMM template (prefill): the bodies the [`super::gemv`] template accepts, `[elementwise
-//! prologue, at most one RmsNorm or LayerNorm] MatMul{transpose_b} [elementwise epilogue]` with an f32 weight
+//! prologue, at most one RmsNorm or LayerNorm] MatMul{transpose_b} [epilogue]` with an f32 weight
 //! `W [N, K]`, computed for many lhs rows at once: C[m, n] = Σ_k A[m, k]·W[n, k], both operands
 //! contiguous in k.
 //!
@@ -28,8 +28,11 @@
 //! vector sum of squares — scales the reduced sum. Any other prologue is evaluated per element
 //! through `Body::value` with scalar accumulators (each lhs value evaluated once per NR columns
 //! rather than once per output). With the norm the kernel above measures 16.6 GFLOP/s (the gemv
-//! path, which recomputes the factor per `tile_n` columns: 1.8). An elementwise epilogue is applied per output element ([`Gemv::store`]); an epilogue
-//! that remaps indices takes the gemv template's path ([`gemv::remapped`]).
+//! path, which recomputes the factor per `tile_n` columns: 1.8). An epilogue that keeps the rows
+//! is applied per output column to the block's sums of the matmul columns it reads
+//! ([`Gemv::epilogue_columns`]: SwiGLU over merged gate/up reads `j` and `j + H`, computed in the
+//! same block, whose output columns shrink so the accumulators still fit); an epilogue that
+//! remaps indices takes the gemv template's path ([`gemv::remapped`]).
 //!
 //! The `tile_m`/`tile_n`/`tile_k` of `Gemm`/`FlatGemm` kernels are the cost model's GPU tiles
 //! (shared-memory tiles of 32–128); the CPU block is bound by the register file instead, so they
@@ -69,12 +72,14 @@ struct Row<'a> {
 /// Writes the GEMM kernel of `body` into `b`, storing to `out`.
 pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(), String> {
     let g = Gemv::parse(body)?;
-    if !g.elementwise_epilogue() {
+    let Some((offsets, cols)) = g.epilogue_columns() else {
         return gemv::remapped(b, &g, out);
-    }
+    };
+    // Output columns per register block: each reads `offsets.len()` matmul columns.
+    let nr = (NR / offsets.len()).max(1);
     b.grid([
         body.symbols.numel_size(g.lead())?.ceil_div(MR as u64),
-        SizeExpr::Const(g.n as u64).ceil_div(PANEL as u64),
+        SizeExpr::Const(cols as u64).ceil_div(PANEL as u64),
         SizeExpr::Const(1),
     ]);
     let m_block = b.special(Special::GroupId(Axis::X));
@@ -90,34 +95,45 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
 
     let panel_v = b.const_i(PANEL);
     let n0 = b.mul(panel, panel_v);
-    let n_v = b.const_i(g.n);
+    let cols_v = b.const_i(cols);
     let n_end = b.add(n0, panel_v);
-    let n_end = b.binary(BinaryOp::Min, n_end, n_v);
-    let last_col = b.const_i(g.n - 1);
+    let n_end = b.binary(BinaryOp::Min, n_end, cols_v);
+    let last_col = b.const_i(cols - 1);
     let k_v = b.const_i(g.k);
     let mut failure = Ok(());
-    b.for_range(n0, n_end, NR as u32, &[], |b, c0, _| {
-        let cols: Vec<Value> = (0..NR as i64)
+    b.for_range(n0, n_end, nr as u32, &[], |b, c0, _| {
+        let outs: Vec<Value> = (0..nr as i64)
             .map(|j| {
                 let j = b.const_i(j);
                 let col = b.add(c0, j);
                 b.binary(BinaryOp::Min, col, last_col)
             })
             .collect();
-        let w_bases: Vec<Value> = cols.iter().map(|&col| b.mul(col, k_v)).collect();
+        let mut mm_cols = Vec::with_capacity(nr * offsets.len());
+        for &col in &outs {
+            for &o in &offsets {
+                let o = b.const_i(o);
+                mm_cols.push(b.add(col, o));
+            }
+        }
+        let w_bases: Vec<Value> = mm_cols.iter().map(|&col| b.mul(col, k_v)).collect();
         failure = block(b, &g, &rows, &w_bases).and_then(|sums| {
-            for (i, r) in rows.iter().enumerate() {
-                for (j, &col) in cols.iter().enumerate() {
+            for (r, sums) in rows.iter().zip(sums.chunks(mm_cols.len())) {
+                let dots: Vec<Value> = sums
+                    .iter()
+                    .map(|&s| r.post.map_or(s, |p| b.mul(s, p)))
+                    .collect();
+                for (j, &col) in outs.iter().enumerate() {
                     let j_v = b.const_i(j as i64);
                     let raw_col = b.add(c0, j_v);
                     let row_in = b.cmp(CmpOp::Lt, r.raw, rows_v);
-                    let col_in = b.cmp(CmpOp::Lt, raw_col, n_v);
+                    let col_in = b.cmp(CmpOp::Lt, raw_col, cols_v);
                     let inside = b.binary(BinaryOp::And, row_in, col_in);
-                    let sum = sums[i * NR + j];
+                    let idx: Vec<Value> = r.lead_idx.iter().copied().chain([col]).collect();
                     let mut stored = Ok(());
                     b.if_then(inside, |b| {
-                        let v = r.post.map_or(sum, |p| b.mul(sum, p));
-                        stored = g.store(b, out, r.raw, col, v);
+                        let found = (false, mm_cols.as_slice(), dots.as_slice());
+                        stored = gemv::store_output(b, body, g.m, found, &idx, out);
                     });
                     stored?;
                 }

@@ -1,16 +1,19 @@
 //! The gemv template: `[elementwise prologue, at most one RmsNorm or LayerNorm] MatMul{transpose_b}
-//! [elementwise epilogue]` with an f32 weight `[N, K]`. A group computes `tile_n` output columns
-//! of one lhs row. When the lhs is an f32 input (or an RmsNorm of one), the K loop runs on f32x4
-//! carried accumulators with vector loads (a scalar loop takes the K % 4 tail) and the norm is
-//! applied while loading x; any other prologue (a residual add feeding the norm or the matmul)
-//! is evaluated per element through `Body::value`, the norm's statistics computed over the
-//! prologue's values first. A pure elementwise epilogue is applied per output; one that remaps
-//! indices (reshape, permute, RoPE, …) is evaluated over the output's index space with one dot
-//! product per matmul element it reads (correct, not tuned). `split_k` is ignored: one CPU
-//! thread runs the whole K loop.
+//! [epilogue]` with an f32 weight `[N, K]`. A group computes `tile_n` output columns of one lhs
+//! row. When the lhs is an f32 input (or an RmsNorm of one), the K loop runs on f32x4 carried
+//! accumulators with vector loads (a scalar loop takes the K % 4 tail) and the norm is applied
+//! while loading x; any other prologue (a residual add feeding the norm or the matmul, a
+//! LayerNorm) is evaluated per element through `Body::value`, the norm's statistics computed over
+//! the prologue's values first. An epilogue that keeps the rows is applied per output column to
+//! the dot products of the matmul columns it reads ([`column_offsets`]: one for an elementwise
+//! epilogue, `j` and `j + H` for SwiGLU over merged gate/up); one that remaps indices (reshape,
+//! permute, RoPE, …) is evaluated over the output's index space with one dot product per matmul
+//! element it reads (correct, not tuned). `split_k` is ignored: one CPU thread runs the whole K
+//! loop.
 //!
-//! The body parsing ([`Gemv::parse`]), the epilogue store ([`Gemv::store`]) and the remapping
-//! path ([`remapped`]) are shared with the [`super::gemm`] template.
+//! The body parsing ([`Gemv::parse`]), the epilogue's columns and store ([`column_offsets`],
+//! [`store_output`]) and the remapping path ([`remapped`]) are shared with the [`super::gemm`]
+//! and [`super::qgemv`] templates.
 
 use super::elementwise;
 use super::expr::{fold_range, for_each, Body};
@@ -108,7 +111,6 @@ pub(super) struct Gemv<'a> {
     pub w: BufRef,
     pub lhs: Lhs,
     pub norm: Option<usize>,
-    pub n: i64,
     pub k: i64,
 }
 
@@ -116,7 +118,7 @@ impl<'a> Gemv<'a> {
     /// Parses a matmul kernel's body: its matmul must be `transpose_b` with a constant-shaped
     /// f32 weight `[N, K]`.
     pub(super) fn parse(body: &'a Body<'a>) -> Result<Gemv<'a>, String> {
-        let (m, n, k) = transposed_matmul(body, false)?;
+        let (m, _, k) = transposed_matmul(body, false)?;
         let mm = &body.ops[m];
         let w = f32_input(body, mm.args[1])?;
         let norm = prologue_norm(body, m)?;
@@ -127,53 +129,19 @@ impl<'a> Gemv<'a> {
             w,
             lhs,
             norm,
-            n,
             k,
         })
     }
 
-    /// Whether the ops after the matmul keep every element at its index: no layout op or RoPE
-    /// (which read other elements) and the matmul's shape as the result's.
-    pub(super) fn elementwise_epilogue(&self) -> bool {
+    /// The matmul columns each output column of an epilogue that keeps the rows reads, as
+    /// offsets from it ([`column_offsets`]: `[0]` for an elementwise epilogue, `[0, H]` for
+    /// SwiGLU over merged gate/up), and the output's column count; `None` for an epilogue that
+    /// remaps indices.
+    pub(super) fn epilogue_columns(&self) -> Option<(Vec<i64>, i64)> {
         let body = self.body;
-        body.ty(body.result()).shape == body.types[self.m].shape
-            && body.ops[self.m + 1..].iter().all(|s| {
-                !matches!(
-                    s.op,
-                    Op::Reshape { .. }
-                        | Op::Permute { .. }
-                        | Op::Slice { .. }
-                        | Op::Expand { .. }
-                        | Op::Rope { .. }
-                )
-            })
-    }
-
-    /// For an elementwise epilogue: stores the body's result at the output element of matmul
-    /// element (`row`, `col`) (row-major row number over [`Gemv::lead`]) whose value is `acc`.
-    pub(super) fn store(
-        &self,
-        b: &mut KernelBuilder,
-        out: BufRef,
-        row: Value,
-        col: Value,
-        acc: Value,
-    ) -> Result<(), String> {
-        let body = self.body;
-        let n_v = b.const_i(self.n);
-        let out_base = b.mul(row, n_v);
-        let e = b.add(out_base, col);
-        let idx = body.symbols.unravel(b, e, &body.types[self.m].shape)?;
-        let hook = |_: &mut KernelBuilder, at: &[Value]| {
-            if at == idx.as_slice() {
-                Ok(acc)
-            } else {
-                Err("an epilogue reading the matmul at another element".to_string())
-            }
-        };
-        let v = body.value(b, body.result(), &idx, Some((self.m, &hook)))?;
-        b.store(out, e, v);
-        Ok(())
+        let (cols, lead) = body.ty(body.result()).shape.split_last()?;
+        let offsets = column_offsets(body, body.result(), self.m)?;
+        (lead == self.lead() && !offsets.is_empty()).then_some((offsets, cols.as_const()?))
     }
 
     /// The matmul's leading dims (all but the output column).
@@ -277,10 +245,9 @@ pub(super) fn lower(
     tile_n: u32,
 ) -> Result<(), String> {
     let g = Gemv::parse(body)?;
-    if g.elementwise_epilogue() {
-        rows(b, &g, out, tile_n)
-    } else {
-        remapped(b, &g, out)
+    match g.epilogue_columns() {
+        Some((offsets, cols)) => rows(b, &g, out, tile_n, &offsets, cols),
+        None => remapped(b, &g, out),
     }
 }
 
@@ -297,13 +264,21 @@ pub(super) fn remapped(b: &mut KernelBuilder, g: &Gemv, out: BufRef) -> Result<(
     elementwise::lower_with(b, body, out, Some((g.m, &hook)))
 }
 
-/// The fast path for an elementwise epilogue: a group computes `tile_n` output columns of one
-/// lhs row, the norm's factor once for the row, and applies the epilogue to each dot product.
-fn rows(b: &mut KernelBuilder, g: &Gemv, out: BufRef, tile_n: u32) -> Result<(), String> {
+/// The fast path for an epilogue that keeps the rows: a group computes `tile_n` of the `cols`
+/// output columns of one lhs row, the norm's statistics once for the row, and applies the
+/// epilogue to the dot products of the matmul columns each output column reads (`offsets`).
+fn rows(
+    b: &mut KernelBuilder,
+    g: &Gemv,
+    out: BufRef,
+    tile_n: u32,
+    offsets: &[i64],
+    cols: i64,
+) -> Result<(), String> {
     let body = g.body;
     let tile = u64::from(tile_n.max(1));
     b.grid([
-        SizeExpr::Const(g.n as u64).ceil_div(tile),
+        SizeExpr::Const(cols as u64).ceil_div(tile),
         body.symbols.numel_size(g.lead())?,
         SizeExpr::Const(1),
     ]);
@@ -311,25 +286,103 @@ fn rows(b: &mut KernelBuilder, g: &Gemv, out: BufRef, tile_n: u32) -> Result<(),
     let col_group = b.special(Special::GroupId(Axis::X));
     let tile_v = b.const_i(tile as i64);
     let col0 = b.mul(col_group, tile_v);
-    let n_v = b.const_i(g.n);
+    let cols_v = b.const_i(cols);
     let lead_idx = body.symbols.unravel(b, row, g.lead())?;
     let stats = g.row_stats(b, &lead_idx)?;
     let start = b.const_i(0);
     let tile_end = b.const_i(tile as i64);
     for_each(b, start, tile_end, |b, c| {
         let col = b.add(col0, c);
-        let inside = b.cmp(CmpOp::Lt, col, n_v);
+        let inside = b.cmp(CmpOp::Lt, col, cols_v);
         let mut failure = Ok(());
         b.if_then(inside, |b| {
-            let acc = match g.dot(b, &lead_idx, row, stats, col) {
-                Ok(acc) => acc,
-                Err(e) => {
-                    failure = Err(e);
-                    return;
+            failure = (|| {
+                let mut mm_cols = Vec::with_capacity(offsets.len());
+                let mut dots = Vec::with_capacity(offsets.len());
+                for &o in offsets {
+                    let o = b.const_i(o);
+                    let mm_col = b.add(col, o);
+                    dots.push(g.dot(b, &lead_idx, row, stats, mm_col)?);
+                    mm_cols.push(mm_col);
                 }
-            };
-            failure = g.store(b, out, row, col, acc);
+                let idx: Vec<Value> = lead_idx.iter().copied().chain([col]).collect();
+                store_output(b, body, g.m, (false, &mm_cols, &dots), &idx, out)
+            })();
         });
         failure
     })
+}
+
+/// The matmul columns output column `j` of the result reads, as offsets `o` (it reads `j + o`),
+/// when every path from the result to the matmul `m` goes through elementwise ops of one shape
+/// and constant last-axis slices; `None` otherwise (the epilogue then computes each column it
+/// asks for on its own).
+pub(super) fn column_offsets(body: &Body, arg: BodyArg, m: usize) -> Option<Vec<i64>> {
+    let j = match arg {
+        BodyArg::Input(_) => return Some(vec![]),
+        BodyArg::Op(j) if j == m => return Some(vec![0]),
+        BodyArg::Op(j) => j,
+    };
+    let step = &body.ops[j];
+    let shape = &body.types[j].shape;
+    let mut offsets = Vec::new();
+    for &a in &step.args {
+        let inner = column_offsets(body, a, m)?;
+        let shifted = match &step.op {
+            _ if inner.is_empty() => inner,
+            Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast { .. }
+                if body.ty(a).shape == *shape =>
+            {
+                inner
+            }
+            Op::Slice { axis, start, .. } if *axis + 1 == shape.len() => {
+                let start = start.as_const()?;
+                inner.into_iter().map(|o| o + start).collect()
+            }
+            _ => return None,
+        };
+        offsets.extend(shifted);
+    }
+    offsets.sort_unstable();
+    offsets.dedup();
+    Some(offsets)
+}
+
+/// Writes the output element whose matmul column is `idx`'s last index, given the dot products
+/// `dots` of the row's matmul columns `mm_cols`: through the epilogue in place (each matmul
+/// element it asks for is picked among `dots` by comparing columns), or, for an epilogue that
+/// moves elements to other rows, where [`Body::forward`] maps it.
+pub(super) fn store_output(
+    b: &mut KernelBuilder,
+    body: &Body,
+    m: usize,
+    (scatter, mm_cols, dots): (bool, &[Value], &[Value]),
+    idx: &[Value],
+    out: BufRef,
+) -> Result<(), String> {
+    let col = *idx.last().ok_or("a matmul of a scalar")?;
+    let pick = |b: &mut KernelBuilder, want: Value| {
+        let missing = b.const_f(f64::NAN);
+        mm_cols.iter().zip(dots).rev().fold(missing, |v, (&c, &d)| {
+            let hit = b.cmp(CmpOp::Eq, want, c);
+            b.select(hit, d, v)
+        })
+    };
+    let at = if scatter {
+        body.forward(b, m, idx)?
+    } else {
+        idx.to_vec()
+    };
+    let hook = |b: &mut KernelBuilder, want: &[Value]| {
+        let want = if scatter {
+            col
+        } else {
+            *want.last().ok_or("a matmul of a scalar")?
+        };
+        Ok(pick(b, want))
+    };
+    let value = body.value(b, body.result(), &at, Some((m, &hook)))?;
+    let offset = body.symbols.ravel(b, &at, &body.ty(body.result()).shape)?;
+    b.store(out, offset, value);
+    Ok(())
 }

@@ -24,14 +24,14 @@
 //! group is a small fraction of the group's work.
 
 use super::expr::{fold_many, for_each, Body};
-use super::gemv::{lhs_of, prologue_norm, transposed_matmul, Lhs};
+use super::gemv::{column_offsets, lhs_of, prologue_norm, store_output, transposed_matmul, Lhs};
 use super::row_reduce::{norm_at, norm_stats};
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{
     Axis, BinaryOp, BufRef, CmpOp, Intrinsic, KernelBuilder, Literal, MemorySpace, ReduceOp,
     ScalarType, SizeExpr, Special, Type, UnaryOp, Value,
 };
-use tessera_ir::{DType, Op, QK};
+use tessera_ir::{DType, QK};
 
 /// Rows of a QGemm group: each decoded weight block feeds this many rows' dot products.
 pub(super) const GEMM_ROWS: i64 = 4;
@@ -252,80 +252,6 @@ fn when(
     let mut result = Ok(());
     b.if_then(condition, |b| result = f(b));
     result
-}
-
-/// The matmul columns output column `j` of the result reads, as offsets `o` (it reads `j + o`),
-/// when every path from the result to the matmul `m` goes through elementwise ops of one shape
-/// and constant last-axis slices; `None` otherwise (the epilogue then computes each column it
-/// asks for on its own).
-fn column_offsets(body: &Body, arg: BodyArg, m: usize) -> Option<Vec<i64>> {
-    let j = match arg {
-        BodyArg::Input(_) => return Some(vec![]),
-        BodyArg::Op(j) if j == m => return Some(vec![0]),
-        BodyArg::Op(j) => j,
-    };
-    let step = &body.ops[j];
-    let shape = &body.types[j].shape;
-    let mut offsets = Vec::new();
-    for &a in &step.args {
-        let inner = column_offsets(body, a, m)?;
-        let shifted = match &step.op {
-            _ if inner.is_empty() => inner,
-            Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast { .. }
-                if body.ty(a).shape == *shape =>
-            {
-                inner
-            }
-            Op::Slice { axis, start, .. } if *axis + 1 == shape.len() => {
-                let start = start.as_const()?;
-                inner.into_iter().map(|o| o + start).collect()
-            }
-            _ => return None,
-        };
-        offsets.extend(shifted);
-    }
-    offsets.sort_unstable();
-    offsets.dedup();
-    Some(offsets)
-}
-
-/// Writes the output element whose matmul column is `idx`'s last index, given the dot products
-/// `dots` of the row's matmul columns `mm_cols`: through the epilogue in place (each matmul
-/// element it asks for is picked among `dots` by comparing columns), or, for an epilogue that
-/// moves elements to other rows, where [`Body::forward`] maps it.
-fn store_output(
-    b: &mut KernelBuilder,
-    body: &Body,
-    m: usize,
-    (scatter, mm_cols, dots): (bool, &[Value], &[Value]),
-    idx: &[Value],
-    out: BufRef,
-) -> Result<(), String> {
-    let col = *idx.last().ok_or("a matmul of a scalar")?;
-    let pick = |b: &mut KernelBuilder, want: Value| {
-        let missing = b.const_f(f64::NAN);
-        mm_cols.iter().zip(dots).rev().fold(missing, |v, (&c, &d)| {
-            let hit = b.cmp(CmpOp::Eq, want, c);
-            b.select(hit, d, v)
-        })
-    };
-    let at = if scatter {
-        body.forward(b, m, idx)?
-    } else {
-        idx.to_vec()
-    };
-    let hook = |b: &mut KernelBuilder, want: &[Value]| {
-        let want = if scatter {
-            col
-        } else {
-            *want.last().ok_or("a matmul of a scalar")?
-        };
-        Ok(pick(b, want))
-    };
-    let value = body.value(b, body.result(), &at, Some((m, &hook)))?;
-    let offset = body.symbols.ravel(b, &at, &body.ty(body.result()).shape)?;
-    b.store(out, offset, value);
-    Ok(())
 }
 
 /// Where the lhs row of the group's `row` is read from: an f32 input in place (with an RmsNorm
