@@ -1,7 +1,8 @@
 //! The quantized matmul template (`QGemv`, and `QGemm` with [`GEMM_ROWS`] rows per group):
 //! `[elementwise prologue, at most one RmsNorm or LayerNorm] QuantMatMul{transpose_b}(x, w)
-//! [epilogue]` with `w` a Q8_0 or Q4_0 weight `[N, K]` in GGUF blocks (see `ir::quant`), read as bytes and never
-//! dequantized to memory. A group computes `tile` output columns of its lhs rows:
+//! [epilogue]` with `w` a Q8_0 or Q4_0 weight `[N, K]` in GGUF blocks (see `ir::quant`), read
+//! as bytes and never dequantized to memory. A group computes `tile` output columns of its lhs
+//! rows:
 //!
 //! 1. each lhs row (the prologue evaluated, the norm applied) is quantized to 8 bits per block of
 //!    32 — `d_x = amax/127`, `q = round(x/d_x)`, as llama.cpp's `quantize_row_q8_0` — into
