@@ -557,11 +557,12 @@ fn flash(body: Vec<BodyOp>) -> Kernel {
 #[test]
 fn causal_gqa_prefill_attention() {
     let k = flash(vec![attention(true, None, &[In(0), In(1), In(2)])]);
-    for d in ["6", "8"] {
+    // Short and long sequences: one key block, and several with a tail.
+    for (d, seq) in [("6", "5"), ("8", "5"), ("8", "37")] {
         let inputs = [
-            f32_(&["1", "4", "5", d]),
-            f32_(&["1", "2", "5", d]),
-            f32_(&["1", "2", "5", d]),
+            f32_(&["1", "4", seq, d]),
+            f32_(&["1", "2", seq, d]),
+            f32_(&["1", "2", seq, d]),
         ];
         check(&k, &inputs, &[]);
     }
@@ -574,10 +575,13 @@ fn decode_attention_over_a_symbolic_past() {
         vec![attention(true, None, &[In(0), In(1), In(2)])],
     );
     let kv = |d: &str| f32_(&["2", "2", "past + 1", d]);
-    // Head dims of 6 and 3 read K/V element by element; 8 and 4, as whole vectors.
-    for (d, dv) in [("6", "3"), ("8", "4")] {
+    // Head dims of 6 and 3 read K/V element by element; 8 and 4, and 16 and 20 (V in a chunk
+    // of four vectors and one of one), as whole vectors. A short and a long KV (3 key blocks).
+    for (d, dv) in [("6", "3"), ("8", "4"), ("16", "20")] {
         let inputs = [f32_(&["2", "4", "1", d]), kv(d), kv(dv)];
-        check(&k, &inputs, &[("past", 8)]);
+        for past in [8, 40] {
+            check(&k, &inputs, &[("past", past)]);
+        }
     }
 }
 
@@ -587,6 +591,10 @@ fn sliding_window_and_masked_attention() {
     let q = f32_(&["1", "4", "5", "6"]);
     let windowed = flash(vec![attention(true, Some(3), &[In(0), In(1), In(2)])]);
     check(&windowed, &[q.clone(), kv.clone(), kv.clone()], &[]);
+    // A window that starts inside a key block and spans several.
+    let long = flash(vec![attention(true, Some(20), &[In(0), In(1), In(2)])]);
+    let (q_long, kv_long) = (f32_(&["1", "4", "45", "8"]), f32_(&["1", "2", "45", "8"]));
+    check(&long, &[q_long, kv_long.clone(), kv_long], &[]);
     let masked = flash(vec![attention(false, None, &[In(0), In(1), In(2), In(3)])]);
     let mask = f32_(&["1", "1", "5", "7"]);
     check(&masked, &[q, kv.clone(), kv, mask], &[]);
