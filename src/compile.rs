@@ -124,9 +124,6 @@ pub fn compile_model(
     if let Some(quant) = opts.quant {
         quantize_model(&mut imported, quant.dtype())?;
     }
-    if opts.target == Target::Cpu {
-        widen_half_weights(&mut imported)?;
-    }
     let optimized = if opts.optimize {
         optimize_model(&mut imported, opts.target)?
     } else {
@@ -176,22 +173,6 @@ pub fn quantized_weights(module: &Module, format: DType) -> BTreeMap<String, Sto
     quantizable_weights(module)
         .into_iter()
         .map(|name| (name, Storage::as_dtype(format)))
-        .collect()
-}
-
-/// Widens f16/bf16 weights to f32 for targets whose kernels read f32 (today's CPU templates).
-pub fn widen_half_weights(model: &mut ImportedModel) -> Result<()> {
-    let stored = half_weights_widened(&model.module);
-    store_weights_as(model, &stored)
-}
-
-/// Each f16/bf16 weight of `module`, mapped to f32 (what [`widen_half_weights`] stores).
-pub fn half_weights_widened(module: &Module) -> BTreeMap<String, Storage> {
-    module
-        .weights
-        .iter()
-        .filter(|w| matches!(w.dtype, DType::F16 | DType::Bf16))
-        .map(|w| (w.name.clone(), Storage::as_dtype(DType::F32)))
         .collect()
 }
 
@@ -287,8 +268,8 @@ pub fn optimize_model(model: &mut ImportedModel, target: Target) -> Result<Vec<E
 }
 
 /// Lowers every kernel of every entry point's KernelGraph with [`lower_cpu`] into the entry's
-/// `cpu_code`. A kernel without a CPU template, or one reading a weight the CPU path cannot read
-/// (anything but f32 today), is an error naming the entry point, the kernel and the reason.
+/// `cpu_code`. A kernel without a CPU template (or reading a dtype the templates cannot read) is
+/// an error naming the entry point, the kernel and the reason.
 pub fn lower_for_cpu(module: &mut Module) -> Result<()> {
     for entry in &mut module.entries {
         let kg = entry.kernels.as_ref().with_context(|| {
@@ -307,20 +288,6 @@ pub fn lower_for_cpu(module: &mut Module) -> Result<()> {
         };
         let mut code = Vec::with_capacity(kg.kernels.len());
         for kernel in &kg.kernels {
-            for &b in &kernel.inputs {
-                if let BufferSource::Weight(name) = &kg.buffer(b).source {
-                    // `Module::validate` holds the buffer to the declared weight's type.
-                    let dtype = kg.buffer(b).ty.dtype;
-                    if dtype != DType::F32 && !dtype.is_quantized() {
-                        return Err(fail(
-                            kernel,
-                            format!(
-                                "weight `{name}` is {dtype}; {dtype} weights are not supported on --target cpu yet"
-                            ),
-                        ));
-                    }
-                }
-            }
             let lir = lower_kernel_cpu(kg, kernel).map_err(|e| {
                 let reason = match e {
                     LowerError::Unsupported { what, .. } => {

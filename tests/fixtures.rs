@@ -1,11 +1,13 @@
 //! Every transformers fixture, compiled and run through tessera, must reproduce transformers'
 //! greedy tokens exactly and its logits to 1e-3 (prefill row, then each decode step); the Llama
-//! family and GPT-2 also through `--target cpu` (f16/bf16 weights widened to f32 at compile time,
-//! Conv1D weights stored transposed), and what the CPU path cannot run must be refused by name.
+//! family and GPT-2 also through `--target cpu` (f16/bf16 weights read as they are and widened in
+//! registers, Conv1D weights stored transposed), and what the CPU path cannot run must be refused
+//! by name.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tessera::{compile_model, CompileOptions, Quant, Target};
+use tessera_ir::kernel::KernelKind;
 use tessera_ir::npy;
 use tessera_passes::cost::{Roofline, TargetSpec};
 use tessera_passes::optimize::optimize_module;
@@ -137,17 +139,27 @@ fn gpt2_conv1d_learned_positions() {
 
 #[test]
 fn cpu_target_refuses_what_it_cannot_run_by_name() {
-    // `compile` widens f16 weights for the CPU; a Module lowered without that names the weight.
-    let mut module = tessera::load_module(&fixture("llama_linear")).unwrap();
+    // An attention kernel relabelled as elementwise has no template: the error names the entry
+    // point and the kernel.
+    let mut module = tessera::load_module(&fixture("llama")).unwrap();
     let spec = TargetSpec::cpu_host();
     let cost = Roofline {
         target: spec.clone(),
     };
     optimize_module(&mut module, &spec, &cost).unwrap();
+    let kg = module.entries[0].kernels.as_mut().unwrap();
+    let attention = kg
+        .kernels
+        .iter_mut()
+        .find(|k| matches!(k.kind, KernelKind::FlashAttention { .. }))
+        .unwrap();
+    attention.kind = KernelKind::Elementwise;
+    let scope = attention.scope.clone();
     let err = format!("{:#}", tessera::lower_for_cpu(&mut module).unwrap_err());
     assert!(
-        err.contains("entry point `prefill`: kernel `prologue`")
-            && err.contains("weight `model.embed_tokens.weight` is f16"),
+        err.contains(&format!(
+            "entry point `prefill`: kernel `{scope}` (elementwise)"
+        )) && err.contains("attention"),
         "{err}"
     );
     assert!(err.contains("--target reference"), "{err}");

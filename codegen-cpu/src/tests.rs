@@ -418,23 +418,27 @@ fn packed_byte_dot_products() {
 }
 
 /// Every f16 and bf16 bit pattern, read from a byte buffer at a byte offset and widened to f32,
-/// equals the `half` crate's conversion (NaNs stay NaN).
+/// one or four per load, equals the `half` crate's conversion (NaNs stay NaN).
 #[test]
 fn half_precision_widens_exactly() {
-    for half in [ScalarType::F16, ScalarType::Bf16] {
+    for (half, lanes) in [ScalarType::F16, ScalarType::Bf16]
+        .into_iter()
+        .flat_map(|h| [(h, 1), (h, 4)])
+    {
         let mut b = KernelBuilder::new("widen");
         let x = b.buffer("x", ScalarType::U8, Access::Read);
         let y = b.buffer("y", F32, Access::Write);
-        grid_x(&mut b, SizeExpr::Const(1 << 16));
+        grid_x(&mut b, SizeExpr::Const((1 << 16) / u64::from(lanes)));
         let g = b.special(Special::GroupId(Axis::X));
-        let two = b.const_i(2);
+        let (per_group, two) = (b.const_i(i64::from(lanes)), b.const_i(2));
         // One byte of padding in front: the loads are unaligned.
         let one = b.const_i(1);
-        let at = b.mul(g, two);
+        let first = b.mul(g, per_group);
+        let at = b.mul(first, two);
         let at = b.add(at, one);
-        let h = b.load_bytes(x, at, Type::scalar(half));
+        let h = b.load_bytes(x, at, Type::vector(half, lanes));
         let f = b.cast(F32, h);
-        b.store(y, g, f);
+        b.store(y, first, f);
         let compiled = compile(&b.finish()).unwrap();
         let mut xb: Vec<u8> = [0u8]
             .into_iter()
@@ -449,7 +453,7 @@ fn half_precision_widens_exactly() {
             };
             assert!(
                 got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                "{half:?} {bits:#06x}: got {got}, want {want}"
+                "{half:?}x{lanes} {bits:#06x}: got {got}, want {want}"
             );
         }
     }

@@ -10,7 +10,7 @@
 
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32, I16, I32, I32X4, I64, I8, I8X16};
+use cranelift_codegen::ir::types::{F32, F32X4, I16, I32, I32X4, I64, I8, I8X16};
 use cranelift_codegen::ir::{
     self, AbiParam, BlockArg, Endianness, FuncRef, Function, InstBuilder, MemFlagsData, Signature,
     StackSlotData, StackSlotKind,
@@ -134,6 +134,12 @@ fn is_signed(s: ScalarType) -> bool {
     matches!(s, ScalarType::I32 | ScalarType::I64 | ScalarType::I8)
 }
 
+/// Four half-precision lanes: held zero-extended in the 32-bit lanes of an `i32x4` (Cranelift's
+/// vectors are 128-bit), loaded with `uload16x4` and only widened to `f32x4`.
+fn is_half_x4(t: Type) -> bool {
+    matches!(t.scalar, ScalarType::F16 | ScalarType::Bf16) && t.lanes == 4
+}
+
 fn block_args(vals: &[ir::Value]) -> Vec<BlockArg> {
     vals.iter().map(|&v| BlockArg::Value(v)).collect()
 }
@@ -201,6 +207,9 @@ impl<M: Module> Translator<'_, '_, M> {
         if t.lanes == 1 {
             return Ok(lane);
         }
+        if is_half_x4(t) {
+            return Ok(I32X4);
+        }
         let lane = if t.scalar == ScalarType::Bool {
             u16::try_from(128 / t.lanes).ok().and_then(ir::Type::int)
         } else {
@@ -230,6 +239,12 @@ impl<M: Module> Translator<'_, '_, M> {
             }
             Stmt::Store { buf, index, value } => {
                 self.check_memory_type(self.ty(*value))?;
+                if is_half_x4(self.ty(*value)) {
+                    return Err(self.unsupported(format!(
+                        "stores of {} (half-precision vectors are read-only here)",
+                        self.ty(*value)
+                    )));
+                }
                 let addr = self.address(*buf, *index);
                 let x = self.val(*value);
                 self.b.ins().store(mem_flags(), x, addr, 0);
@@ -400,10 +415,22 @@ impl<M: Module> Translator<'_, '_, M> {
                     (ScalarType::F32, ScalarType::I32) if from.lanes == 4 => {
                         self.b.ins().fcvt_to_sint_sat(ct, x)
                     }
+                    (ScalarType::F16, ScalarType::F32) if from.lanes == 4 => self.f16_to_f32(x),
+                    (ScalarType::Bf16, ScalarType::F32) if from.lanes == 4 => {
+                        let bits = self.b.ins().ishl_imm_u(x, 16);
+                        let flags = MemFlagsData::new().with_endianness(Endianness::Little);
+                        self.b.ins().bitcast(ct, flags, bits)
+                    }
                     _ => self.lanewise(*to, &[(x, from)], |t, l| {
                         t.cast(from.scalar, to.scalar, l[0])
                     })?,
                 }
+            }
+            Inst::Bitcast(to, a) if is_half_x4(*to) || is_half_x4(self.ty(*a)) => {
+                return Err(self.unsupported(format!(
+                    "bitcasts of {} to {to} (half-precision vectors only widen to f32)",
+                    self.ty(*a)
+                )))
             }
             Inst::Bitcast(_, a) => {
                 let x = self.val(*a);
@@ -437,7 +464,11 @@ impl<M: Module> Translator<'_, '_, M> {
             Inst::Load { buf, index, ty } => {
                 self.check_memory_type(*ty)?;
                 let addr = self.address(*buf, *index);
-                self.b.ins().load(ct, mem_flags(), addr, 0)
+                if is_half_x4(*ty) {
+                    self.b.ins().uload16x4(mem_flags(), addr, 0)
+                } else {
+                    self.b.ins().load(ct, mem_flags(), addr, 0)
+                }
             }
             Inst::Intrinsic(i @ (Intrinsic::Dot4I8Packed | Intrinsic::Dot4U8I8Packed), args) => {
                 let operands = [args[0], args[1], args[2]].map(|v| self.val(v));
@@ -661,7 +692,10 @@ impl<M: Module> Translator<'_, '_, M> {
         let half = |s: ScalarType| matches!(s, ScalarType::F16 | ScalarType::Bf16);
         if half(from) || half(to) {
             return match (from, to) {
-                (ScalarType::F16, ScalarType::F32) => Ok(self.f16_to_f32(x)),
+                (ScalarType::F16, ScalarType::F32) => {
+                    let wide = self.b.ins().uextend(I32, x);
+                    Ok(self.f16_to_f32(wide))
+                }
                 (ScalarType::Bf16, ScalarType::F32) => {
                     let wide = self.b.ins().uextend(I32, x);
                     let bits = self.b.ins().ishl_imm_u(wide, 16);
@@ -712,28 +746,47 @@ impl<M: Module> Translator<'_, '_, M> {
         })
     }
 
-    /// The `f32` of IEEE half bits `h` (an `i16`), exactly: exponent and mantissa shifted into
-    /// place and rescaled by 2^112 (which also normalizes subnormals); infinities and NaNs,
-    /// whose exponent the rescaling would not reach, are rebuilt with the `f32` exponent.
+    /// The `f32` of IEEE half bits `h` (an `i32`, or an `i32x4` of four), exactly: exponent and
+    /// mantissa shifted into place and rescaled by 2^112 (which also normalizes subnormals);
+    /// infinities and NaNs, whose exponent the rescaling would not reach, are rebuilt with the
+    /// `f32` exponent.
     fn f16_to_f32(&mut self, h: ir::Value) -> ir::Value {
-        let ins = self.b.ins();
-        let h = ins.uextend(I32, h);
-        let sign = self.b.ins().band_imm_u(h, 0x8000);
+        let ty = self.b.func.dfg.value_type(h);
+        let float = if ty.is_vector() { F32X4 } else { F32 };
+        let flags = MemFlagsData::new().with_endianness(Endianness::Little);
+        let int = |t: &mut Self, c: i64| {
+            let c = t.b.ins().iconst(I32, c);
+            if ty.is_vector() {
+                t.b.ins().splat(ty, c)
+            } else {
+                c
+            }
+        };
+        let (sign_mask, magnitude_mask) = (int(self, 0x8000), int(self, 0x7fff));
+        let (infinity, exponent_mask) = (int(self, 0x7c00), int(self, 0x7f80_0000));
+        let sign = self.b.ins().band(h, sign_mask);
         let sign = self.b.ins().ishl_imm_u(sign, 16);
-        let magnitude = self.b.ins().band_imm_u(h, 0x7fff);
+        let magnitude = self.b.ins().band(h, magnitude_mask);
         let shifted = self.b.ins().ishl_imm_u(magnitude, 13);
-        let as_float = self.b.ins().bitcast(F32, MemFlagsData::new(), shifted);
-        let scale = self.b.ins().f32const(2f32.powi(112));
+        let as_float = self.b.ins().bitcast(float, flags, shifted);
+        let mut scale = self.b.ins().f32const(2f32.powi(112));
+        if ty.is_vector() {
+            scale = self.b.ins().splat(float, scale);
+        }
         let finite = self.b.ins().fmul(as_float, scale);
-        let finite = self.b.ins().bitcast(I32, MemFlagsData::new(), finite);
-        let special = self.b.ins().bor_imm_u(shifted, 0x7f80_0000);
-        let is_special =
-            self.b
-                .ins()
-                .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, magnitude, 0x7c00);
-        let bits = self.b.ins().select(is_special, special, finite);
+        let finite = self.b.ins().bitcast(ty, flags, finite);
+        let special = self.b.ins().bor(shifted, exponent_mask);
+        let is_special = self
+            .b
+            .ins()
+            .icmp(IntCC::UnsignedGreaterThanOrEqual, magnitude, infinity);
+        let bits = if ty.is_vector() {
+            self.b.ins().bitselect(is_special, special, finite)
+        } else {
+            self.b.ins().select(is_special, special, finite)
+        };
         let bits = self.b.ins().bor(bits, sign);
-        self.b.ins().bitcast(F32, MemFlagsData::new(), bits)
+        self.b.ins().bitcast(float, flags, bits)
     }
 
     /// Truncates or extends (by `from`'s signedness) an integer or `bool` to `to`'s width.
@@ -756,7 +809,9 @@ impl<M: Module> Translator<'_, '_, M> {
         }
         let lane = u8::try_from(lane).expect("128-bit vectors have at most 16 lanes");
         let e = self.b.ins().extractlane(x, lane);
-        if t.scalar == ScalarType::Bool {
+        if is_half_x4(t) {
+            self.b.ins().ireduce(I16, e)
+        } else if t.scalar == ScalarType::Bool {
             self.b.ins().icmp_imm_s(IntCC::NotEqual, e, 0)
         } else {
             e

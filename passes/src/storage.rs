@@ -1,6 +1,5 @@
 //! How the artifact stores a weight when that differs from the checkpoint, and the Graph rewrite
-//! that reads it so: another dtype (block-quantized, read through `Dequantize`; f16/bf16 widened
-//! for targets without half-precision kernels) and the `[N, K]` projection layout every matmul
+//! that reads it so: another dtype (block-quantized, read through `Dequantize`) and the `[N, K]` projection layout every matmul
 //! template reads. GPT-2's `Conv1D` keeps its weights `[K, N]` (`x @ W`); the artifact stores
 //! them transposed, as llama.cpp's converter does, so they take the same kernels (and `--quant`)
 //! as every other projection.

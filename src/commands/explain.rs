@@ -86,10 +86,6 @@ pub fn run(args: Args) -> Result<()> {
         let quantized = tessera::quantized_weights(&module, quant.dtype());
         tessera::apply_storage(&mut module, &quantized)?;
     }
-    if matches!(args.emit, Emit::Lir | Emit::Clif | Emit::Asm) {
-        let widened = tessera::half_weights_widened(&module);
-        tessera::apply_storage(&mut module, &widened)?;
-    }
     let target = TargetSpec::by_name(&args.target).map_err(anyhow::Error::msg)?;
     let cost = Roofline {
         target: target.clone(),

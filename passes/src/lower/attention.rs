@@ -18,7 +18,7 @@
 //! range (FlashDecoding's log-sum-exp merge) needs a second kernel the runtime does not run yet.
 //! D, Dv and the head counts must be constants.
 
-use super::expr::{fold, fold_many, fold_range, for_each, Body};
+use super::expr::{fold, fold_many, fold_range, for_each, load_f32, Body};
 use super::gemv::LANES;
 use super::index::broadcast;
 use tessera_ir::kernel::BodyArg;
@@ -142,7 +142,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
         Ok(())
     })?;
     // K and V read straight from dense f32 buffers (the KV cache) with whole vectors per row.
-    let rows = match (body.f32_input(k), body.f32_input(v)) {
+    let rows = match (body.float_input(k), body.float_input(v)) {
         (Some(kb), Some(vb)) if d % LANES == 0 && dv % LANES == 0 => Some((kb, vb)),
         _ => None,
     };
@@ -170,7 +170,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
                             let q_at = b.add(q_base, at);
                             let x = b.load(q_rows, q_at, LANES);
                             let at = b.add(base, at);
-                            let y = b.load(kb, at, LANES);
+                            let y = load_f32(b, kb, at, LANES);
                             Ok::<_, String>(b.fma(x, y, sum))
                         })?;
                         b.reduce_lanes(lir::ReduceOp::Add, sums)
@@ -303,7 +303,7 @@ fn accumulate_rows(
                 .map(|(&c, &o)| {
                     let off = b.const_i(i64::from(c * LANES));
                     let from = b.add(row, off);
-                    let x = b.load(vb, from, LANES);
+                    let x = load_f32(b, vb, from, LANES);
                     b.fma(p4, x, o)
                 })
                 .collect())

@@ -44,10 +44,15 @@ impl Body<'_> {
         }
     }
 
-    /// The buffer of `arg` when it is an f32 kernel input read as is (no body op computes it).
-    pub(super) fn f32_input(&self, arg: BodyArg) -> Option<BufRef> {
+    /// The buffer of `arg` when it is a float kernel input read as is (no body op computes it):
+    /// f32, or f16/bf16 weights read through [`load_f32`].
+    pub(super) fn float_input(&self, arg: BodyArg) -> Option<BufRef> {
         match arg {
-            BodyArg::Input(i) if self.inputs[i].dtype == DType::F32 => Some(self.buffers[i]),
+            BodyArg::Input(i)
+                if matches!(self.inputs[i].dtype, DType::F32 | DType::F16 | DType::Bf16) =>
+            {
+                Some(self.buffers[i])
+            }
             _ => None,
         }
     }
@@ -69,7 +74,7 @@ impl Body<'_> {
             BodyArg::Input(i) => {
                 let shape = &self.inputs[i].shape;
                 let offset = self.symbols.ravel(b, idx, shape)?;
-                return Ok(b.load(self.buffers[i], offset, 1));
+                return Ok(load_f32(b, self.buffers[i], offset, 1));
             }
             BodyArg::Op(j) => j,
         };
@@ -333,6 +338,16 @@ fn binary(b: &mut KernelBuilder, op: BinaryOp, x: Value, y: Value) -> Result<Val
         }
     };
     Ok(b.binary(arith, x, y))
+}
+
+/// Loads `lanes` elements of `buf` at `index`; half-precision storage (f16/bf16 weights) is
+/// widened to f32, the only float type kernels compute in. Other types load as they are.
+pub(super) fn load_f32(b: &mut KernelBuilder, buf: BufRef, index: Value, lanes: u32) -> Value {
+    let v = b.load(buf, index, lanes);
+    match b.type_of(v).scalar {
+        ScalarType::F16 | ScalarType::Bf16 => b.cast(ScalarType::F32, v),
+        _ => v,
+    }
 }
 
 /// `Σ f(j, acc)` style fold over `0..end` with one carried f32 accumulator.

@@ -38,7 +38,7 @@
 //! (shared-memory tiles of 32–128); the CPU block is bound by the register file instead, so they
 //! are not used here.
 
-use super::expr::{fold_many, fold_range, Body, HookFn};
+use super::expr::{fold_many, fold_range, load_f32, Body, HookFn};
 use super::gemv::{self, Gemv, Lhs, LANES};
 use super::row_reduce::{inv_std, norm_at};
 use tessera_ir::lir::{
@@ -200,7 +200,7 @@ fn direct_rms_factor(
     let square = |lanes: u32| {
         move |b: &mut KernelBuilder, j: Value, acc: Value| {
             let at = b.add(base, j);
-            let v = b.load(x, at, lanes);
+            let v = load_f32(b, x, at, lanes);
             Ok(b.fma(v, v, acc))
         }
     };
@@ -289,14 +289,14 @@ fn k_step(
         Lhs::Direct {
             norm: Some((nw, _)),
             ..
-        } => Some(b.load(nw, k, lanes)),
+        } => Some(load_f32(b, nw, k, lanes)),
         _ => None,
     };
     let ws: Vec<Value> = w_bases
         .iter()
         .map(|&base| {
             let at = b.add(base, k);
-            let w = b.load(g.w, at, lanes);
+            let w = load_f32(b, g.w, at, lanes);
             norm_w.map_or(w, |nw| b.mul(w, nw))
         })
         .collect();
@@ -306,7 +306,7 @@ fn k_step(
         let a = match g.lhs {
             Lhs::Direct { x, .. } => {
                 let at = b.add(r.x_base, k);
-                b.load(x, at, lanes)
+                load_f32(b, x, at, lanes)
             }
             Lhs::Computed => {
                 let hook = r.norm_hook.as_ref().map(|(j, f)| (*j, &**f));

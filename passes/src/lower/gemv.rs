@@ -16,7 +16,7 @@
 //! and [`super::qgemv`] templates.
 
 use super::elementwise;
-use super::expr::{fold_range, for_each, Body};
+use super::expr::{fold_range, for_each, load_f32, Body};
 use super::row_reduce::{norm_at, norm_stats, NormStats};
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value};
@@ -37,9 +37,9 @@ pub(super) enum Lhs {
     Computed,
 }
 
-/// An f32 input's buffer, or why the operand is not one.
-fn f32_input(body: &Body, arg: BodyArg) -> Result<BufRef, String> {
-    body.f32_input(arg).ok_or_else(|| match arg {
+/// A float input's buffer, or why the operand is not one.
+fn float_input(body: &Body, arg: BodyArg) -> Result<BufRef, String> {
+    body.float_input(arg).ok_or_else(|| match arg {
         BodyArg::Input(i) => format!("gemv operand of dtype {}", body.inputs[i].dtype),
         BodyArg::Op(j) => format!("gemv operand computed by `{}`", body.ops[j].op.name()),
     })
@@ -51,12 +51,12 @@ fn f32_input(body: &Body, arg: BodyArg) -> Result<BufRef, String> {
 pub(super) fn lhs_of(body: &Body, m: usize, norm: Option<usize>) -> Result<Lhs, String> {
     Ok(match (body.ops[m].args[0], norm, &body.ops[0].op) {
         (lhs @ BodyArg::Input(_), None, _) => Lhs::Direct {
-            x: f32_input(body, lhs)?,
+            x: float_input(body, lhs)?,
             norm: None,
         },
         (BodyArg::Op(0), Some(0), &Op::RmsNorm { eps }) if m == 1 => Lhs::Direct {
-            x: f32_input(body, body.ops[0].args[0])?,
-            norm: Some((f32_input(body, body.ops[0].args[1])?, eps)),
+            x: float_input(body, body.ops[0].args[0])?,
+            norm: Some((float_input(body, body.ops[0].args[1])?, eps)),
         },
         _ => Lhs::Computed,
     })
@@ -120,7 +120,7 @@ impl<'a> Gemv<'a> {
     pub(super) fn parse(body: &'a Body<'a>) -> Result<Gemv<'a>, String> {
         let (m, _, k) = transposed_matmul(body, false)?;
         let mm = &body.ops[m];
-        let w = f32_input(body, mm.args[1])?;
+        let w = float_input(body, mm.args[1])?;
         let norm = prologue_norm(body, m)?;
         let lhs = lhs_of(body, m, norm)?;
         Ok(Gemv {
@@ -191,12 +191,12 @@ impl<'a> Gemv<'a> {
         let x_at = |b: &mut KernelBuilder, i: Value, lanes: u32| match self.lhs {
             Lhs::Direct { x, norm: g } => {
                 let at = b.add(x_base, i);
-                let x = b.load(x, at, lanes);
+                let x = load_f32(b, x, at, lanes);
                 Ok(match (g, stats) {
                     (Some((g, _)), Some(NormStats { r, .. })) => {
                         let r = if lanes > 1 { b.splat(r, lanes) } else { r };
                         let xr = b.mul(x, r);
-                        let g = b.load(g, i, lanes);
+                        let g = load_f32(b, g, i, lanes);
                         b.mul(xr, g)
                     }
                     _ => x,
@@ -216,7 +216,7 @@ impl<'a> Gemv<'a> {
             move |b: &mut KernelBuilder, i: Value, acc: Value| {
                 let x = x_at(b, i, lanes)?;
                 let at = b.add(w_base, i);
-                let wv = b.load(w, at, lanes);
+                let wv = load_f32(b, w, at, lanes);
                 Ok(b.fma(x, wv, acc))
             }
         };

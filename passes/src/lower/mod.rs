@@ -7,8 +7,9 @@
 //! its output (`out`); scalar params are the `i64` values of the symbols appearing in any
 //! input or output shape, sorted by name, so the kernel evaluates its shapes from them and its
 //! grid is a `SizeExpr` over them. Buffers are dense and row-major; inputs broadcast to the
-//! output by numpy rules. Supported element types are f32 and i32; block-quantized weights
-//! (Q8_0, Q4_0) are `u8` buffers of their GGUF blocks.
+//! output by numpy rules. Supported element types are f32 and i32, f16 and bf16 (weights,
+//! widened to f32 as they are read: kernels compute in f32); block-quantized weights (Q8_0,
+//! Q4_0) are `u8` buffers of their GGUF blocks.
 
 mod attention;
 mod elementwise;
@@ -26,7 +27,7 @@ use index::Symbols;
 use std::collections::BTreeSet;
 use tessera_ir::kernel::{body_graph, BodyInput, Kernel, KernelKind};
 use tessera_ir::lir::{self, Access, KernelBuilder};
-use tessera_ir::TensorType;
+use tessera_ir::{DType, TensorType};
 use thiserror::Error;
 
 /// Why a kernel has no CPU lowering: its body is malformed, or a template does not cover it
@@ -120,10 +121,14 @@ pub fn lower_cpu(
     Ok(b.finish())
 }
 
-/// The element type of a buffer param: f32 or i32, or bytes for a block-quantized weight.
+/// The element type of a buffer param: f32 or i32, f16/bf16 (weights, widened as they are
+/// read), or bytes for a block-quantized weight.
 fn buffer_type(t: &TensorType) -> Result<lir::ScalarType, String> {
-    if t.dtype.is_quantized() {
-        return Ok(lir::ScalarType::U8);
+    match t.dtype {
+        _ if t.dtype.is_quantized() => return Ok(lir::ScalarType::U8),
+        DType::F16 => return Ok(lir::ScalarType::F16),
+        DType::Bf16 => return Ok(lir::ScalarType::Bf16),
+        _ => {}
     }
     match scalar_type(t.dtype)? {
         s @ (lir::ScalarType::F32 | lir::ScalarType::I32) => Ok(s),

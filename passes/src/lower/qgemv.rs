@@ -24,7 +24,7 @@
 //! groups: enough for a thread pool to balance, few enough that quantizing the row once per
 //! group is a small fraction of the group's work.
 
-use super::expr::{fold_many, for_each, Body};
+use super::expr::{fold_many, for_each, load_f32, Body};
 use super::gemv::{column_offsets, lhs_of, prologue_norm, store_output, transposed_matmul, Lhs};
 use super::row_reduce::{norm_at, norm_stats};
 use tessera_ir::kernel::BodyArg;
@@ -360,12 +360,12 @@ fn quantize_row(
                 let off = b.const_i(v * 4);
                 let i = b.add(first, off);
                 let at = b.add(src.base, i);
-                let x = b.load(src.buf, at, 4);
+                let x = load_f32(b, src.buf, at, 4);
                 match src.norm {
                     Some((r, g)) => {
                         let r = b.splat(r, 4);
                         let xr = b.mul(x, r);
-                        let gv = b.load(g, i, 4);
+                        let gv = load_f32(b, g, i, 4);
                         b.mul(xr, gv)
                     }
                     None => x,

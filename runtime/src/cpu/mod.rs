@@ -96,9 +96,9 @@ impl CpuExecutor {
         module.validate()?;
         let mut weight_index = HashMap::new();
         for (i, spec) in module.weights.iter().enumerate() {
-            if spec.dtype != DType::F32 && !spec.dtype.is_quantized() {
+            if !(spec.dtype.is_float() || spec.dtype.is_quantized()) {
                 return Err(RuntimeError::Unsupported(format!(
-                    "weight `{}` is {}: the CPU executor reads f32 and block-quantized weights only",
+                    "weight `{}` is {}: the CPU executor reads float and block-quantized weights only",
                     spec.name, spec.dtype
                 )));
             }
