@@ -24,11 +24,10 @@
 //!
 //! **Prologues and epilogues.** An RmsNorm of a direct f32 lhs is applied as
 //! `r_m · Σ_k x[m, k]·(g[k]·W[n, k])`: the norm weight g is folded into the W vectors (NR
-//! multiplies per k step, not MR) and each row's factor r_m — computed once per group with a
-//! vector sum of squares — scales the reduced sum. Any other prologue is evaluated per element
-//! through `Body::value` with scalar accumulators (each lhs value evaluated once per NR columns
-//! rather than once per output). With the norm the kernel above measures 16.6 GFLOP/s (the gemv
-//! path, which recomputes the factor per `tile_n` columns: 1.8). An epilogue that keeps the rows
+//! multiplies per k step, not MR) and each row's factor r_m — computed once per group — scales
+//! the reduced sum. Any other prologue (a residual add, a LayerNorm, SwiGLU feeding the down
+//! projection) is evaluated once per row and group into a private row ([`gemv::row_source`]),
+//! which the register block then reads like a direct lhs. An epilogue that keeps the rows
 //! is applied per output column to the block's sums of the matmul columns it reads
 //! ([`Gemv::epilogue_columns`]: SwiGLU over merged gate/up reads `j` and `j + H`, computed in the
 //! same block, whose output columns shrink so the accumulators still fit); an epilogue that
@@ -38,11 +37,10 @@
 //! (shared-memory tiles of 32–128); the CPU block is bound by the register file instead, so they
 //! are not used here.
 
-use super::expr::{fold_many, fold_range, load_f32, Body, HookFn};
-use super::gemv::{self, Gemv, Lhs, LANES};
-use super::row_reduce::{inv_std, norm_at};
+use super::expr::{fold_many, load_f32, Body};
+use super::gemv::{self, Gemv, RowSource, LANES};
 use tessera_ir::lir::{
-    Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, ReduceOp, ScalarType, SizeExpr, Special, Value,
+    Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value,
 };
 
 /// Rows of C per register block.
@@ -56,17 +54,13 @@ const PANEL: i64 = 48;
 const UNROLL: i64 = 2;
 
 /// One of a group's MR lhs rows.
-struct Row<'a> {
+struct Row {
     /// Its row-major row number over the matmul's leading dims, unclamped: stored if `< M`.
     raw: Value,
     /// Its multi-index over the leading dims (clamped to the last row).
     lead_idx: Vec<Value>,
-    /// Where its x starts, for a direct lhs (clamped).
-    x_base: Value,
-    /// The factor applied to its reduced sums: a direct lhs's RmsNorm factor.
-    post: Option<Value>,
-    /// Evaluates a computed prologue's RmsNorm with this row's factor.
-    norm_hook: Option<(usize, Box<HookFn<'a>>)>,
+    /// Where its values are read (clamped): in place, or its prologue evaluated once.
+    src: RowSource,
 }
 
 /// Writes the GEMM kernel of `body` into `b`, storing to `out`.
@@ -121,7 +115,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
             for (r, sums) in rows.iter().zip(sums.chunks(mm_cols.len())) {
                 let dots: Vec<Value> = sums
                     .iter()
-                    .map(|&s| r.post.map_or(s, |p| b.mul(s, p)))
+                    .map(|&s| r.src.norm.map_or(s, |(factor, _)| b.mul(s, factor)))
                     .collect();
                 for (j, &col) in outs.iter().enumerate() {
                     let j_v = b.const_i(j as i64);
@@ -145,102 +139,39 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     failure
 }
 
-/// Row `i` of the block starting at row `m0`: its indices, clamped to `last_row`, and its norm
-/// factor (over the direct x with f32x4, or over the prologue's values).
-fn row<'a>(
+/// Row `i` of the block starting at row `m0`: its indices, clamped to `last_row`, and where its
+/// values are read ([`Gemv::row_source`]).
+fn row(
     b: &mut KernelBuilder,
-    g: &Gemv<'a>,
+    g: &Gemv,
     m0: Value,
     i: usize,
     last_row: Value,
-) -> Result<Row<'a>, String> {
-    let body = g.body;
+) -> Result<Row, String> {
     let i_v = b.const_i(i as i64);
     let raw = b.add(m0, i_v);
     let clamped = b.binary(BinaryOp::Min, raw, last_row);
-    let lead_idx = body.symbols.unravel(b, clamped, g.lead())?;
-    let k_v = b.const_i(g.k);
-    let x_base = b.mul(clamped, k_v);
-    let (post, norm_hook) = match (&g.lhs, g.norm) {
-        (
-            Lhs::Direct {
-                x,
-                norm: Some((_, eps)),
-            },
-            _,
-        ) => (Some(direct_rms_factor(b, *x, x_base, g.k, *eps)?), None),
-        (Lhs::Computed, Some(r)) => {
-            let stats = g
-                .row_stats(b, &lead_idx)?
-                .expect("a prologue norm has row statistics");
-            (None, Some((r, norm_at(body, &body.ops[r], stats))))
-        }
-        _ => (None, None),
-    };
-    Ok(Row {
-        raw,
-        lead_idx,
-        x_base,
-        post,
-        norm_hook,
-    })
-}
-
-/// The RmsNorm factor of the `k` f32 values of `x` from `base`: an f32x4 sum of squares with a
-/// scalar tail.
-fn direct_rms_factor(
-    b: &mut KernelBuilder,
-    x: BufRef,
-    base: Value,
-    k: i64,
-    eps: f32,
-) -> Result<Value, String> {
-    let k_vec = k - k % i64::from(LANES);
-    let zero_f = b.const_f(0.0);
-    let square = |lanes: u32| {
-        move |b: &mut KernelBuilder, j: Value, acc: Value| {
-            let at = b.add(base, j);
-            let v = load_f32(b, x, at, lanes);
-            Ok(b.fma(v, v, acc))
-        }
-    };
-    let start = b.const_i(0);
-    let zero = b.splat(zero_f, LANES);
-    let end = b.const_i(k_vec);
-    let ss = fold_range(b, (start, end, LANES), zero, square(LANES))?;
-    let mut ss = b.reduce_lanes(ReduceOp::Add, ss);
-    if k_vec < k {
-        let k_v = b.const_i(k);
-        ss = fold_range(b, (end, k_v, 1), ss, square(1))?;
-    }
-    let k_v = b.const_i(k);
-    let kf = b.cast(ScalarType::F32, k_v);
-    Ok(inv_std(b, ss, kf, eps))
+    let lead_idx = g.body.symbols.unravel(b, clamped, g.lead())?;
+    let src = g.row_source(b, clamped, &lead_idx)?;
+    Ok(Row { raw, lead_idx, src })
 }
 
 /// The MR×NR sums Σ_k A[row_i, k]·W[col_j, k] (row-major in the block) for `rows` and the weight
 /// rows starting at `w_bases`: vector k steps in an unrolled loop, then the leftover vector
-/// steps and the scalar tail straight-line (K is a constant).
+/// steps and the scalar tail straight-line (K is a constant). A direct RmsNorm's factor is left
+/// to the caller (`src.norm`), its weight folded into the W vectors.
 fn block(
     b: &mut KernelBuilder,
     g: &Gemv,
     rows: &[Row],
     w_bases: &[Value],
 ) -> Result<Vec<Value>, String> {
-    let lanes = match g.lhs {
-        Lhs::Direct { .. } => LANES,
-        Lhs::Computed => 1,
-    };
-    let width = i64::from(lanes);
+    let width = i64::from(LANES);
     let k_vec = g.k - g.k % width;
     let chunk = width * UNROLL;
     let k_main = k_vec - k_vec % chunk;
     let zero_f = b.const_f(0.0);
-    let zero = if lanes > 1 {
-        b.splat(zero_f, lanes)
-    } else {
-        zero_f
-    };
+    let zero = b.splat(zero_f, LANES);
     let mut accs = vec![zero; rows.len() * w_bases.len()];
     if k_main > 0 {
         let start = b.const_i(0);
@@ -251,24 +182,22 @@ fn block(
             for u in 0..UNROLL {
                 let du = b.const_i(u * width);
                 let ku = b.add(k, du);
-                accs = k_step(b, g, rows, w_bases, ku, lanes, &accs)?;
+                accs = k_step(b, g, rows, w_bases, ku, LANES, &accs);
             }
             Ok(accs)
         })?;
     }
-    for k in (k_main..k_vec).step_by(lanes as usize) {
+    for k in (k_main..k_vec).step_by(LANES as usize) {
         let k = b.const_i(k);
-        accs = k_step(b, g, rows, w_bases, k, lanes, &accs)?;
+        accs = k_step(b, g, rows, w_bases, k, LANES, &accs);
     }
-    if lanes > 1 {
-        accs = accs
-            .iter()
-            .map(|&a| b.reduce_lanes(ReduceOp::Add, a))
-            .collect();
-    }
+    accs = accs
+        .iter()
+        .map(|&a| b.reduce_lanes(ReduceOp::Add, a))
+        .collect();
     for k in k_vec..g.k {
         let k = b.const_i(k);
-        accs = k_step(b, g, rows, w_bases, k, 1, &accs)?;
+        accs = k_step(b, g, rows, w_bases, k, 1, &accs);
     }
     Ok(accs)
 }
@@ -283,15 +212,8 @@ fn k_step(
     k: Value,
     lanes: u32,
     accs: &[Value],
-) -> Result<Vec<Value>, String> {
-    let body = g.body;
-    let norm_w = match g.lhs {
-        Lhs::Direct {
-            norm: Some((nw, _)),
-            ..
-        } => Some(load_f32(b, nw, k, lanes)),
-        _ => None,
-    };
+) -> Vec<Value> {
+    let norm_w = rows[0].src.norm.map(|(_, nw)| load_f32(b, nw, k, lanes));
     let ws: Vec<Value> = w_bases
         .iter()
         .map(|&base| {
@@ -300,20 +222,11 @@ fn k_step(
             norm_w.map_or(w, |nw| b.mul(w, nw))
         })
         .collect();
-    let lhs_arg = body.ops[g.m].args[0];
     let mut next = Vec::with_capacity(accs.len());
     for (r, accs) in rows.iter().zip(accs.chunks(ws.len())) {
-        let a = match g.lhs {
-            Lhs::Direct { x, .. } => {
-                let at = b.add(r.x_base, k);
-                load_f32(b, x, at, lanes)
-            }
-            Lhs::Computed => {
-                let hook = r.norm_hook.as_ref().map(|(j, f)| (*j, &**f));
-                body.value(b, lhs_arg, &[&r.lead_idx[..], &[k]].concat(), hook)?
-            }
-        };
+        let at = b.add(r.src.base, k);
+        let a = load_f32(b, r.src.buf, at, lanes);
         next.extend(ws.iter().zip(accs).map(|(&w, &acc)| b.fma(a, w, acc)));
     }
-    Ok(next)
+    next
 }

@@ -1,29 +1,37 @@
 //! The gemv template: `[elementwise prologue, at most one RmsNorm or LayerNorm] MatMul{transpose_b}
-//! [epilogue]` with an f32 weight `[N, K]`. A group computes `tile_n` output columns of one lhs
-//! row. When the lhs is an f32 input (or an RmsNorm of one), the K loop runs on f32x4 carried
-//! accumulators with vector loads (a scalar loop takes the K % 4 tail) and the norm is applied
-//! while loading x; any other prologue (a residual add feeding the norm or the matmul, a
-//! LayerNorm) is evaluated per element through `Body::value`, the norm's statistics computed over
-//! the prologue's values first. An epilogue that keeps the rows is applied per output column to
+//! [epilogue]` with a float weight `[N, K]` (f16/bf16 widened as loaded). A group computes
+//! `tile_n` output columns of one lhs row; the K loop runs on f32x4 carried accumulators with
+//! vector loads (a scalar loop takes the K % 4 tail). The lhs row is read in place when it is an
+//! input (an RmsNorm of it applied while loading x); any other prologue (a residual add feeding
+//! the norm or the matmul, a LayerNorm, SwiGLU feeding the down projection) is evaluated once per
+//! group into a private row, the norm's statistics first ([`row_source`]), and the group widened
+//! to 1/[`GROUPS_PER_ROW`] of the row. An epilogue that keeps the rows is applied per output column to
 //! the dot products of the matmul columns it reads ([`column_offsets`]: one for an elementwise
 //! epilogue, `j` and `j + H` for SwiGLU over merged gate/up); one that remaps indices (reshape,
 //! permute, RoPE, …) is evaluated over the output's index space with one dot product per matmul
 //! element it reads (correct, not tuned). `split_k` is ignored: one CPU thread runs the whole K
 //! loop.
 //!
-//! The body parsing ([`Gemv::parse`]), the epilogue's columns and store ([`column_offsets`],
-//! [`store_output`]) and the remapping path ([`remapped`]) are shared with the [`super::gemm`]
-//! and [`super::qgemv`] templates.
+//! The body parsing ([`Gemv::parse`]), the lhs rows ([`row_source`]), the epilogue's columns and
+//! store ([`column_offsets`], [`store_output`]) and the remapping path ([`remapped`]) are shared
+//! with the [`super::gemm`] and [`super::qgemv`] templates.
 
 use super::elementwise;
 use super::expr::{fold_range, for_each, load_f32, Body};
-use super::row_reduce::{norm_at, norm_stats, NormStats};
+use super::row_reduce::{norm_at, norm_stats};
 use tessera_ir::kernel::BodyArg;
-use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value};
+use tessera_ir::lir::{
+    Axis, BufRef, CmpOp, KernelBuilder, MemorySpace, ReduceOp, ScalarType, SizeExpr, Special, Value,
+};
 use tessera_ir::{Dim, Op};
 
 /// f32 lanes of one 128-bit vector.
 pub(super) const LANES: u32 = 4;
+
+/// How many groups one lhs row is cut into when each group first evaluates the row's prologue
+/// (or quantizes the row): enough for a thread pool to balance, few enough that the per-group
+/// row work is a small fraction of the group's dot products.
+pub(super) const GROUPS_PER_ROW: i64 = 16;
 
 /// How the gemv reads its lhs rows.
 pub(super) enum Lhs {
@@ -103,14 +111,13 @@ pub(super) fn transposed_matmul(body: &Body, quantized: bool) -> Result<(usize, 
     .ok_or_else(|| format!("{} weight of shape {weight}", mm.op.name()))
 }
 
-/// A parsed gemv body: the matmul at `m` of an `[N, K]` f32 weight `w`, how its lhs is read,
-/// and the position of the prologue's norm, if any.
+/// A parsed gemv body: the matmul at `m` of an `[N, K]` float weight `w` and how its lhs is
+/// read.
 pub(super) struct Gemv<'a> {
     pub body: &'a Body<'a>,
     pub m: usize,
     pub w: BufRef,
     pub lhs: Lhs,
-    pub norm: Option<usize>,
     pub k: i64,
 }
 
@@ -123,14 +130,7 @@ impl<'a> Gemv<'a> {
         let w = float_input(body, mm.args[1])?;
         let norm = prologue_norm(body, m)?;
         let lhs = lhs_of(body, m, norm)?;
-        Ok(Gemv {
-            body,
-            m,
-            w,
-            lhs,
-            norm,
-            k,
-        })
+        Ok(Gemv { body, m, w, lhs, k })
     }
 
     /// The matmul columns each output column of an epilogue that keeps the rows reads, as
@@ -150,71 +150,27 @@ impl<'a> Gemv<'a> {
         &shape[..shape.len() - 1]
     }
 
-    /// The prologue norm's statistics for the lhs row at `lead_idx`, if there is a norm.
-    pub(super) fn row_stats(
+    /// Where the lhs row at `lead_idx` (row-major row number `row`) is read from
+    /// ([`row_source`]).
+    pub(super) fn row_source(
         &self,
         b: &mut KernelBuilder,
+        row: Value,
         lead_idx: &[Value],
-    ) -> Result<Option<NormStats>, String> {
-        let body = self.body;
-        self.norm
-            .map(|r| {
-                let x = body.ops[r].args[0];
-                let k = b.const_i(self.k);
-                norm_stats(b, &body.ops[r].op, k, |b, i| {
-                    body.value(b, x, &[lead_idx, &[i]].concat(), None)
-                })
-            })
-            .transpose()
+    ) -> Result<RowSource, String> {
+        row_source(b, self.body, self.m, self.k, row, lead_idx)
     }
 
-    /// The dot product of the lhs row at `lead_idx` (row-major row number `row`, prologue norm
-    /// statistics `stats`) with weight row `col`: f32x4 accumulators and a scalar tail for a direct
-    /// lhs, a scalar loop over the prologue's values otherwise.
-    fn dot(
-        &self,
-        b: &mut KernelBuilder,
-        lead_idx: &[Value],
-        row: Value,
-        stats: Option<NormStats>,
-        col: Value,
-    ) -> Result<Value, String> {
-        let (body, w, k) = (self.body, self.w, self.k);
+    /// The dot product of the lhs row read from `src` with weight row `col`: f32x4 accumulators
+    /// and a scalar tail.
+    fn dot(&self, b: &mut KernelBuilder, src: &RowSource, col: Value) -> Result<Value, String> {
+        let (w, k) = (self.w, self.k);
         let k_v = b.const_i(k);
-        let x_base = b.mul(row, k_v);
-        let norm_hook = self
-            .norm
-            .zip(stats)
-            .map(|(r, s)| (r, norm_at(body, &body.ops[r], s)));
-        let lhs_arg = body.ops[self.m].args[0];
-        // lhs[row, i] as `lanes` lanes (more than one only for a direct lhs).
-        let x_at = |b: &mut KernelBuilder, i: Value, lanes: u32| match self.lhs {
-            Lhs::Direct { x, norm: g } => {
-                let at = b.add(x_base, i);
-                let x = load_f32(b, x, at, lanes);
-                Ok(match (g, stats) {
-                    (Some((g, _)), Some(NormStats { r, .. })) => {
-                        let r = if lanes > 1 { b.splat(r, lanes) } else { r };
-                        let xr = b.mul(x, r);
-                        let g = load_f32(b, g, i, lanes);
-                        b.mul(xr, g)
-                    }
-                    _ => x,
-                })
-            }
-            Lhs::Computed => {
-                let hook = norm_hook.as_ref().map(|(r, f)| (*r, &**f));
-                body.value(b, lhs_arg, &[lead_idx, &[i]].concat(), hook)
-            }
-        };
-        let k_vec = match self.lhs {
-            Lhs::Direct { .. } => k - k % i64::from(LANES),
-            Lhs::Computed => 0,
-        };
+        let k_vec = k - k % i64::from(LANES);
         let w_base = b.mul(col, k_v);
         let dot = |lanes: u32| {
             move |b: &mut KernelBuilder, i: Value, acc: Value| {
-                let x = x_at(b, i, lanes)?;
+                let x = src.load(b, i, lanes);
                 let at = b.add(w_base, i);
                 let wv = load_f32(b, w, at, lanes);
                 Ok(b.fma(x, wv, acc))
@@ -235,6 +191,82 @@ impl<'a> Gemv<'a> {
         }
         Ok(acc)
     }
+}
+
+/// Where a group reads an lhs row from: a float buffer (an input, or the private row the
+/// prologue was evaluated into) at element `base`, times an RmsNorm factor and weight when a
+/// norm of a direct input is read in place.
+pub(super) struct RowSource {
+    pub buf: BufRef,
+    pub base: Value,
+    pub norm: Option<(Value, BufRef)>,
+}
+
+impl RowSource {
+    /// `lanes` lhs values from element `i` of the row, as f32 (normed when read in place).
+    pub(super) fn load(&self, b: &mut KernelBuilder, i: Value, lanes: u32) -> Value {
+        let at = b.add(self.base, i);
+        let x = load_f32(b, self.buf, at, lanes);
+        match self.norm {
+            Some((r, g)) => {
+                let r = if lanes > 1 { b.splat(r, lanes) } else { r };
+                let xr = b.mul(x, r);
+                let g = load_f32(b, g, i, lanes);
+                b.mul(xr, g)
+            }
+            None => x,
+        }
+    }
+}
+
+/// Where the lhs row `row` (at `lead_idx`) of the matmul at `m` with reduction length `k` is
+/// read from: a float input in place (with an RmsNorm of it applied while reading), or otherwise
+/// the prologue — norm statistics first — evaluated element by element into a private row once,
+/// so the dot products run on vectors whatever the prologue.
+pub(super) fn row_source(
+    b: &mut KernelBuilder,
+    body: &Body,
+    m: usize,
+    k: i64,
+    row: Value,
+    lead_idx: &[Value],
+) -> Result<RowSource, String> {
+    let lhs = body.ops[m].args[0];
+    let norm = prologue_norm(body, m)?;
+    let k_v = b.const_i(k);
+    let stats = |b: &mut KernelBuilder, r: usize| {
+        let x = body.ops[r].args[0];
+        norm_stats(b, &body.ops[r].op, k_v, |b, i| {
+            let idx: Vec<Value> = lead_idx.iter().copied().chain([i]).collect();
+            body.value(b, x, &idx, None)
+        })
+    };
+    if let Lhs::Direct { x, norm: g } = lhs_of(body, m, norm)? {
+        let norm = match (norm, g) {
+            (Some(r), Some((g, _))) => Some((stats(b, r)?.r, g)),
+            _ => None,
+        };
+        let base = b.mul(row, k_v);
+        return Ok(RowSource { buf: x, base, norm });
+    }
+    let len = u32::try_from(k).map_err(|_| "a reduction longer than u32")?;
+    let private = b.local("lhs_row", MemorySpace::Private, ScalarType::F32, len);
+    let hook = match norm {
+        Some(r) => Some((r, norm_at(body, &body.ops[r], stats(b, r)?))),
+        None => None,
+    };
+    let zero = b.const_i(0);
+    for_each(b, zero, k_v, |b, i| {
+        let idx: Vec<Value> = lead_idx.iter().copied().chain([i]).collect();
+        let v = body.value(b, lhs, &idx, hook.as_ref().map(|(r, f)| (*r, &**f)))?;
+        b.store(private, i, v);
+        Ok(())
+    })?;
+    Ok(RowSource {
+        buf: private,
+        base: zero,
+        norm: None,
+    })
 }
 
 /// Writes the gemv kernel of `body` into `b`, storing to `out`.
@@ -258,8 +290,8 @@ pub(super) fn remapped(b: &mut KernelBuilder, g: &Gemv, out: BufRef) -> Result<(
     let hook = |b: &mut KernelBuilder, at: &[Value]| {
         let (&col, lead_idx) = at.split_last().ok_or("a matmul of a scalar")?;
         let row = body.symbols.ravel(b, lead_idx, g.lead())?;
-        let stats = g.row_stats(b, lead_idx)?;
-        g.dot(b, lead_idx, row, stats, col)
+        let src = g.row_source(b, row, lead_idx)?;
+        g.dot(b, &src, col)
     };
     elementwise::lower_with(b, body, out, Some((g.m, &hook)))
 }
@@ -276,7 +308,12 @@ fn rows(
     cols: i64,
 ) -> Result<(), String> {
     let body = g.body;
-    let tile = u64::from(tile_n.max(1));
+    // A computed lhs row is evaluated once per group: take wider groups so that is a small part
+    // of each group's work.
+    let tile = match g.lhs {
+        Lhs::Direct { .. } => i64::from(tile_n.max(1)),
+        Lhs::Computed => i64::from(tile_n.max(1)).max((cols + GROUPS_PER_ROW - 1) / GROUPS_PER_ROW),
+    } as u64;
     b.grid([
         SizeExpr::Const(cols as u64).ceil_div(tile),
         body.symbols.numel_size(g.lead())?,
@@ -288,7 +325,7 @@ fn rows(
     let col0 = b.mul(col_group, tile_v);
     let cols_v = b.const_i(cols);
     let lead_idx = body.symbols.unravel(b, row, g.lead())?;
-    let stats = g.row_stats(b, &lead_idx)?;
+    let src = g.row_source(b, row, &lead_idx)?;
     let start = b.const_i(0);
     let tile_end = b.const_i(tile as i64);
     for_each(b, start, tile_end, |b, c| {
@@ -302,7 +339,7 @@ fn rows(
                 for &o in offsets {
                     let o = b.const_i(o);
                     let mm_col = b.add(col, o);
-                    dots.push(g.dot(b, &lead_idx, row, stats, mm_col)?);
+                    dots.push(g.dot(b, &src, mm_col)?);
                     mm_cols.push(mm_col);
                 }
                 let idx: Vec<Value> = lead_idx.iter().copied().chain([col]).collect();

@@ -25,8 +25,9 @@
 //! group is a small fraction of the group's work.
 
 use super::expr::{fold_many, for_each, load_f32, Body};
-use super::gemv::{column_offsets, lhs_of, prologue_norm, store_output, transposed_matmul, Lhs};
-use super::row_reduce::{norm_at, norm_stats};
+use super::gemv::{
+    column_offsets, row_source, store_output, transposed_matmul, RowSource, GROUPS_PER_ROW,
+};
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{
     Axis, BinaryOp, BufRef, CmpOp, Intrinsic, KernelBuilder, Literal, MemorySpace, ReduceOp,
@@ -36,9 +37,6 @@ use tessera_ir::{DType, QK};
 
 /// Rows of a QGemm group: each decoded weight block feeds this many rows' dot products.
 pub(super) const GEMM_ROWS: i64 = 4;
-
-/// How many groups one lhs row is cut into (see the module doc).
-const GROUPS_PER_ROW: i64 = 16;
 
 /// What Q8_0 kernels add to the activation codes to make them unsigned (a power of two: its
 /// `log2` is the shift in [`column_dots`]), so both formats use the unsigned × signed dot product.
@@ -66,15 +64,6 @@ impl Format {
             _ => Err(format!("quantized matmul weight of dtype {dtype}")),
         }
     }
-}
-
-/// Where a group reads the lhs row from: an f32 buffer (an input, or the private row the
-/// prologue was evaluated into) at element `base`, times an RmsNorm factor and weight when a
-/// norm of a direct input is read in place.
-struct RowSource {
-    buf: BufRef,
-    base: Value,
-    norm: Option<(Value, BufRef)>,
 }
 
 /// The private buffers holding a group's quantized lhs row.
@@ -253,55 +242,6 @@ fn when(
     let mut result = Ok(());
     b.if_then(condition, |b| result = f(b));
     result
-}
-
-/// Where the lhs row of the group's `row` is read from: an f32 input in place (with an RmsNorm
-/// of it applied while reading), or otherwise the prologue evaluated element by element into a
-/// private row.
-fn row_source(
-    b: &mut KernelBuilder,
-    body: &Body,
-    m: usize,
-    k: i64,
-    row: Value,
-    lead_idx: &[Value],
-) -> Result<RowSource, String> {
-    let lhs = body.ops[m].args[0];
-    let norm = prologue_norm(body, m)?;
-    let k_v = b.const_i(k);
-    let stats = |b: &mut KernelBuilder, r: usize| {
-        let x = body.ops[r].args[0];
-        norm_stats(b, &body.ops[r].op, k_v, |b, i| {
-            let idx: Vec<Value> = lead_idx.iter().copied().chain([i]).collect();
-            body.value(b, x, &idx, None)
-        })
-    };
-    if let Lhs::Direct { x, norm: g } = lhs_of(body, m, norm)? {
-        let norm = match (norm, g) {
-            (Some(r), Some((g, _))) => Some((stats(b, r)?.r, g)),
-            _ => None,
-        };
-        let base = b.mul(row, k_v);
-        return Ok(RowSource { buf: x, base, norm });
-    }
-    let len = u32::try_from(k).map_err(|_| "a reduction longer than u32")?;
-    let private = b.local("lhs_row", MemorySpace::Private, ScalarType::F32, len);
-    let hook = match norm {
-        Some(r) => Some((r, norm_at(body, &body.ops[r], stats(b, r)?))),
-        None => None,
-    };
-    let zero = b.const_i(0);
-    for_each(b, zero, k_v, |b, i| {
-        let idx: Vec<Value> = lead_idx.iter().copied().chain([i]).collect();
-        let v = body.value(b, lhs, &idx, hook.as_ref().map(|(r, f)| (*r, &**f)))?;
-        b.store(private, i, v);
-        Ok(())
-    })?;
-    Ok(RowSource {
-        buf: private,
-        base: zero,
-        norm: None,
-    })
 }
 
 /// Quantizes the row read from `src` block by block into private codes, scales and (for Q4_0)
