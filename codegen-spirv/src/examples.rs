@@ -253,3 +253,30 @@ pub fn signed_scale(wg: u32) -> Kernel {
     });
     b.finish()
 }
+
+/// Reads of the buffer types without a 32-bit storage form and the `i64` store: for `i < n`,
+/// `y[i] = h[i] + b[i] + c[i]` from `f16`, `bf16` and `i8` buffers, rounded to `f16` precision
+/// (a `Cast` to `f16` and back), and `index[i] = i` into an `i64` buffer.
+pub fn mixed_precision_sum(wg: u32) -> Kernel {
+    let mut b = KernelBuilder::new("mixed_precision_sum");
+    let h = b.buffer("h", ScalarType::F16, Access::Read);
+    let bf = b.buffer("b", ScalarType::Bf16, Access::Read);
+    let c = b.buffer("c", ScalarType::I8, Access::Read);
+    let y = b.buffer("y", F32, Access::Write);
+    let index = b.buffer("index", I64, Access::Write);
+    let n = b.scalar("n", I64);
+    grid_over_param0(&mut b, wg);
+    let i = global_x(&mut b);
+    let inside = b.cmp(CmpOp::Lt, i, n);
+    b.if_then(inside, |b| {
+        let values = [b.load(h, i, 1), b.load(bf, i, 1), b.load(c, i, 1)];
+        let [u, v, w] = values.map(|x| b.cast(F32, x));
+        let s = b.add(u, v);
+        let s = b.add(s, w);
+        let rounded = b.cast(ScalarType::F16, s);
+        let s = b.cast(F32, rounded);
+        b.store(y, i, s);
+        b.store(index, i, i);
+    });
+    b.finish()
+}

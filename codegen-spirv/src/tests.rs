@@ -67,6 +67,11 @@ fn byte_addressed_q8_0_loads_validate() {
 }
 
 #[test]
+fn half_byte_and_i64_buffers_validate() {
+    compiles(&mixed_precision_sum(64), &VulkanTarget::baseline());
+}
+
+#[test]
 fn nested_if_validates() {
     compiles(&signed_scale(64), &VulkanTarget::baseline());
 }
@@ -135,4 +140,17 @@ fn scalar_words_narrow_and_check() {
         .unwrap_err()
         .to_string();
     assert!(message.contains("buffer y"), "{message}");
+}
+
+#[test]
+fn wgsl_shows_the_packed_dot_products_and_byte_reads() {
+    let wgsl = wgsl_text(&q8_0_dot(32), &VulkanTarget::baseline()).unwrap();
+    for expected in [
+        "dot4I8Packed",
+        "unpack4xU8",
+        "unpack2x16float",
+        "arrayLength",
+    ] {
+        assert!(wgsl.contains(expected), "{expected} missing from\n{wgsl}");
+    }
 }

@@ -690,10 +690,12 @@ impl Translator<'_> {
             Layout::Packed => {
                 let byte = self.scale(base, elem.bytes());
                 let size = ty.scalar.bytes();
+                // Only a `u8` buffer read as a wider type can be misaligned.
+                let aligned = size <= elem.bytes();
                 (0..ty.lanes)
                     .map(|i| {
                         let at = self.offset(byte, i * size);
-                        let bits = self.read_bytes(m.pointer, at, size.min(4));
+                        let bits = self.read_bytes(m.pointer, at, size.min(4), aligned);
                         self.decode_bits(bits, ty.scalar)
                     })
                     .collect()
@@ -712,9 +714,10 @@ impl Translator<'_> {
     }
 
     /// The `size` (1, 2 or 4) bytes at byte `byte` of the `array<u32>` `words`, zero-extended
-    /// into a `u32`. Reads that cross a word boundary join two words; the second word's index is
-    /// clamped to the array, so reading the buffer's last bytes never reads past it.
-    fn read_bytes(&mut self, words: Expr, byte: Expr, size: u32) -> Expr {
+    /// into a `u32`. Unless `aligned` (`byte` a multiple of `size`), a read may cross a word
+    /// boundary and joins two words; the second word's index is clamped to the array, so
+    /// reading the buffer's last bytes never reads past it.
+    fn read_bytes(&mut self, words: Expr, byte: Expr, size: u32, aligned: bool) -> Expr {
         let two = self.u32(2);
         let index = self.binary(BinaryOperator::ShiftRight, byte, two);
         let p = self.b.element(words, index);
@@ -723,7 +726,7 @@ impl Translator<'_> {
         let within = self.binary(BinaryOperator::And, byte, three);
         let shift = self.binary(BinaryOperator::ShiftLeft, within, three);
         let shifted = self.binary(BinaryOperator::ShiftRight, low, shift);
-        let joined = if size == 1 {
+        let joined = if size == 1 || aligned {
             shifted
         } else {
             let next = self.offset(index, 1);

@@ -245,6 +245,37 @@ fn q8_0_packed_dot_products() {
 }
 
 #[test]
+fn half_byte_and_i64_buffers() {
+    let Some(dev) = device() else { return };
+    let n = 99;
+    let h: Vec<f16> = random(n, 12).into_iter().map(f16::from_f32).collect();
+    let bf: Vec<half::bf16> = random(n, 13)
+        .into_iter()
+        .map(|v| half::bf16::from_f32(v * 4.0))
+        .collect();
+    let c: Vec<i8> = random(n, 14).iter().map(|v| (v * 127.0) as i8).collect();
+    let mut hb = bytes(&h, f16::to_le_bytes);
+    let mut bb = bytes(&bf, half::bf16::to_le_bytes);
+    let mut cb: Vec<u8> = c.iter().map(|&v| v as u8).collect();
+    let (mut y, mut index) = (vec![0u8; 4 * n], vec![0xffu8; 8 * n]);
+    dev.launch(
+        &compiled(&dev, &mixed_precision_sum(64)),
+        &mut [&mut hb, &mut bb, &mut cb, &mut y, &mut index],
+        &[n as i64],
+    )
+    .unwrap();
+    let want: Vec<f32> = (0..n)
+        .map(|i| f16::from_f32(h[i].to_f32() + bf[i].to_f32() + f32::from(c[i])).to_f32())
+        .collect();
+    assert_close(&f32s(&y), &want, 0.0);
+    let got: Vec<i64> = index
+        .chunks_exact(8)
+        .map(|w| i64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
+        .collect();
+    assert_eq!(got, (0..n as i64).collect::<Vec<_>>());
+}
+
+#[test]
 fn if_else_branches() {
     let Some(dev) = device() else { return };
     let n = 100;
