@@ -55,7 +55,21 @@ impl VulkanDevice {
                 ),
             ));
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let (layout, pipeline) = self
+            .captured(|| self.create_pipeline(kernel))
+            .map_err(|e| launch_error(kernel, format!("creating the pipeline: {e}")))?;
+        Ok(VulkanPipeline {
+            kernel: kernel.clone(),
+            layout,
+            pipeline,
+        })
+    }
+
+    /// The bind group layout `kernel`'s bindings need and its compute pipeline.
+    fn create_pipeline(
+        &self,
+        kernel: &SpirvKernel,
+    ) -> (wgpu::BindGroupLayout, wgpu::ComputePipeline) {
         let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -85,6 +99,7 @@ impl VulkanDevice {
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
+        let [x, y, z] = kernel.workgroup_size;
         let entry = wgpu::PassthroughShaderEntryPoint {
             name: kernel.entry_point.as_str().into(),
             workgroup_size: (x, y, z),
@@ -110,14 +125,21 @@ impl VulkanDevice {
                 compilation_options: Default::default(),
                 cache: None,
             });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(launch_error(kernel, format!("creating the pipeline: {e}")));
+        (layout, pipeline)
+    }
+
+    /// Runs `f` with wgpu's validation and out-of-memory errors captured (wgpu's default
+    /// handler would panic on them) and returns the first one.
+    fn captured<T>(&self, f: impl FnOnce() -> T) -> Result<T, wgpu::Error> {
+        let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let invalid = pollster::block_on(validation.pop());
+        let exhausted = pollster::block_on(memory.pop());
+        match invalid.or(exhausted) {
+            Some(e) => Err(e),
+            None => Ok(value),
         }
-        Ok(VulkanPipeline {
-            kernel: kernel.clone(),
-            layout,
-            pipeline,
-        })
     }
 
     /// Loads and runs `kernel` once: see [`launch_pipeline`](Self::launch_pipeline).
@@ -170,7 +192,22 @@ impl VulkanDevice {
                 ));
             }
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let staging = self
+            .captured(|| self.submit(p, buffers, &words, grid))
+            .map_err(|e| launch_error(k, format!("running: {e}")))?;
+        self.read_back(k, &staging, buffers)
+    }
+
+    /// Uploads the buffers and scalars, dispatches `grid` and queues the copies of the writable
+    /// buffers into mappable staging buffers (`None` for read-only ones), which it returns.
+    fn submit(
+        &self,
+        p: &VulkanPipeline,
+        buffers: &[&mut [u8]],
+        words: &[u32],
+        grid: [u64; 3],
+    ) -> Vec<Option<wgpu::Buffer>> {
+        let k = &p.kernel;
         let bound: Vec<Bound> = k
             .buffers
             .iter()
@@ -230,10 +267,7 @@ impl VulkanDevice {
             })
             .collect();
         self.queue.submit([encoder.finish()]);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(launch_error(k, format!("running: {e}")));
-        }
-        self.read_back(k, &staging, buffers)
+        staging
     }
 
     /// A storage buffer holding `data`, padded to whole words.
