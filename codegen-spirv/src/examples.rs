@@ -280,3 +280,40 @@ pub fn mixed_precision_sum(wg: u32) -> Kernel {
     });
     b.finish()
 }
+
+/// Byte lanes and per-thread memory: for `i < n`, the four bytes of `w` at the unaligned byte
+/// `4i + 1`, read as `u8x4`, bitcast through one `u32` word to `i8x4`, doubled with 8-bit
+/// wrap-around, stored into a Private local and summed back from it: `y[i] = Σ (2·b) as i8`.
+pub fn byte_lanes(wg: u32) -> Kernel {
+    let mut b = KernelBuilder::new("byte_lanes");
+    let w = b.buffer("w", ScalarType::U8, Access::Read);
+    let y = b.buffer("y", F32, Access::Write);
+    let n = b.scalar("n", I64);
+    grid_over_param0(&mut b, wg);
+    let lanes = b.local("lanes", MemorySpace::Private, ScalarType::I32, 4);
+    let i = global_x(&mut b);
+    let inside = b.cmp(CmpOp::Lt, i, n);
+    b.if_then(inside, |b| {
+        let (four, one) = (b.const_i(4), b.const_i(1));
+        let at = b.mul(i, four);
+        let at = b.add(at, one);
+        let bytes = b.load_bytes(w, at, Type::vector(ScalarType::U8, 4));
+        let word = b.bitcast(ScalarType::U32, 1, bytes);
+        let signed = b.bitcast(ScalarType::I8, 4, word);
+        let doubled = b.add(signed, signed);
+        for lane in 0..4 {
+            let v = b.extract(doubled, lane);
+            let v = b.cast(ScalarType::I32, v);
+            let slot = b.const_i(i64::from(lane));
+            b.store(lanes, slot, v);
+        }
+        let (start, zero) = (b.const_i(0), b.const_f(0.0));
+        let sum = b.for_range(start, four, 1, &[zero], |b, j, acc| {
+            let v = b.load(lanes, j, 1);
+            let v = b.cast(F32, v);
+            vec![b.add(acc[0], v)]
+        });
+        b.store(y, i, sum[0]);
+    });
+    b.finish()
+}

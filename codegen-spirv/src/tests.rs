@@ -1,7 +1,7 @@
 use super::*;
 use crate::examples::*;
 use tessera_ir::lir::examples::gemv_row;
-use tessera_ir::lir::{Access, Axis, Kernel, KernelBuilder, ScalarType, Special, Type, UnaryOp};
+use tessera_ir::lir::{Access, Kernel, KernelBuilder, ScalarType};
 
 /// lavapipe's shape: subgroups of 8 (tests of subgroup kernels need a target that has them).
 fn with_subgroups() -> VulkanTarget {
@@ -77,23 +77,8 @@ fn nested_if_validates() {
 }
 
 #[test]
-fn casts_bitcasts_and_8_bit_arithmetic_validate() {
-    let mut b = KernelBuilder::new("conversions");
-    let w = b.buffer("w", ScalarType::U8, Access::Read);
-    let y = b.buffer("y", ScalarType::F32, Access::Write);
-    let i = b.special(Special::LocalId(Axis::X));
-    let bytes = b.load_bytes(w, i, Type::vector(ScalarType::U8, 4));
-    let word = b.bitcast(ScalarType::U32, 1, bytes);
-    let signed = b.bitcast(ScalarType::I8, 4, word);
-    let lane = b.extract(signed, 1);
-    let doubled = b.add(lane, lane);
-    let f = b.cast(ScalarType::F32, doubled);
-    let half = b.cast(ScalarType::F16, f);
-    let back = b.cast(ScalarType::F32, half);
-    let r = b.unary(UnaryOp::Rsqrt, back);
-    b.store(y, i, r);
-    b.workgroup_size([4, 1, 1]);
-    compiles(&b.finish(), &VulkanTarget::baseline());
+fn byte_lanes_and_private_memory_validate() {
+    compiles(&byte_lanes(64), &VulkanTarget::baseline());
 }
 
 #[test]

@@ -276,6 +276,32 @@ fn half_byte_and_i64_buffers() {
 }
 
 #[test]
+fn byte_lanes_and_private_memory() {
+    let Some(dev) = device() else { return };
+    let n = 50;
+    let mut w: Vec<u8> = random(4 * n + 3, 15)
+        .iter()
+        .map(|v| (v * 127.0) as i8 as u8)
+        .collect();
+    let mut y = vec![0u8; 4 * n];
+    dev.launch(
+        &compiled(&dev, &byte_lanes(64)),
+        &mut [&mut w, &mut y],
+        &[n as i64],
+    )
+    .unwrap();
+    let want: Vec<f32> = (0..n)
+        .map(|i| {
+            w[4 * i + 1..][..4]
+                .iter()
+                .map(|&b| f32::from((b as i8).wrapping_add(b as i8)))
+                .sum()
+        })
+        .collect();
+    assert_close(&f32s(&y), &want, 0.0);
+}
+
+#[test]
 fn if_else_branches() {
     let Some(dev) = device() else { return };
     let n = 100;
