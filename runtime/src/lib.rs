@@ -9,6 +9,8 @@ mod error;
 mod executor;
 mod sampler;
 mod tokenizer;
+#[cfg(feature = "vulkan")]
+pub mod vulkan;
 
 pub use artifact::Artifact;
 pub use cpu::CpuExecutor;
