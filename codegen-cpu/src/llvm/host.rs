@@ -36,7 +36,7 @@ pub(crate) struct DotInstructions {
 }
 
 impl DotInstructions {
-    /// None: every dot product takes the generic form (tests compare it with the VNNI one).
+    /// None: every dot product takes the generic form.
     pub(crate) const NONE: DotInstructions = DotInstructions {
         u8i8_narrow: false,
         u8i8_512: false,
@@ -94,6 +94,7 @@ impl Host {
     }
 
     /// This host with other dot-product instructions (tests force the generic form with it).
+    #[cfg(test)]
     pub(crate) fn with_dot(&self, dot: DotInstructions) -> Host {
         Host {
             dot,
@@ -115,7 +116,7 @@ impl Host {
     /// penalty of 512-bit instructions on early AVX-512 parts, but kernels are long, dense
     /// loops whose throughput doubles with `zmm` registers on current ones (Ice Lake and
     /// later, Zen 4), and the 512-bit VNNI dot product needs the wide registers enabled.
-    pub(crate) fn function_attributes<'ctx>(&self, cx: &'ctx Context) -> Vec<Attribute> {
+    pub(crate) fn function_attributes(&self, cx: &Context) -> Vec<Attribute> {
         let mut attributes = vec![
             cx.create_string_attribute("target-cpu", &self.cpu),
             cx.create_string_attribute("target-features", &self.features),

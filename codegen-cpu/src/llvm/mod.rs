@@ -8,8 +8,10 @@ mod host;
 mod jit;
 mod translate;
 
-pub(crate) use host::{DotInstructions, Host};
-pub(crate) use jit::{asm_text, compile, compile_for, ir_text, JitCode};
+pub(crate) use host::Host;
+pub(crate) use jit::{asm_text, compile, ir_text, JitCode};
+#[cfg(test)]
+use {host::DotInstructions, jit::compile_for};
 
 use crate::CodegenError;
 use inkwell::builder::BuilderError;
@@ -41,4 +43,4 @@ impl Failure {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -98,7 +98,9 @@ pub(super) fn translate<'ctx>(
         .map(|p| p.into_pointer_value())
         .collect();
     let [scalars, group_id, num_groups] = params[k.buffers.len()..] else {
-        unreachable!("the body takes the buffers and three tables")
+        return Err(Failure::Llvm(
+            "the body takes the buffers and three tables".into(),
+        ));
     };
     let locals = k
         .locals
@@ -350,7 +352,8 @@ impl<'ctx> Translator<'ctx, '_> {
             std::iter::once((iv, start)).chain(carried.iter().map(|c| (c.param, c.init)))
         {
             let phi = self.b.build_phi(self.llvm_type(self.ty(v)), "")?;
-            phi.add_incoming(&[(&self.val(init)?, preheader)]);
+            let init = self.val(init)?;
+            phi.add_incoming(&[(&init as &dyn BasicValue, preheader)]);
             self.vals[v.index()] = Some(phi.as_basic_value());
             phis.push(phi);
         }
@@ -377,7 +380,8 @@ impl<'ctx> Translator<'ctx, '_> {
             .ok_or_else(|| Failure::Llvm("no block to branch back from".into()))?;
         let back = std::iter::once(Ok(next)).chain(yields.iter().map(|&y| self.val(y)));
         for (phi, value) in phis.iter().zip(back) {
-            phi.add_incoming(&[(&value?, latch)]);
+            let value = value?;
+            phi.add_incoming(&[(&value as &dyn BasicValue, latch)]);
         }
         self.b.build_unconditional_branch(header)?;
 
@@ -388,7 +392,7 @@ impl<'ctx> Translator<'ctx, '_> {
         Ok(())
     }
 
-    fn inst(&mut self, inst: &Inst, ty: Type) -> Result<BasicValueEnum<'ctx>> {
+    fn inst(&self, inst: &Inst, ty: Type) -> Result<BasicValueEnum<'ctx>> {
         Ok(match inst {
             Inst::Const(lit) => match *lit {
                 _ if matches!(ty.scalar, ScalarType::F16 | ScalarType::Bf16) => {
@@ -492,7 +496,7 @@ impl<'ctx> Translator<'ctx, '_> {
     }
 
     /// Scalar param `i`: the ABI passes every scalar as an `i64` (an `f32` as its bits).
-    fn param(&mut self, i: usize, s: ScalarType) -> Result<BasicValueEnum<'ctx>> {
+    fn param(&self, i: usize, s: ScalarType) -> Result<BasicValueEnum<'ctx>> {
         let raw = self.load_i64(self.scalars, i)?;
         Ok(match s {
             ScalarType::I64 => raw.into(),
@@ -522,7 +526,7 @@ impl<'ctx> Translator<'ctx, '_> {
         Ok(x.into_int_value())
     }
 
-    fn special(&mut self, s: Special) -> Result<BasicValueEnum<'ctx>> {
+    fn special(&self, s: Special) -> Result<BasicValueEnum<'ctx>> {
         Ok(match special_source(s).map_err(Failure::Unsupported)? {
             SpecialSource::Table { num_groups, axis } => {
                 let table = if num_groups {
@@ -537,7 +541,7 @@ impl<'ctx> Translator<'ctx, '_> {
     }
 
     fn unary(
-        &mut self,
+        &self,
         op: UnaryOp,
         x: BasicValueEnum<'ctx>,
         ty: Type,
@@ -580,7 +584,7 @@ impl<'ctx> Translator<'ctx, '_> {
 
     /// `a op b` on values of type `ty`.
     fn binary(
-        &mut self,
+        &self,
         op: BinaryOp,
         ty: Type,
         a: BasicValueEnum<'ctx>,
@@ -636,7 +640,7 @@ impl<'ctx> Translator<'ctx, '_> {
 
     /// A comparison, lane by lane for vectors (`<n x i1>`).
     fn compare(
-        &mut self,
+        &self,
         op: CmpOp,
         s: ScalarType,
         a: BasicValueEnum<'ctx>,
@@ -706,7 +710,7 @@ impl<'ctx> Translator<'ctx, '_> {
     /// `i32`/`u32`/`i64` range, then wraps to 8 bits); `bool` results are `x != 0`; halves widen
     /// to `f32` only.
     fn cast(
-        &mut self,
+        &self,
         from: ScalarType,
         to: Type,
         x: BasicValueEnum<'ctx>,
@@ -771,7 +775,7 @@ impl<'ctx> Translator<'ctx, '_> {
 
     /// Truncates or extends (by `from`'s signedness) integer or `bool` lanes to `to`'s width.
     fn int_resize(
-        &mut self,
+        &self,
         x: BasicValueEnum<'ctx>,
         from: ScalarType,
         to: Type,
@@ -791,7 +795,7 @@ impl<'ctx> Translator<'ctx, '_> {
     /// normalizes subnormals); infinities and NaNs, whose exponent the rescaling would not reach,
     /// are rebuilt with the `f32` exponent. Integer and float vector ops only: no libcall, and
     /// it vectorizes.
-    fn f16_to_f32(&mut self, h: BasicValueEnum<'ctx>, lanes: u32) -> Result<BasicValueEnum<'ctx>> {
+    fn f16_to_f32(&self, h: BasicValueEnum<'ctx>, lanes: u32) -> Result<BasicValueEnum<'ctx>> {
         use InstructionOpcode as O;
         let (ints, floats) = (
             Type::vector(ScalarType::I32, lanes),
@@ -821,7 +825,7 @@ impl<'ctx> Translator<'ctx, '_> {
 
     /// Scalar `x` broadcast to `lanes` lanes.
     pub(super) fn splat(
-        &mut self,
+        &self,
         x: BasicValueEnum<'ctx>,
         lanes: u32,
     ) -> Result<BasicValueEnum<'ctx>> {
@@ -838,7 +842,7 @@ impl<'ctx> Translator<'ctx, '_> {
     /// tree rather than lane 0 first) and starts from -0.0, the identity of addition; `Max` and
     /// `Min` propagate NaN like the binary ops.
     fn reduce(
-        &mut self,
+        &self,
         op: ReduceOp,
         t: Type,
         x: BasicValueEnum<'ctx>,
@@ -881,7 +885,7 @@ impl<'ctx> Translator<'ctx, '_> {
     }
 
     /// `&buf[index]`, elements of the buffer's type (bytes for a `u8` buffer).
-    fn address(&mut self, buf: BufRef, index: Value) -> Result<PointerValue<'ctx>> {
+    fn address(&self, buf: BufRef, index: Value) -> Result<PointerValue<'ctx>> {
         let (base, elem) = match buf {
             BufRef::Param(i) => (self.bases[i], self.k.buffers[i].elem),
             BufRef::Local(i) => (self.locals[i], self.k.locals[i].elem),
