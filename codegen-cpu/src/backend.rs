@@ -5,29 +5,22 @@ use tessera_ir::lir::Kernel;
 
 /// The code generator behind [`compile_with`]. Both take the same LIR, produce the same ABI and
 /// compute the same results (within float rounding: LLVM may reassociate lane reductions and
-/// uses libm's transcendentals); they differ in compile time and code quality.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// uses libm's transcendentals); they differ in compile time and code quality. The default is
+/// the fastest code this build can produce: LLVM when built with it, Cranelift otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// Cranelift: compiles in milliseconds, embedded, always built; 128-bit SIMD only.
+    #[cfg_attr(not(feature = "llvm"), default)]
     Cranelift,
     /// LLVM at O3 for the host CPU (cargo feature `llvm`): slower to compile, faster code
     /// (auto-vectorization to the host's widest registers, VNNI dot products).
     #[cfg(feature = "llvm")]
+    #[default]
     Llvm,
 }
 
-impl Default for Backend {
-    /// The fastest code this build can produce: LLVM when built with it, Cranelift otherwise.
-    fn default() -> Backend {
-        #[cfg(feature = "llvm")]
-        return Backend::Llvm;
-        #[cfg(not(feature = "llvm"))]
-        return Backend::Cranelift;
-    }
-}
-
 impl Backend {
-    /// Every backend this build has, the default last.
+    /// Every backend this build has.
     pub const ALL: &'static [Backend] = &[
         Backend::Cranelift,
         #[cfg(feature = "llvm")]

@@ -397,8 +397,7 @@ impl<'ctx> Translator<'ctx, '_> {
             Inst::Const(lit) => match *lit {
                 _ if matches!(ty.scalar, ScalarType::F16 | ScalarType::Bf16) => {
                     return Err(Failure::Unsupported(format!(
-                        "a {} constant ({} is a storage type)",
-                        ty.scalar.name(),
+                        "constant of type {} (a storage type)",
                         ty.scalar.name()
                     )))
                 }
