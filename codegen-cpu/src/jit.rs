@@ -22,7 +22,7 @@ pub(crate) fn compile(kernel: &Kernel) -> Result<CompiledKernel, CodegenError> {
     let entry = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
     Ok(CompiledKernel::new(
         kernel.clone(),
-        CodeOwner::Cranelift(module),
+        CodeOwner::Cranelift(Box::new(module)),
         entry,
     ))
 }

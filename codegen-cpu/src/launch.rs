@@ -15,7 +15,8 @@ pub(crate) type KernelFn = unsafe extern "C" fn(
 
 /// What owns the machine code a [`CompiledKernel`]'s entry points into: one per backend.
 pub(crate) enum CodeOwner {
-    Cranelift(JITModule),
+    /// Boxed: a JIT module is hundreds of bytes, the LLVM owner two pointers.
+    Cranelift(Box<JITModule>),
     #[cfg(feature = "llvm")]
     Llvm(crate::llvm::JitCode),
 }
@@ -180,7 +181,7 @@ impl Drop for CompiledKernel {
     fn drop(&mut self) {
         match self.code.take() {
             // SAFETY: `entry` is the only pointer into the module's code and dies with `self`.
-            Some(CodeOwner::Cranelift(module)) => unsafe { module.free_memory() },
+            Some(CodeOwner::Cranelift(module)) => unsafe { (*module).free_memory() },
             // Dropping the engine frees the code.
             #[cfg(feature = "llvm")]
             Some(CodeOwner::Llvm(code)) => drop(code),

@@ -570,7 +570,8 @@ fn bitcasts_keep_memory_order() {
 /// Cranelift calls Rust functions lane by lane, LLVM its intrinsics (libm underneath).
 #[test]
 fn math_functions_match_rust() {
-    let ops: [(UnaryOp, fn(f32) -> f32); 9] = [
+    type Reference = fn(f32) -> f32;
+    let ops: [(UnaryOp, Reference); 9] = [
         (UnaryOp::Exp, f32::exp),
         (UnaryOp::Log, |v| v.abs().ln()),
         (UnaryOp::Tanh, f32::tanh),
