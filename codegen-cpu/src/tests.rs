@@ -478,17 +478,23 @@ pub(crate) fn check_dot4(lanes: u32, compile: impl Fn(&Kernel) -> Vec<(String, C
     }
 }
 
+/// [`compiled`], and under LLVM the generic dot-product form as well.
+#[cfg(feature = "llvm")]
+fn dot_forms(kernel: &Kernel) -> Vec<(String, CompiledKernel)> {
+    let mut all = compiled(kernel);
+    all.extend(crate::llvm::tests::generic_dot(kernel));
+    all
+}
+
+#[cfg(not(feature = "llvm"))]
+use compiled as dot_forms;
+
 /// Both packings over `u32x4` and scalars, with every backend (and, under LLVM, both the VNNI
 /// and the generic form).
 #[test]
 fn packed_byte_dot_products() {
     for lanes in [1, 4] {
-        check_dot4(lanes, |k| {
-            let mut all = compiled(k);
-            #[cfg(feature = "llvm")]
-            all.extend(crate::llvm::tests::generic_dot(k));
-            all
-        });
+        check_dot4(lanes, dot_forms);
     }
 }
 
