@@ -668,3 +668,27 @@ fn lane_reductions() {
         }
     }
 }
+
+/// Float remainder (a libm call on both backends), on `f32x4`.
+#[test]
+fn float_remainder() {
+    let mut b = KernelBuilder::new("remainder");
+    let x = b.buffer("x", F32, Access::Read);
+    let y = b.buffer("y", F32, Access::Write);
+    grid_x(&mut b, SizeExpr::Const(4));
+    let g = b.special(Special::GroupId(Axis::X));
+    let four = b.const_i(4);
+    let i = b.mul(g, four);
+    let v = b.load(x, i, 4);
+    let d = b.const_f(0.7);
+    let d = b.splat(d, 4);
+    let r = b.binary(BinaryOp::Rem, v, d);
+    b.store(y, i, r);
+    let xs: Vec<f32> = random(16, 14).iter().map(|v| v * 5.0).collect();
+    let want: Vec<f32> = xs.iter().map(|v| v % 0.7).collect();
+    for (backend, compiled) in compiled(&b.finish()) {
+        let (mut xb, mut yb) = (f32_bytes(&xs), vec![0u8; 4 * xs.len()]);
+        compiled.launch(&mut [&mut xb, &mut yb], &[]).unwrap();
+        assert_eq!(to_f32(&yb), want, "{backend}");
+    }
+}
