@@ -169,7 +169,8 @@ impl CompiledKernel {
 // SAFETY: once compiled, the code is immutable and nothing touches its owner until `Drop`, which
 // needs `&mut self`: the Cranelift module after `finalize_definitions`, or the LLVM execution
 // engine and context, which are not tied to the thread that made them (an LLVM context may be
-// used from any one thread at a time, and only `Drop` uses it). `kernel` is plain data and
+// used from any one thread at a time, and only `Drop` uses it; the engine's reference-counted
+// handle has no other clone once compiling returns, so no count is shared between threads). `kernel` is plain data and
 // `entry` a function pointer. The generated code keeps no state of its own (its math functions
 // are pure Rust functions or libm's), so calls from several threads share nothing but the
 // buffers their caller passes.

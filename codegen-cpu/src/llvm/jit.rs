@@ -13,8 +13,9 @@ use inkwell::targets::{FileType, TargetMachine};
 use inkwell::OptimizationLevel;
 use tessera_ir::lir::{verify, Kernel};
 
-/// The machine code of one kernel: the execution engine (which owns the module and the code)
-/// and the LLVM context everything in it lives in.
+/// The machine code of one kernel: the execution engine (which owns the module and the code;
+/// the only handle on it, the module's dropped with [`compile_for`]) and the LLVM context
+/// everything in it lives in.
 pub(crate) struct JitCode {
     // Fields drop in declaration order: the engine before the context it was created in.
     _engine: ExecutionEngine<'static>,
