@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{compile_with, fails, fixture, last_json, ok};
+use common::{compile_with, fails, fixture, last_json, ok, tessera};
 use serde_json::Value;
 use std::path::Path;
 
@@ -362,4 +362,50 @@ fn quantizing_a_non_finite_weight_is_named() {
         "q4_0",
     ]);
     assert!(err.contains(name) && err.contains("NaN"), "{err}");
+}
+
+/// `--cpu-backend`: every backend this build has generates the fixture's tokens; asking a build
+/// without LLVM for it says how to get it.
+#[test]
+fn cpu_backends_generate_the_fixture_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let artifact = compile_with("llama", tmp.path(), &["--target", "cpu"]);
+    let want = expected("llama");
+    let (ids, n) = (
+        prompt_ids(&want),
+        want["generated_ids"].as_array().unwrap().len().to_string(),
+    );
+    let run = |backend: &str| {
+        let args = [
+            "run",
+            &artifact,
+            "--prompt-ids",
+            &ids,
+            "--max-tokens",
+            &n,
+            "--ignore-eos",
+            "--json",
+            "--cpu-backend",
+            backend,
+        ];
+        tessera(&args)
+    };
+    let mut backends = vec!["cranelift"];
+    if cfg!(feature = "llvm") {
+        backends.push("llvm");
+    } else {
+        let out = run("llvm");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("cargo build --release --features llvm"),
+            "{err}"
+        );
+    }
+    for backend in backends {
+        let out = run(backend);
+        assert!(out.status.success(), "{backend}: {out:?}");
+        let report = last_json(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(report["generated_ids"], want["generated_ids"], "{backend}");
+    }
 }

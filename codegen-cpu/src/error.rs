@@ -16,6 +16,11 @@ pub enum CodegenError {
     /// Cranelift rejected the translated function or could not emit it.
     #[error("kernel {kernel}: cranelift: {message}")]
     Cranelift { kernel: String, message: String },
+    /// LLVM rejected the translated module or could not optimize or JIT-compile it (the `llvm`
+    /// feature's backend).
+    #[cfg(feature = "llvm")]
+    #[error("kernel {kernel}: llvm: {message}")]
+    Llvm { kernel: String, message: String },
     /// The buffers or scalars passed to a launch do not fit the kernel.
     #[error("kernel {kernel}: launch: {message}")]
     Launch { kernel: String, message: String },

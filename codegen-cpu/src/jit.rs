@@ -1,6 +1,7 @@
-//! [`compile`] and [`clif_text`]: a JIT module for the host, the kernel translated into it.
+//! The Cranelift backend's [`compile`], [`clif_text`] and [`asm_text`]: a JIT module for the
+//! host, the kernel translated into it.
 
-use crate::launch::KernelFn;
+use crate::launch::{CodeOwner, KernelFn};
 use crate::translate::{kernel_signature, math_symbols, translate};
 use crate::{cpu_capabilities, CodegenError, CompiledKernel};
 use cranelift_codegen::settings::{self, Configurable};
@@ -9,8 +10,8 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use tessera_ir::lir::{verify, Kernel};
 
-/// Verifies, translates and JIT-compiles `kernel` for the host CPU.
-pub fn compile(kernel: &Kernel) -> Result<CompiledKernel, CodegenError> {
+/// Verifies, translates and JIT-compiles `kernel` for the host CPU with Cranelift.
+pub(crate) fn compile(kernel: &Kernel) -> Result<CompiledKernel, CodegenError> {
     let (mut module, mut ctx, id) = translated(kernel)?;
     let failed = |e: cranelift_module::ModuleError| cranelift_error(kernel, format!("{e:?}"));
     module.define_function(id, &mut ctx).map_err(failed)?;
@@ -19,7 +20,11 @@ pub fn compile(kernel: &Kernel) -> Result<CompiledKernel, CodegenError> {
     // SAFETY: `code` is the function just finalized with `kernel_signature`, which is this
     // `extern "C"` signature on the host's default calling convention.
     let entry = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
-    Ok(CompiledKernel::new(kernel.clone(), module, entry))
+    Ok(CompiledKernel::new(
+        kernel.clone(),
+        CodeOwner::Cranelift(Box::new(module)),
+        entry,
+    ))
 }
 
 /// The Cranelift IR of `kernel`'s translated function, before Cranelift's optimizations.
@@ -28,9 +33,8 @@ pub fn clif_text(kernel: &Kernel) -> Result<String, CodegenError> {
     Ok(ctx.func.display().to_string())
 }
 
-/// The host machine code Cranelift generates for `kernel`, as its disassembly (`tessera explain
-/// --emit asm`): what to read when a template is slower than its instruction count suggests.
-pub fn asm_text(kernel: &Kernel) -> Result<String, CodegenError> {
+/// The host machine code Cranelift generates for `kernel`, as its disassembly.
+pub(crate) fn asm_text(kernel: &Kernel) -> Result<String, CodegenError> {
     let (mut module, mut ctx, id) = translated(kernel)?;
     ctx.set_disasm(true);
     module

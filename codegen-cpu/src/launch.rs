@@ -13,7 +13,16 @@ pub(crate) type KernelFn = unsafe extern "C" fn(
     num_groups: *const u64,
 );
 
-/// A kernel compiled to host code by [`crate::compile`].
+/// What owns the machine code a [`CompiledKernel`]'s entry points into: one per backend.
+pub(crate) enum CodeOwner {
+    /// Boxed: a JIT module is hundreds of bytes, the LLVM owner two pointers.
+    Cranelift(Box<JITModule>),
+    #[cfg(feature = "llvm")]
+    Llvm(crate::llvm::JitCode),
+}
+
+/// A kernel compiled to host code by [`crate::compile`] (either backend: only the owner of the
+/// code differs).
 ///
 /// The generated function is
 /// `extern "C" fn(buffers: *const *mut u8, scalars: *const i64, group_id: *const u64,
@@ -25,20 +34,20 @@ pub(crate) type KernelFn = unsafe extern "C" fn(
 /// A launch checks the buffer and scalar counts and that every buffer holds whole elements;
 /// the bounds of individual loads and stores are the template's responsibility (an access out of
 /// bounds is undefined behaviour, as in a GPU kernel), and so is integer division by zero
-/// (it traps).
+/// (it traps under Cranelift and is undefined behaviour under LLVM).
 pub struct CompiledKernel {
     kernel: Kernel,
     entry: KernelFn,
     /// Owns the code `entry` points into; `None` only while dropping.
-    module: Option<JITModule>,
+    code: Option<CodeOwner>,
 }
 
 impl CompiledKernel {
-    pub(crate) fn new(kernel: Kernel, module: JITModule, entry: KernelFn) -> CompiledKernel {
+    pub(crate) fn new(kernel: Kernel, code: CodeOwner, entry: KernelFn) -> CompiledKernel {
         CompiledKernel {
             kernel,
             entry,
-            module: Some(module),
+            code: Some(code),
         }
     }
 
@@ -157,19 +166,27 @@ impl CompiledKernel {
     }
 }
 
-// SAFETY: after `finalize_definitions` the JIT module's code is immutable and nothing mutates
-// the module until `Drop`, which needs `&mut self`; `kernel` is plain data and `entry` a function
-// pointer. The generated code keeps no state of its own (its math symbols are pure Rust
-// functions), so calls from several threads share nothing but the buffers their caller passes.
+// SAFETY: once compiled, the code is immutable and nothing touches its owner until `Drop`, which
+// needs `&mut self`: the Cranelift module after `finalize_definitions`, or the LLVM execution
+// engine and context, which are not tied to the thread that made them (an LLVM context may be
+// used from any one thread at a time, and only `Drop` uses it; the engine's reference-counted
+// handle has no other clone once compiling returns, so no count is shared between threads). `kernel` is plain data and
+// `entry` a function pointer. The generated code keeps no state of its own (its math functions
+// are pure Rust functions or libm's), so calls from several threads share nothing but the
+// buffers their caller passes.
 unsafe impl Send for CompiledKernel {}
 // SAFETY: as for `Send`: every `&self` method only reads.
 unsafe impl Sync for CompiledKernel {}
 
 impl Drop for CompiledKernel {
     fn drop(&mut self) {
-        if let Some(module) = self.module.take() {
+        match self.code.take() {
             // SAFETY: `entry` is the only pointer into the module's code and dies with `self`.
-            unsafe { module.free_memory() }
+            Some(CodeOwner::Cranelift(module)) => unsafe { (*module).free_memory() },
+            // Dropping the engine frees the code.
+            #[cfg(feature = "llvm")]
+            Some(CodeOwner::Llvm(code)) => drop(code),
+            None => {}
         }
     }
 }

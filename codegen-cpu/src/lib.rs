@@ -1,15 +1,24 @@
-//! CPU backend: LIR to native code through the Cranelift JIT, the embedded default backend
-//! (DESIGN.md §5). [`compile`] verifies a kernel against [`cpu_capabilities`], translates it to
-//! one Cranelift function and JIT-compiles it for the host; [`CompiledKernel::launch`] runs its
-//! grid. [`clif_text`] shows the translated function (`tessera explain --emit clif`).
+//! CPU backend: LIR to native code, JIT-compiled for the host (DESIGN.md §5). [`compile`]
+//! verifies a kernel against [`cpu_capabilities`], translates it and JIT-compiles it with the
+//! default [`Backend`]; [`CompiledKernel::launch`] runs its grid. Two backends share the ABI, the
+//! semantics and the launch checks: Cranelift (embedded, always built) and, with cargo feature
+//! `llvm`, LLVM at O3 for the host CPU (the default when built). [`clif_text`] shows the
+//! Cranelift function (`tessera explain --emit clif`), [`llvm_ir_text`] the optimized LLVM IR.
 
+mod backend;
 mod error;
 mod jit;
 mod launch;
+#[cfg(feature = "llvm")]
+mod llvm;
+mod rules;
 mod translate;
 
+#[cfg(feature = "llvm")]
+pub use backend::llvm_ir_text;
+pub use backend::{asm_text, compile, compile_with, Backend};
 pub use error::CodegenError;
-pub use jit::{asm_text, clif_text, compile};
+pub use jit::clif_text;
 pub use launch::CompiledKernel;
 
 use std::collections::BTreeSet;

@@ -8,6 +8,9 @@
 //! produces. Operations Cranelift has no vector form for (transcendentals, shifts by a vector,
 //! integer division, remainders, casts) run lane by lane.
 
+use crate::rules::{
+    is_signed, memory_type_error, special_source, SpecialSource, BARRIER_UNSUPPORTED,
+};
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I16, I32, I32X4, I64, I8, I8X16};
@@ -128,10 +131,6 @@ fn mem_flags() -> MemFlagsData {
     MemFlagsData::new()
         .with_notrap()
         .with_endianness(Endianness::Little)
-}
-
-fn is_signed(s: ScalarType) -> bool {
-    matches!(s, ScalarType::I32 | ScalarType::I64 | ScalarType::I8)
 }
 
 /// Four half-precision lanes: held zero-extended in the 32-bit lanes of an `i32x4` (Cranelift's
@@ -274,11 +273,7 @@ impl<M: Module> Translator<'_, '_, M> {
                 }
                 self.b.switch_to_block(merge);
             }
-            Stmt::Barrier => {
-                return Err(self.unsupported(
-                    "barrier (a CPU workgroup is one thread with no shared memory)".to_string(),
-                ))
-            }
+            Stmt::Barrier => return Err(self.unsupported(BARRIER_UNSUPPORTED.to_string())),
         }
         Ok(())
     }
@@ -556,20 +551,20 @@ impl<M: Module> Translator<'_, '_, M> {
     }
 
     fn special(&mut self, s: Special) -> Result<ir::Value, CodegenError> {
-        let table = |base: ir::Value, axis| (base, byte_offset(axis as usize, 8));
-        let (base, offset) = match s {
-            Special::GroupId(axis) => table(self.group_id, axis),
-            Special::NumGroups(axis) => table(self.num_groups, axis),
-            Special::LocalId(_) => return Ok(self.b.ins().iconst(I64, 0)),
-            Special::GroupSize(_) => return Ok(self.b.ins().iconst(I64, 1)),
-            Special::SubgroupId | Special::SubgroupLane | Special::SubgroupSize => {
-                return Err(self.unsupported(format!("{s:?} (no subgroups)")))
+        Ok(match special_source(s).map_err(|m| self.unsupported(m))? {
+            SpecialSource::Table { num_groups, axis } => {
+                let base = if num_groups {
+                    self.num_groups
+                } else {
+                    self.group_id
+                };
+                let offset = byte_offset(axis, 8);
+                self.b
+                    .ins()
+                    .load(I64, MemFlagsData::trusted(), base, offset)
             }
-        };
-        Ok(self
-            .b
-            .ins()
-            .load(I64, MemFlagsData::trusted(), base, offset))
+            SpecialSource::Const(c) => self.b.ins().iconst(I64, c),
+        })
     }
 
     fn unary(&mut self, op: UnaryOp, a: Value, ty: Type) -> Result<ir::Value, CodegenError> {
@@ -887,12 +882,9 @@ impl<M: Module> Translator<'_, '_, M> {
         Ok(self.b.inst_results(call)[0])
     }
 
-    /// Vectors of `bool` have no memory layout here (their lanes are masks, not bytes).
+    /// See [`memory_type_error`].
     fn check_memory_type(&self, t: Type) -> Result<(), CodegenError> {
-        if t.scalar == ScalarType::Bool && t.lanes > 1 {
-            return Err(self.unsupported(format!("loads and stores of {t}")));
-        }
-        Ok(())
+        memory_type_error(t).map_or(Ok(()), |m| Err(self.unsupported(m)))
     }
 
     /// `base(buf) + index × element size`.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+use tessera_codegen_cpu::Backend;
 use tessera_ir::artifact::Manifest;
 use tessera_ir::interp::Tensor;
 use tessera_ir::{eval_shape, DimEnv, ModelInfo};
@@ -80,6 +81,9 @@ pub struct LoadOptions {
     /// Threads the CPU executor splits each kernel launch across (the calling thread included);
     /// `None` is the host's available parallelism. Other targets ignore it.
     pub threads: Option<usize>,
+    /// What compiles the CPU executor's kernels (`--cpu-backend`); the default is the best this
+    /// build has. Other targets ignore it.
+    pub cpu_backend: Backend,
 }
 
 /// A loaded model ready to generate.
@@ -110,7 +114,11 @@ impl Engine {
                 let threads = options.threads.unwrap_or_else(|| {
                     std::thread::available_parallelism().map_or(1, |n| n.get())
                 });
-                Box::new(CpuExecutor::new(Arc::clone(&artifact), threads)?)
+                Box::new(CpuExecutor::new(
+                    Arc::clone(&artifact),
+                    threads,
+                    options.cpu_backend,
+                )?)
             }
             other => {
                 return Err(RuntimeError::Unsupported(format!(

@@ -4,7 +4,7 @@
 
 mod bandwidth;
 
-use super::print_json;
+use super::{print_json, CpuBackend};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -31,6 +31,10 @@ pub struct Args {
     /// Threads of the CPU executor and of the bandwidth measurement (default: all available).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
+    /// What compiles the CPU kernels on `--target cpu` (default: llvm when built with it,
+    /// else cranelift).
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    cpu_backend: Option<CpuBackend>,
     /// Print one JSON object on the last line of stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -46,6 +50,9 @@ const WARMUP_DECODE_STEPS: usize = 2;
 struct Report {
     model: String,
     target: String,
+    /// What compiled the kernels (`--target cpu` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_backend: Option<&'static str>,
     threads: usize,
     prompt_len: usize,
     gen: usize,
@@ -71,6 +78,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     let options = LoadOptions {
         threads: args.threads.map(|n| n as usize),
+        cpu_backend: CpuBackend::resolve(args.cpu_backend)?,
     };
     let mut engine =
         Engine::load_with(path, &options).with_context(|| format!("loading {}", path.display()))?;
@@ -144,9 +152,11 @@ pub fn run(args: Args) -> Result<()> {
     let prefill_tok_s = bandwidth::median(&mut prefill_tok_s_runs.clone());
     let decode_tok_s = bandwidth::median(&mut decode_tok_s_runs.clone());
     let roofline_tok_s = bandwidth_gb_s * 1e9 / weight_bytes as f64;
+    let cpu_backend = (target == "cpu").then(|| options.cpu_backend.name());
     let report = Report {
         model,
         target,
+        cpu_backend,
         threads,
         prompt_len,
         gen,
@@ -175,10 +185,13 @@ fn print_table(path: &Path, r: &Report) {
         parts.join(" ")
     };
     println!(
-        "{} ({}, target {}, {} thread{}): prompt {} tokens, {} decode steps, median of {} run{}",
+        "{} ({}, target {}{}, {} thread{}): prompt {} tokens, {} decode steps, median of {} run{}",
         path.display(),
         r.model,
         r.target,
+        r.cpu_backend
+            .map(|b| format!(" ({b} backend)"))
+            .unwrap_or_default(),
         r.threads,
         if r.threads == 1 { "" } else { "s" },
         r.prompt_len,

@@ -1,12 +1,13 @@
-//! `tessera explain MODEL --target T --emit graph|egraph|kernels|lir|clif|asm`: what the optimizer
-//! sees and chooses, per entry point, and the CPU code of its kernels. MODEL may be a folder with
-//! only config.json (shapes, no weights).
+//! `tessera explain MODEL --target T --emit graph|egraph|kernels|lir|clif|llvm|asm`: what the
+//! optimizer sees and chooses, per entry point, and the CPU code of its kernels. MODEL may be a
+//! folder with only config.json (shapes, no weights).
 
-use super::print_json;
+use super::{print_json, CpuBackend};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use tessera_codegen_cpu::Backend;
 use tessera_ir::kernel::KernelGraph;
 use tessera_ir::DimEnv;
 use tessera_passes::cost::{Roofline, TargetSpec};
@@ -24,7 +25,10 @@ enum Emit {
     Lir,
     /// Each kernel's Cranelift IR, before Cranelift's optimizations (`--target cpu`).
     Clif,
-    /// Each kernel's host machine code as Cranelift emits it (`--target cpu`).
+    /// Each kernel's LLVM IR after LLVM's O3 pipeline for this host (`--target cpu`; needs a
+    /// build with `--features llvm`).
+    Llvm,
+    /// Each kernel's host machine code as `--cpu-backend` emits it (`--target cpu`).
     Asm,
 }
 
@@ -44,7 +48,11 @@ pub struct Args {
     /// Override the shape bucket, e.g. `seq=4` or `past=4096,batch=2`.
     #[arg(long, value_name = "SYM=N,…")]
     bucket: Option<String>,
-    /// With --emit lir|clif|asm: only the kernel at this position of the entry's kernel list.
+    /// With --emit asm: the backend whose machine code to show (default: llvm when built with
+    /// it, else cranelift).
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    cpu_backend: Option<CpuBackend>,
+    /// With --emit lir|clif|llvm|asm: only the kernel at this position of the entry's kernel list.
     #[arg(long, value_name = "N")]
     kernel: Option<usize>,
     /// Explain the model with its projection weights block-quantized, as `compile --quant` stores them.
@@ -86,6 +94,7 @@ pub fn run(args: Args) -> Result<()> {
         let quantized = tessera::quantized_weights(&module, quant.dtype());
         tessera::apply_storage(&mut module, &quantized)?;
     }
+    let backend = CpuBackend::resolve(args.cpu_backend)?;
     let target = TargetSpec::by_name(&args.target).map_err(anyhow::Error::msg)?;
     let cost = Roofline {
         target: target.clone(),
@@ -123,8 +132,8 @@ pub fn run(args: Args) -> Result<()> {
             .insert(entry.name.clone(), report.kernels_per_layer);
         if !args.json {
             print_entry(&report, &kg, args.emit);
-            if matches!(args.emit, Emit::Lir | Emit::Clif | Emit::Asm) {
-                print_code(&kg, args.emit, args.kernel, &args.target)?;
+            if matches!(args.emit, Emit::Lir | Emit::Clif | Emit::Llvm | Emit::Asm) {
+                print_code(&kg, args.emit, args.kernel, &args.target, backend)?;
             }
         }
         explanation.entries.push(report);
@@ -183,14 +192,29 @@ fn print_entry(report: &EntryReport, kg: &KernelGraph, emit: Emit) {
             }
         }
         Emit::Kernels => print!("{kg}"),
-        Emit::Graph | Emit::Lir | Emit::Clif | Emit::Asm => {}
+        Emit::Graph | Emit::Lir | Emit::Clif | Emit::Llvm | Emit::Asm => {}
     }
 }
 
 /// Prints the CPU code of `kg`'s launched kernels (or of kernel `only`) as `emit` asks.
-fn print_code(kg: &KernelGraph, emit: Emit, only: Option<usize>, target: &str) -> Result<()> {
+fn print_code(
+    kg: &KernelGraph,
+    emit: Emit,
+    only: Option<usize>,
+    target: &str,
+    backend: Backend,
+) -> Result<()> {
     if !matches!(target, "cpu" | "reference") {
-        bail!("--emit lir|clif|asm shows CPU code: use --target cpu (the cost model was {target})");
+        bail!(
+            "--emit lir|clif|llvm|asm shows CPU code: use --target cpu (the cost model was {target})"
+        );
+    }
+    #[cfg(not(feature = "llvm"))]
+    if emit == Emit::Llvm {
+        bail!(
+            "--emit llvm: built without the `llvm` feature: rebuild with \
+             `cargo build --release --features llvm`"
+        );
     }
     if let Some(n) = only.filter(|&n| n >= kg.kernels.len()) {
         bail!(
@@ -207,7 +231,9 @@ fn print_code(kg: &KernelGraph, emit: Emit, only: Option<usize>, target: &str) -
         let text = match emit {
             Emit::Lir => lir.to_string(),
             Emit::Clif => tessera_codegen_cpu::clif_text(&lir)?,
-            _ => tessera_codegen_cpu::asm_text(&lir)?,
+            #[cfg(feature = "llvm")]
+            Emit::Llvm => tessera_codegen_cpu::llvm_ir_text(&lir)?,
+            _ => tessera_codegen_cpu::asm_text(&lir, backend)?,
         };
         println!("kernel {i} `{}` ({}):\n{text}", kernel.scope, kernel.kind);
     }

@@ -47,3 +47,31 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);
     Ok(())
 }
+
+/// `--cpu-backend`: what compiles the CPU kernels. Both names always parse, so that asking a
+/// build without LLVM for it says how to get it instead of "invalid value".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpuBackend {
+    /// Cranelift: compiles in milliseconds, 128-bit SIMD.
+    Cranelift,
+    /// LLVM at O3 for the host CPU (the default when built with `--features llvm`).
+    Llvm,
+}
+
+impl CpuBackend {
+    /// The backend `choice` names (the build's default without one), or why this build lacks it.
+    pub fn resolve(choice: Option<CpuBackend>) -> anyhow::Result<tessera_codegen_cpu::Backend> {
+        use tessera_codegen_cpu::Backend;
+        match choice {
+            None => Ok(Backend::default()),
+            Some(CpuBackend::Cranelift) => Ok(Backend::Cranelift),
+            #[cfg(feature = "llvm")]
+            Some(CpuBackend::Llvm) => Ok(Backend::Llvm),
+            #[cfg(not(feature = "llvm"))]
+            Some(CpuBackend::Llvm) => anyhow::bail!(
+                "--cpu-backend llvm: built without the `llvm` feature: rebuild with \
+                 `cargo build --release --features llvm`"
+            ),
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! `tessera run ARTIFACT --prompt TEXT`: generate and print tokens, timings, optionally logits.
 
-use super::print_json;
+use super::{print_json, CpuBackend};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::io::Write;
@@ -45,6 +45,10 @@ pub struct Args {
     /// Threads each kernel launch is split across on `--target cpu` (default: all available).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
+    /// What compiles the CPU kernels on `--target cpu` (default: llvm when built with it,
+    /// else cranelift).
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    cpu_backend: Option<CpuBackend>,
 }
 
 #[derive(Serialize)]
@@ -65,6 +69,7 @@ struct Report {
 pub fn run(args: Args) -> Result<()> {
     let options = LoadOptions {
         threads: args.threads.map(|n| n as usize),
+        cpu_backend: CpuBackend::resolve(args.cpu_backend)?,
     };
     let mut engine = Engine::load_with(&args.artifact, &options)?;
     let prompt = match (&args.prompt, &args.prompt_ids) {

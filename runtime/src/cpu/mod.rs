@@ -15,7 +15,7 @@ use pool::Pool;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
-use tessera_codegen_cpu::CompiledKernel;
+use tessera_codegen_cpu::{Backend, CompiledKernel};
 use tessera_ir::artifact::WeightSlot;
 use tessera_ir::interp::{Tensor, TensorData};
 use tessera_ir::kernel::{BodyArg, BufferSource, Kernel, KernelGraph};
@@ -82,10 +82,14 @@ pub struct CpuExecutor {
 
 impl CpuExecutor {
     /// Validates the module, checks its weights are f32, JIT-compiles every entry point's CPU
-    /// code and starts `threads` threads (the caller included; at least one); an entry point
-    /// without CPU code, a weight of another dtype or a kernel that does not compile is an error
-    /// naming it.
-    pub fn new(artifact: Arc<Artifact>, threads: usize) -> Result<CpuExecutor, RuntimeError> {
+    /// code with `backend` and starts `threads` threads (the caller included; at least one); an
+    /// entry point without CPU code, a weight of another dtype or a kernel that does not compile
+    /// is an error naming it.
+    pub fn new(
+        artifact: Arc<Artifact>,
+        threads: usize,
+        backend: Backend,
+    ) -> Result<CpuExecutor, RuntimeError> {
         if threads == 0 {
             return Err(RuntimeError::Request(
                 "the CPU executor needs at least one thread".into(),
@@ -153,7 +157,7 @@ impl CpuExecutor {
                     homes[out] = Home::View(root);
                     continue;
                 }
-                let code = tessera_codegen_cpu::compile(lir)
+                let code = tessera_codegen_cpu::compile_with(lir, backend)
                     .map_err(|e| RuntimeError::Kernel(at(format!("{name}: {e}"))))?;
                 let args: Vec<usize> = kernel
                     .inputs
@@ -606,10 +610,10 @@ mod tests {
             let inputs = [("x".to_string(), Tensor::f32(vec![past], x))].into();
             exec.run("decode", &inputs).unwrap()["y"].clone()
         };
-        let mut reused = CpuExecutor::new(Arc::clone(&artifact), 3).unwrap();
+        let mut reused = CpuExecutor::new(Arc::clone(&artifact), 3, Backend::default()).unwrap();
         for past in [5, 40, 3, 40, 1] {
             let got = run(&mut reused, past);
-            let mut fresh = CpuExecutor::new(Arc::clone(&artifact), 1).unwrap();
+            let mut fresh = CpuExecutor::new(Arc::clone(&artifact), 1, Backend::default()).unwrap();
             assert_eq!(got, run(&mut fresh, past), "past = {past}");
             let want: Vec<f32> = (0..past).map(|i| i as f32 + 20.0).collect();
             assert_eq!(got.as_f32().unwrap(), want, "past = {past}");
