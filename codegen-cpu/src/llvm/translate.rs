@@ -789,13 +789,25 @@ impl<'ctx> Translator<'ctx, '_> {
         Ok(self.b.build_cast(op, x, self.llvm_type(to), "")?)
     }
 
-    /// The `f32` lanes of IEEE half bits `h` (`i16` lanes), exactly, as the Cranelift translator
-    /// computes them: exponent and mantissa shifted into place and rescaled by 2^112 (which also
-    /// normalizes subnormals); infinities and NaNs, whose exponent the rescaling would not reach,
-    /// are rebuilt with the `f32` exponent. Integer and float vector ops only: no libcall, and
-    /// it vectorizes.
+    /// The `f32` lanes of IEEE half bits `h` (`i16` lanes), exactly. On hosts that convert
+    /// halves in hardware (x86 F16C's `vcvtph2ps`, Arm's `fcvtl`) an `fpext` of the bits as
+    /// `half`; elsewhere as the Cranelift translator computes them (an `fpext` would become a
+    /// libcall the JIT cannot resolve): exponent and mantissa shifted into place and rescaled by
+    /// 2^112 (which also normalizes subnormals); infinities and NaNs, whose exponent the
+    /// rescaling would not reach, are rebuilt with the `f32` exponent.
     fn f16_to_f32(&self, h: BasicValueEnum<'ctx>, lanes: u32) -> Result<BasicValueEnum<'ctx>> {
         use InstructionOpcode as O;
+        let floats = Type::vector(ScalarType::F32, lanes);
+        if self.host.has("f16c") || self.host.has("fp-armv8") {
+            let half = self.cx.f16_type();
+            let halves: BasicTypeEnum = if lanes == 1 {
+                half.into()
+            } else {
+                half.vec_type(lanes).into()
+            };
+            let h = self.b.build_bit_cast(h, halves, "")?;
+            return Ok(self.b.build_cast(O::FPExt, h, self.llvm_type(floats), "")?);
+        }
         let (ints, floats) = (
             Type::vector(ScalarType::I32, lanes),
             Type::vector(ScalarType::F32, lanes),
