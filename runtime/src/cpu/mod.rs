@@ -40,8 +40,33 @@ enum Home {
 /// LIR ABI of `lower_cpu`) with views resolved, and its index in the KernelGraph for errors.
 struct Launch {
     index: usize,
-    code: CompiledKernel,
+    /// Shared by every launch of the same code (each layer's copy of a rolled kernel).
+    code: Arc<CompiledKernel>,
     args: Vec<usize>,
+}
+
+/// The kernels compiled so far, by their LIR without its name: the layers of a rolled model run
+/// the same code on different buffers, so a 22-layer model compiles each distinct kernel once.
+#[derive(Default)]
+struct CodeCache(HashMap<String, Arc<CompiledKernel>>);
+
+impl CodeCache {
+    /// The compiled code of `lir` on `backend`, compiled on first use.
+    fn get(
+        &mut self,
+        lir: &tessera_ir::lir::Kernel,
+        backend: Backend,
+    ) -> Result<Arc<CompiledKernel>, tessera_codegen_cpu::CodegenError> {
+        let mut unnamed = lir.clone();
+        unnamed.name.clear();
+        let key = serde_json::to_string(&unnamed).expect("LIR serializes to JSON");
+        if let Some(code) = self.0.get(&key) {
+            return Ok(code.clone());
+        }
+        let code = Arc::new(tessera_codegen_cpu::compile_with(lir, backend)?);
+        self.0.insert(key, code.clone());
+        Ok(code)
+    }
 }
 
 /// Arena offsets of one binding of the symbols.
@@ -98,6 +123,7 @@ impl CpuExecutor {
         let manifest = artifact.manifest();
         let module = &manifest.module;
         module.validate()?;
+        let mut compiled = CodeCache::default();
         let mut weight_index = HashMap::new();
         for (i, spec) in module.weights.iter().enumerate() {
             if !(spec.dtype.is_float() || spec.dtype.is_quantized()) {
@@ -157,7 +183,8 @@ impl CpuExecutor {
                     homes[out] = Home::View(root);
                     continue;
                 }
-                let code = tessera_codegen_cpu::compile_with(lir, backend)
+                let code = compiled
+                    .get(lir, backend)
                     .map_err(|e| RuntimeError::Kernel(at(format!("{name}: {e}"))))?;
                 let args: Vec<usize> = kernel
                     .inputs
