@@ -14,7 +14,7 @@ use tessera_ir::kernel::{BufferSource, DerivedWeight, Kernel, KernelGraph, BODY_
 use tessera_ir::{DType, Module, TensorType, WeightSpec};
 use tessera_models::{ImportedModel, Weight, WeightData};
 use tessera_passes::cost::{Roofline, TargetSpec};
-use tessera_passes::lower::{lower_cpu, LowerError};
+use tessera_passes::lower::{lower_cpu, LowerError, VectorWidth};
 use tessera_passes::optimize::{optimize_module, EntryReport};
 use tessera_passes::quantize::quantizable_weights;
 use tessera_passes::storage::{store_weights, transpose_bytes, untransposed_projections, Storage};
@@ -57,6 +57,18 @@ pub struct CompileOptions {
     pub optimize: bool,
     /// Store the projection weights block-quantized (`--quant`).
     pub quant: Option<Quant>,
+    /// The vector width of the CPU kernels (`--vector-bits`; see [`default_vector_width`]).
+    pub vector_width: VectorWidth,
+}
+
+/// The CPU kernels' default vector width: the host's widest when the runtime compiles them with
+/// LLVM (the default backend of an `llvm` build), else 128 bits, Cranelift's registers.
+pub fn default_vector_width() -> VectorWidth {
+    if cfg!(feature = "llvm") {
+        VectorWidth::host()
+    } else {
+        VectorWidth::V128
+    }
 }
 
 /// A block quantization `--quant` stores weights in (GGUF's formats, bit-exact with llama.cpp's
@@ -125,7 +137,7 @@ pub fn compile_model(
         quantize_model(&mut imported, quant.dtype())?;
     }
     let optimized = if opts.optimize {
-        optimize_model(&mut imported, opts.target)?
+        optimize_model(&mut imported, opts.target, opts.vector_width)?
     } else {
         Vec::new()
     };
@@ -246,8 +258,12 @@ pub fn apply_storage(module: &mut Module, stored: &BTreeMap<String, Storage>) ->
 
 /// Runs the optimizer on every entry point for `target`'s cost model and materializes the
 /// weights the chosen kernels derive (merged projections); for `--target cpu`, then lowers every
-/// kernel to LIR ([`lower_for_cpu`]).
-pub fn optimize_model(model: &mut ImportedModel, target: Target) -> Result<Vec<EntryReport>> {
+/// kernel to LIR with `width`-wide vectors ([`lower_for_cpu`]).
+pub fn optimize_model(
+    model: &mut ImportedModel,
+    target: Target,
+    width: VectorWidth,
+) -> Result<Vec<EntryReport>> {
     let spec = target.spec();
     let reports = optimize_module(
         &mut model.module,
@@ -262,7 +278,7 @@ pub fn optimize_model(model: &mut ImportedModel, target: Target) -> Result<Vec<E
     materialize_derived_weights(model)?;
     drop_unread_weights(model);
     if target == Target::Cpu {
-        lower_for_cpu(&mut model.module)?;
+        lower_for_cpu(&mut model.module, width)?;
     }
     Ok(reports)
 }
@@ -270,7 +286,7 @@ pub fn optimize_model(model: &mut ImportedModel, target: Target) -> Result<Vec<E
 /// Lowers every kernel of every entry point's KernelGraph with [`lower_cpu`] into the entry's
 /// `cpu_code`. A kernel without a CPU template (or reading a dtype the templates cannot read) is
 /// an error naming the entry point, the kernel and the reason.
-pub fn lower_for_cpu(module: &mut Module) -> Result<()> {
+pub fn lower_for_cpu(module: &mut Module, width: VectorWidth) -> Result<()> {
     for entry in &mut module.entries {
         let kg = entry.kernels.as_ref().with_context(|| {
             format!(
@@ -288,7 +304,7 @@ pub fn lower_for_cpu(module: &mut Module) -> Result<()> {
         };
         let mut code = Vec::with_capacity(kg.kernels.len());
         for kernel in &kg.kernels {
-            let lir = lower_kernel_cpu(kg, kernel).map_err(|e| {
+            let lir = lower_kernel_cpu(kg, kernel, width).map_err(|e| {
                 let reason = match e {
                     LowerError::Unsupported { what, .. } => {
                         format!("{what} is not supported by the CPU templates yet")
@@ -306,17 +322,18 @@ pub fn lower_for_cpu(module: &mut Module) -> Result<()> {
     Ok(())
 }
 
-/// Lowers one kernel of `kg` to CPU LIR with its buffers' types.
+/// Lowers one kernel of `kg` to CPU LIR with its buffers' types and `width`-wide vectors.
 pub fn lower_kernel_cpu(
     kg: &KernelGraph,
     kernel: &Kernel,
+    width: VectorWidth,
 ) -> Result<tessera_ir::lir::Kernel, LowerError> {
     let inputs: Vec<TensorType> = kernel
         .inputs
         .iter()
         .map(|&b| kg.buffer(b).ty.clone())
         .collect();
-    lower_cpu(kernel, &inputs, &kg.buffer(kernel.output).ty)
+    lower_cpu(kernel, &inputs, &kg.buffer(kernel.output).ty, width)
 }
 
 /// Keeps only the weights some KernelGraph reads, once every entry point has one: projections

@@ -1,7 +1,9 @@
 //! `tessera demo`: a small Llama-architecture model with seeded random weights, built in-process
 //! (no download), compiled to an artifact, loaded and run — the whole pipeline in one command.
 
-use crate::compile::{optimize_model, write_artifact, CompileOptions, Target};
+use crate::compile::{
+    default_vector_width, optimize_model, write_artifact, CompileOptions, Target,
+};
 use anyhow::Result;
 use serde::Serialize;
 use std::path::Path;
@@ -88,12 +90,14 @@ pub fn run_demo(
     let config = demo_config();
     let start = Instant::now();
     let mut model = random_model(config.clone(), 0)?;
-    let optimized = optimize_model(&mut model, Target::Reference)?;
+    let width = default_vector_width();
+    let optimized = optimize_model(&mut model, Target::Reference, width)?;
     let opts = CompileOptions {
         target: Target::Reference,
         output: artifact.to_path_buf(),
         optimize: true,
         quant: None,
+        vector_width: width,
     };
     let compiled = write_artifact(&model, "demo", &opts, progress)?;
     let kernels_per_layer = optimized

@@ -7,11 +7,13 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tessera::{compile_model, CompileOptions, Quant, Target};
+use tessera_codegen_cpu::Backend;
 use tessera_ir::kernel::KernelKind;
 use tessera_ir::npy;
 use tessera_passes::cost::{Roofline, TargetSpec};
+use tessera_passes::lower::VectorWidth;
 use tessera_passes::optimize::optimize_module;
-use tessera_runtime::{Engine, GenerateOptions, SamplingParams};
+use tessera_runtime::{Engine, GenerateOptions, LoadOptions, SamplingParams};
 
 const LOGIT_TOLERANCE: f32 = 1e-3;
 
@@ -54,6 +56,7 @@ fn check_path(name: &str, target: Target, optimize: bool) {
             output: output.clone(),
             optimize,
             quant: None,
+            vector_width: tessera::default_vector_width(),
         },
         &mut |_, _| {},
     )
@@ -155,7 +158,10 @@ fn cpu_target_refuses_what_it_cannot_run_by_name() {
         .unwrap();
     attention.kind = KernelKind::Elementwise;
     let scope = attention.scope.clone();
-    let err = format!("{:#}", tessera::lower_for_cpu(&mut module).unwrap_err());
+    let err = format!(
+        "{:#}",
+        tessera::lower_for_cpu(&mut module, tessera::default_vector_width()).unwrap_err()
+    );
     assert!(
         err.contains(&format!(
             "entry point `prefill`: kernel `{scope}` (elementwise)"
@@ -168,9 +174,38 @@ fn cpu_target_refuses_what_it_cannot_run_by_name() {
         output: std::env::temp_dir().join("unused.tsr"),
         optimize: false,
         quant: None,
+        vector_width: tessera::default_vector_width(),
     };
     let err = compile_model(&fixture("qwen2"), &no_opt, &mut |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("--no-opt"), "{err}");
+}
+
+/// Kernels compiled for 512-bit vectors need LLVM: Cranelift refuses them by kernel and says
+/// what to do instead.
+#[test]
+fn wide_vector_kernels_name_their_backend_requirement() {
+    let tmp = tempfile::tempdir().unwrap();
+    let output = tmp.path().join("wide.tsr");
+    let opts = CompileOptions {
+        target: Target::Cpu,
+        output: output.clone(),
+        optimize: true,
+        quant: None,
+        vector_width: VectorWidth::V512,
+    };
+    compile_model(&fixture("llama"), &opts, &mut |_, _| {}).unwrap();
+    let cranelift = LoadOptions {
+        threads: Some(1),
+        cpu_backend: Backend::Cranelift,
+    };
+    let err = Engine::load_with(&output, &cranelift)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("kernel") && err.contains("f32x16") && err.contains("--vector-bits 128"),
+        "{err}"
+    );
 }
 
 /// Generates `max_tokens` greedy tokens from `prompt` with an artifact of `model` compiled for
@@ -189,6 +224,7 @@ fn generate_quantized(
         output: output.clone(),
         optimize: true,
         quant: Some(quant),
+        vector_width: tessera::default_vector_width(),
     };
     compile_model(model, &opts, &mut |_, _| {}).unwrap();
     let mut engine = Engine::load(&output).unwrap();

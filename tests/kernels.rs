@@ -173,6 +173,7 @@ fn kernel_graphs_run_exactly_like_their_graphs() {
             output: output.clone(),
             optimize: true,
             quant: None,
+            vector_width: tessera::default_vector_width(),
         };
         let report = write_artifact(model, FIXTURE, &opts, &mut |_, _| {}).unwrap();
         (output, report.optimized)

@@ -9,7 +9,7 @@ use tessera_ir::interp::{self, Tensor};
 use tessera_ir::kernel::{body_graph, BodyArg, BodyInput, BodyOp, Kernel, KernelKind};
 use tessera_ir::{eval_shape, BinaryOp, DType, Dim, Op, RopeLayout, Shape, TensorType, UnaryOp};
 use tessera_passes::cost::{Roofline, TargetSpec};
-use tessera_passes::lower::{lower_cpu, LowerError};
+use tessera_passes::lower::{lower_cpu, LowerError, VectorWidth};
 use tessera_passes::optimize::optimize_module;
 
 use BodyArg::{Input as In, Op as At};
@@ -89,14 +89,31 @@ fn concrete_op(op: &Op, env: &BTreeMap<String, usize>) -> Op {
     }
 }
 
+/// The vector widths the templates are checked at: Cranelift's 128 bits, and with the `llvm`
+/// feature (the default backend then) AVX-512's 512, which LLVM splits on narrower hosts.
+fn widths() -> Vec<VectorWidth> {
+    if cfg!(feature = "llvm") {
+        vec![VectorWidth::V128, VectorWidth::V512]
+    } else {
+        vec![VectorWidth::V128]
+    }
+}
+
 /// Lowers, compiles and runs `k` over inputs of (possibly symbolic) types `inputs` (f32 random,
-/// i32 from [`ints`]) with the symbols bound by `env`, and compares with the interpreter on the body.
+/// i32 from [`ints`]) with the symbols bound by `env`, and compares with the interpreter on the
+/// body, at every width of [`widths`].
 fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
+    for width in widths() {
+        check_width(k, inputs, env, width);
+    }
+}
+
+fn check_width(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)], width: VectorWidth) {
     let env: BTreeMap<String, usize> = env.iter().map(|(s, v)| (s.to_string(), *v)).collect();
     let symbolic: Vec<BodyInput> = inputs.iter().cloned().map(BodyInput::Value).collect();
     let (g, node) = body_graph(&k.body, &symbolic).unwrap();
     let output = g.ty(node).clone();
-    let lir = lower_cpu(k, inputs, &output).unwrap();
+    let lir = lower_cpu(k, inputs, &output, width).unwrap();
     let compiled = tessera_codegen_cpu::compile(&lir).unwrap_or_else(|e| panic!("{e}\n{lir}"));
 
     let mut feed = BTreeMap::new();
@@ -512,7 +529,7 @@ fn gather_rows_with_an_epilogue() {
 #[test]
 fn gather_writes_nothing_for_ids_out_of_range() {
     let inputs = [f32_(&["11", "6"]), i32_(&["3"])];
-    let lir = lower_cpu(&embedding(), &inputs, &f32_(&["3", "6"])).unwrap();
+    let lir = lower_cpu(&embedding(), &inputs, &f32_(&["3", "6"]), VectorWidth::V128).unwrap();
     let compiled = tessera_codegen_cpu::compile(&lir).unwrap();
     let table = random(1, 66);
     let mut table_bytes = bytes(&table);
@@ -686,7 +703,13 @@ fn attention_outside_its_template_is_named() {
     let mut k = flash(vec![attention(true, None, &[In(0), In(1), In(2)])]);
     k.kind = KernelKind::Elementwise;
     let q = f32_(&["1", "2", "3", "16"]);
-    let err = lower_cpu(&k, &[q.clone(), q.clone(), q.clone()], &q).unwrap_err();
+    let err = lower_cpu(
+        &k,
+        &[q.clone(), q.clone(), q.clone()],
+        &q,
+        VectorWidth::V128,
+    )
+    .unwrap_err();
     assert!(matches!(err, LowerError::Unsupported { .. }), "{err}");
     assert!(err.to_string().contains("attention"), "{err}");
 }
@@ -709,7 +732,12 @@ fn every_llama_kernel_lowers_or_is_unsupported() {
         for k in &kg.kernels {
             let inputs: Vec<TensorType> =
                 k.inputs.iter().map(|&b| kg.buffer(b).ty.clone()).collect();
-            match lower_cpu(k, &inputs, &kg.buffer(k.output).ty) {
+            match lower_cpu(
+                k,
+                &inputs,
+                &kg.buffer(k.output).ty,
+                tessera::default_vector_width(),
+            ) {
                 Ok(lir) => {
                     tessera_codegen_cpu::compile(&lir).unwrap_or_else(|e| panic!("{e}\n{lir}"));
                     lowered += 1;

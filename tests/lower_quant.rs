@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use tessera_ir::interp::{self, Tensor};
 use tessera_ir::kernel::{body_graph, BodyArg, BodyInput, BodyOp, Kernel, KernelKind};
 use tessera_ir::{BinaryOp, DType, Dim, Op, Shape, TensorType, UnaryOp};
-use tessera_passes::lower::lower_cpu;
+use tessera_passes::lower::{lower_cpu, VectorWidth};
 
 use BodyArg::{Input as In, Op as At};
 
@@ -68,7 +68,7 @@ fn run(
     let symbolic: Vec<BodyInput> = inputs.iter().cloned().map(BodyInput::Value).collect();
     let (g, node) = body_graph(&k.body, &symbolic).unwrap();
     let output = g.ty(node).clone();
-    let lir = lower_cpu(&k, inputs, &output).unwrap();
+    let lir = lower_cpu(&k, inputs, &output, VectorWidth::V128).unwrap();
     let compiled = tessera_codegen_cpu::compile(&lir).unwrap_or_else(|e| panic!("{e}\n{lir}"));
     let mut feed = BTreeMap::new();
     let mut buffers: Vec<Vec<u8>> = Vec::new();

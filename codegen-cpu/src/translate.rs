@@ -218,7 +218,8 @@ impl<M: Module> Translator<'_, '_, M> {
             .filter(|v| v.bits() == 128)
             .ok_or_else(|| {
                 self.unsupported(format!(
-                    "vector type {t} (only 128-bit SIMD vectors; split wider ones in the template)"
+                    "vector type {t}: Cranelift has 128-bit SIMD vectors only (compile the \
+                     model with --vector-bits 128, or run it with --cpu-backend llvm)"
                 ))
             })
     }

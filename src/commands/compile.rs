@@ -20,6 +20,10 @@ pub struct Args {
     /// Store only the imported Graphs (no optimized kernels); the runtime interprets them as is.
     #[arg(long)]
     no_opt: bool,
+    /// Vector width of the CPU kernels, in bits: 128, 256 or 512 (default: the host's widest
+    /// when built with the `llvm` feature, else 128, the most Cranelift runs).
+    #[arg(long, value_name = "BITS")]
+    vector_bits: Option<u32>,
     /// Print the report as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -31,6 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         output: args.output,
         optimize: !args.no_opt,
         quant: args.quant,
+        vector_width: super::vector_width(args.vector_bits)?,
     };
     let bar = ByteProgress::new("importing and optimizing");
     let report = compile_model(&args.model, &opts, &mut |done, total| {

@@ -11,6 +11,7 @@ use tessera_codegen_cpu::Backend;
 use tessera_ir::kernel::KernelGraph;
 use tessera_ir::DimEnv;
 use tessera_passes::cost::{Roofline, TargetSpec};
+use tessera_passes::lower::VectorWidth;
 use tessera_passes::optimize::{default_bucket, optimize_entry, EntryReport};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +53,10 @@ pub struct Args {
     /// it, else cranelift).
     #[arg(long, value_enum, value_name = "BACKEND")]
     cpu_backend: Option<CpuBackend>,
+    /// With --emit lir|clif|llvm|asm: the vector width of the CPU kernels, in bits (128, 256,
+    /// 512; default as `compile`).
+    #[arg(long, value_name = "BITS")]
+    vector_bits: Option<u32>,
     /// With --emit lir|clif|llvm|asm: only the kernel at this position of the entry's kernel list.
     #[arg(long, value_name = "N")]
     kernel: Option<usize>,
@@ -95,6 +100,7 @@ pub fn run(args: Args) -> Result<()> {
         tessera::apply_storage(&mut module, &quantized)?;
     }
     let backend = CpuBackend::resolve(args.cpu_backend)?;
+    let width = super::vector_width(args.vector_bits)?;
     let target = TargetSpec::by_name(&args.target).map_err(anyhow::Error::msg)?;
     let cost = Roofline {
         target: target.clone(),
@@ -133,7 +139,7 @@ pub fn run(args: Args) -> Result<()> {
         if !args.json {
             print_entry(&report, &kg, args.emit);
             if matches!(args.emit, Emit::Lir | Emit::Clif | Emit::Llvm | Emit::Asm) {
-                print_code(&kg, args.emit, args.kernel, &args.target, backend)?;
+                print_code(&kg, args.emit, args.kernel, &args.target, backend, width)?;
             }
         }
         explanation.entries.push(report);
@@ -203,6 +209,7 @@ fn print_code(
     only: Option<usize>,
     target: &str,
     backend: Backend,
+    width: VectorWidth,
 ) -> Result<()> {
     if !matches!(target, "cpu" | "reference") {
         bail!(
@@ -226,7 +233,7 @@ fn print_code(
         if only.is_some_and(|n| n != i) || !kernel.kind.launches(&kernel.body) {
             continue;
         }
-        let lir = tessera::lower_kernel_cpu(kg, kernel)
+        let lir = tessera::lower_kernel_cpu(kg, kernel, width)
             .with_context(|| format!("kernel {i} `{}`", kernel.scope))?;
         let text = match emit {
             Emit::Lir => lir.to_string(),

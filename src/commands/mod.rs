@@ -75,3 +75,13 @@ impl CpuBackend {
         }
     }
 }
+
+/// The CPU kernels' vector width for `--vector-bits` (`None`: [`tessera::default_vector_width`]).
+pub fn vector_width(bits: Option<u32>) -> anyhow::Result<tessera_passes::lower::VectorWidth> {
+    use tessera_passes::lower::VectorWidth;
+    match bits {
+        None => Ok(tessera::default_vector_width()),
+        Some(bits) => VectorWidth::from_bits(bits)
+            .ok_or_else(|| anyhow::anyhow!("--vector-bits {bits}: expected 128, 256 or 512")),
+    }
+}

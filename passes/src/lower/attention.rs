@@ -10,8 +10,8 @@
 //! normalized rows are written through the epilogue at the output index each element maps to
 //! ([`Body::forward`]). Operands are read through [`Body::value`], so prologues are evaluated in
 //! place — except K and V read as they are from dense f32 buffers (the KV cache, decode and
-//! prefill alike), whose rows are read as f32x4 vectors with the head dims unrolled and the V
-//! accumulation carried in registers [`V_CHUNK`] vectors at a time.
+//! prefill alike), whose rows are read as vectors of the target's width (`Body::lanes`) with the
+//! head dims unrolled and the V accumulation carried in registers [`V_CHUNK`] vectors at a time.
 //!
 //! The kernel kind's `block_q` and `splits` are not used: a CPU pool is kept busy by the
 //! `B·Hkv·S` groups in prefill, and decode's `B·Hkv` groups cover a 2-core host; splitting the KV
@@ -19,7 +19,6 @@
 //! D, Dv and the head counts must be constants.
 
 use super::expr::{fold, fold_many, fold_range, for_each, load_f32, Body};
-use super::gemv::LANES;
 use super::index::broadcast;
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{
@@ -31,7 +30,7 @@ use tessera_ir::{Dim, Op};
 /// Keys per block of the online softmax.
 const BLOCK_K: u32 = 16;
 
-/// f32x4 accumulators of a V row carried together through a block's keys (with the key's
+/// Accumulator vectors of a V row carried together through a block's keys (with the key's
 /// probability splat and a V load, 6 registers of the 16 a 128-bit x86 core has).
 const V_CHUNK: u32 = 4;
 
@@ -68,6 +67,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     };
     let ([batch, hq, s, d], [_, hkv, t, _], [.., dv]) = (dims(q)?, dims(k)?, dims(v)?);
     let (d, dv) = (head_dim(d, "q/k")?, head_dim(dv, "v")?);
+    let lanes = body.lanes;
     let heads = match (hq.as_const(), hkv.as_const()) {
         (Some(hq), Some(hkv)) if hkv > 0 && hq % hkv == 0 => u32::try_from(hq / hkv)
             .map_err(|_| "attention with too many query heads per KV head")?,
@@ -143,7 +143,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     })?;
     // K and V read straight from dense f32 buffers (the KV cache) with whole vectors per row.
     let rows = match (body.float_input(k), body.float_input(v)) {
-        (Some(kb), Some(vb)) if d % LANES == 0 && dv % LANES == 0 => Some((kb, vb)),
+        (Some(kb), Some(vb)) if d % lanes == 0 && dv % lanes == 0 => Some((kb, vb)),
         _ => None,
     };
     let origin = |b: &mut KernelBuilder, arg: BodyArg, j: Value| {
@@ -164,13 +164,13 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
                 let mut score = match rows {
                     Some((kb, _)) => {
                         let base = origin(b, k, j)?;
-                        let zero4 = b.splat(zero_f, LANES);
-                        let sums = (0..d / LANES).try_fold(zero4, |sum, c| {
-                            let at = b.const_i(i64::from(c * LANES));
+                        let zero4 = b.splat(zero_f, lanes);
+                        let sums = (0..d / lanes).try_fold(zero4, |sum, c| {
+                            let at = b.const_i(i64::from(c * lanes));
                             let q_at = b.add(q_base, at);
-                            let x = b.load(q_rows, q_at, LANES);
+                            let x = b.load(q_rows, q_at, lanes);
                             let at = b.add(base, at);
-                            let y = load_f32(b, kb, at, LANES);
+                            let y = load_f32(b, kb, at, lanes);
                             Ok::<_, String>(b.fma(x, y, sum))
                         })?;
                         b.reduce_lanes(lir::ReduceOp::Add, sums)
@@ -214,7 +214,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
             match rows {
                 Some((_, vb)) => accumulate_rows(
                     b,
-                    (acc, acc_base, dv),
+                    (acc, acc_base, dv, lanes),
                     alpha,
                     |b, j| {
                         let slot = b.sub(j, j0);
@@ -269,41 +269,41 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
 
 /// `acc[base..base + dv] = acc·alpha + Σ_j p_j·V[row_j]` over keys `j0..end` of the dense f32 V
 /// buffer `vb`, where `key(j)` gives key j's probability and the element where its V row starts:
-/// [`V_CHUNK`] f32x4 accumulators carried through the keys at a time.
+/// [`V_CHUNK`] accumulator vectors carried through the keys at a time.
 fn accumulate_rows(
     b: &mut KernelBuilder,
-    (acc, base, dv): (BufRef, Value, u32),
+    (acc, base, dv, lanes): (BufRef, Value, u32, u32),
     alpha: Value,
     key: impl Fn(&mut KernelBuilder, Value) -> Result<(Value, Value), String>,
     (vb, j0, end): (BufRef, Value, Value),
 ) -> Result<(), String> {
-    let alpha4 = b.splat(alpha, LANES);
-    let vectors: Vec<u32> = (0..dv / LANES).collect();
+    let alpha4 = b.splat(alpha, lanes);
+    let vectors: Vec<u32> = (0..dv / lanes).collect();
     for chunk in vectors.chunks(V_CHUNK as usize) {
         let ats: Vec<Value> = chunk
             .iter()
             .map(|&c| {
-                let off = b.const_i(i64::from(c * LANES));
+                let off = b.const_i(i64::from(c * lanes));
                 b.add(base, off)
             })
             .collect();
         let init: Vec<Value> = ats
             .iter()
             .map(|&at| {
-                let o = b.load(acc, at, LANES);
+                let o = b.load(acc, at, lanes);
                 b.mul(o, alpha4)
             })
             .collect();
         let sums = fold_many(b, (j0, end, 1), &init, |b, j, os| {
             let (p, row) = key(b, j)?;
-            let p4 = b.splat(p, LANES);
+            let p4 = b.splat(p, lanes);
             Ok(chunk
                 .iter()
                 .zip(os)
                 .map(|(&c, &o)| {
-                    let off = b.const_i(i64::from(c * LANES));
+                    let off = b.const_i(i64::from(c * lanes));
                     let from = b.add(row, off);
-                    let x = load_f32(b, vb, from, LANES);
+                    let x = load_f32(b, vb, from, lanes);
                     b.fma(p4, x, o)
                 })
                 .collect())

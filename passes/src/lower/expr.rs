@@ -33,6 +33,9 @@ pub(super) struct Body<'a> {
     pub inputs: &'a [TensorType],
     pub buffers: Vec<BufRef>,
     pub symbols: Symbols,
+    /// f32 lanes of the target's vectors (4 for 128-bit SIMD, 16 for AVX-512), the width the
+    /// float templates compute in.
+    pub lanes: u32,
 }
 
 impl Body<'_> {

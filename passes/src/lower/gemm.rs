@@ -38,7 +38,7 @@
 //! are not used here.
 
 use super::expr::{fold_many, load_f32, Body};
-use super::gemv::{self, Gemv, RowSource, LANES};
+use super::gemv::{self, Gemv, RowSource};
 use tessera_ir::lir::{
     Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value,
 };
@@ -166,12 +166,13 @@ fn block(
     rows: &[Row],
     w_bases: &[Value],
 ) -> Result<Vec<Value>, String> {
-    let width = i64::from(LANES);
+    let lanes = g.body.lanes;
+    let width = i64::from(lanes);
     let k_vec = g.k - g.k % width;
     let chunk = width * UNROLL;
     let k_main = k_vec - k_vec % chunk;
     let zero_f = b.const_f(0.0);
-    let zero = b.splat(zero_f, LANES);
+    let zero = b.splat(zero_f, lanes);
     let mut accs = vec![zero; rows.len() * w_bases.len()];
     if k_main > 0 {
         let start = b.const_i(0);
@@ -182,14 +183,14 @@ fn block(
             for u in 0..UNROLL {
                 let du = b.const_i(u * width);
                 let ku = b.add(k, du);
-                accs = k_step(b, g, rows, w_bases, ku, LANES, &accs);
+                accs = k_step(b, g, rows, w_bases, ku, lanes, &accs);
             }
             Ok(accs)
         })?;
     }
-    for k in (k_main..k_vec).step_by(LANES as usize) {
+    for k in (k_main..k_vec).step_by(lanes as usize) {
         let k = b.const_i(k);
-        accs = k_step(b, g, rows, w_bases, k, LANES, &accs);
+        accs = k_step(b, g, rows, w_bases, k, lanes, &accs);
     }
     accs = accs
         .iter()

@@ -1,7 +1,7 @@
 //! The gemv template: `[elementwise prologue, at most one RmsNorm or LayerNorm] MatMul{transpose_b}
 //! [epilogue]` with a float weight `[N, K]` (f16/bf16 widened as loaded). A group computes
-//! `tile_n` output columns of one lhs row; the K loop runs on f32x4 carried accumulators with
-//! vector loads (a scalar loop takes the K % 4 tail). The lhs row is read in place when it is an
+//! `tile_n` output columns of one lhs row; the K loop runs on carried f32 vector accumulators of the target's width (`Body::lanes`) with
+//! vector loads (a scalar loop takes the tail). The lhs row is read in place when it is an
 //! input (an RmsNorm of it applied while loading x); any other prologue (a residual add feeding
 //! the norm or the matmul, a LayerNorm, SwiGLU feeding the down projection) is evaluated once per
 //! group into a private row, the norm's statistics first ([`row_source`]), and the group widened
@@ -24,9 +24,6 @@ use tessera_ir::lir::{
     Axis, BufRef, CmpOp, KernelBuilder, MemorySpace, ReduceOp, ScalarType, SizeExpr, Special, Value,
 };
 use tessera_ir::{Dim, Op};
-
-/// f32 lanes of one 128-bit vector.
-pub(super) const LANES: u32 = 4;
 
 /// How many groups one lhs row is cut into when each group first evaluates the row's prologue
 /// (or quantizes the row): enough for a thread pool to balance, few enough that the per-group
@@ -164,9 +161,9 @@ impl<'a> Gemv<'a> {
     /// The dot product of the lhs row read from `src` with weight row `col`: f32x4 accumulators
     /// and a scalar tail.
     fn dot(&self, b: &mut KernelBuilder, src: &RowSource, col: Value) -> Result<Value, String> {
-        let (w, k) = (self.w, self.k);
+        let (w, k, lanes) = (self.w, self.k, self.body.lanes);
         let k_v = b.const_i(k);
-        let k_vec = k - k % i64::from(LANES);
+        let k_vec = k - k % i64::from(lanes);
         let w_base = b.mul(col, k_v);
         let dot = |lanes: u32| {
             move |b: &mut KernelBuilder, i: Value, acc: Value| {
@@ -180,9 +177,9 @@ impl<'a> Gemv<'a> {
         let start = b.const_i(0);
         let mut acc = zero_f;
         if k_vec > 0 {
-            let zero = b.splat(zero_f, LANES);
+            let zero = b.splat(zero_f, lanes);
             let end = b.const_i(k_vec);
-            let v = fold_range(b, (start, end, LANES), zero, dot(LANES))?;
+            let v = fold_range(b, (start, end, lanes), zero, dot(lanes))?;
             acc = b.reduce_lanes(ReduceOp::Add, v);
         }
         if k_vec < k {

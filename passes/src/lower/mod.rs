@@ -48,12 +48,54 @@ pub enum LowerError {
     },
 }
 
+/// The width of the vectors the float templates compute in: 128 bits for Cranelift (its SIMD
+/// registers), the host's widest (256 for AVX2, 512 for AVX-512) for LLVM, which also splits
+/// vectors wider than a host's registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorWidth {
+    V128,
+    V256,
+    V512,
+}
+
+impl VectorWidth {
+    /// The width of `bits` bits, if it is one of 128, 256 and 512.
+    pub fn from_bits(bits: u32) -> Option<VectorWidth> {
+        match bits {
+            128 => Some(VectorWidth::V128),
+            256 => Some(VectorWidth::V256),
+            512 => Some(VectorWidth::V512),
+            _ => None,
+        }
+    }
+
+    /// The host's widest vectors (`TargetSpec::cpu_host`'s SIMD width).
+    pub fn host() -> VectorWidth {
+        let bits = crate::cost::TargetSpec::cpu_host().simd_width_bytes * 8;
+        VectorWidth::from_bits(bits as u32).unwrap_or(VectorWidth::V128)
+    }
+
+    pub fn bits(self) -> u32 {
+        match self {
+            VectorWidth::V128 => 128,
+            VectorWidth::V256 => 256,
+            VectorWidth::V512 => 512,
+        }
+    }
+
+    /// f32 lanes per vector.
+    pub fn lanes(self) -> u32 {
+        self.bits() / 32
+    }
+}
+
 /// Lowers `kernel`, whose inputs have types `inputs` and whose output has type `output`, to a
-/// CPU LIR kernel with the ABI of the module doc.
+/// CPU LIR kernel with the ABI of the module doc, its float vectors `width` wide.
 pub fn lower_cpu(
     kernel: &Kernel,
     inputs: &[TensorType],
     output: &TensorType,
+    width: VectorWidth,
 ) -> Result<lir::Kernel, LowerError> {
     let unsupported = |what: String| LowerError::Unsupported {
         scope: kernel.scope.clone(),
@@ -101,6 +143,7 @@ pub fn lower_cpu(
             inputs,
             buffers,
             symbols: Symbols::declare(b, &names),
+            lanes: width.lanes(),
         };
         match &kernel.kind {
             KernelKind::Elementwise => elementwise::lower(b, &body, out),
