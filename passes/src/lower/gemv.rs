@@ -18,7 +18,7 @@
 
 use super::elementwise;
 use super::expr::{fold_range, for_each, load_f32, Body};
-use super::row_reduce::{norm_at, norm_stats};
+use super::row_reduce::{inv_std, norm_at, norm_stats};
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{
     Axis, BufRef, CmpOp, KernelBuilder, MemorySpace, ReduceOp, ScalarType, SizeExpr, Special, Value,
@@ -216,6 +216,32 @@ impl RowSource {
     }
 }
 
+/// The RmsNorm factor `1/sqrt(Σx²/k + eps)` of the `k` float values of `x` from `base`: a vector
+/// sum of squares of `lanes` lanes with a scalar tail.
+fn direct_rms_factor(
+    b: &mut KernelBuilder,
+    lanes: u32,
+    (x, base, k): (BufRef, Value, i64),
+    eps: f32,
+) -> Result<Value, String> {
+    let square = |lanes: u32| {
+        move |b: &mut KernelBuilder, j: Value, acc: Value| {
+            let at = b.add(base, j);
+            let v = load_f32(b, x, at, lanes);
+            Ok(b.fma(v, v, acc))
+        }
+    };
+    let k_vec = k - k % i64::from(lanes);
+    let (start, end, k_v) = (b.const_i(0), b.const_i(k_vec), b.const_i(k));
+    let zero_f = b.const_f(0.0);
+    let zero = b.splat(zero_f, lanes);
+    let ss = fold_range(b, (start, end, lanes), zero, square(lanes))?;
+    let ss = b.reduce_lanes(ReduceOp::Add, ss);
+    let ss = fold_range(b, (end, k_v, 1), ss, square(1))?;
+    let kf = b.cast(ScalarType::F32, k_v);
+    Ok(inv_std(b, ss, kf, eps))
+}
+
 /// Where the lhs row `row` (at `lead_idx`) of the matmul at `m` with reduction length `k` is
 /// read from: a float input in place (with an RmsNorm of it applied while reading), or otherwise
 /// the prologue — norm statistics first — evaluated element by element into a private row once,
@@ -239,11 +265,11 @@ pub(super) fn row_source(
         })
     };
     if let Lhs::Direct { x, norm: g } = lhs_of(body, m, norm)? {
-        let norm = match (norm, g) {
-            (Some(r), Some((g, _))) => Some((stats(b, r)?.r, g)),
-            _ => None,
-        };
         let base = b.mul(row, k_v);
+        let norm = match g {
+            Some((g, eps)) => Some((direct_rms_factor(b, body.lanes, (x, base, k), eps)?, g)),
+            None => None,
+        };
         return Ok(RowSource { buf: x, base, norm });
     }
     let len = u32::try_from(k).map_err(|_| "a reduction longer than u32")?;
