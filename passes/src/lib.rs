@@ -11,3 +11,5 @@ pub mod quantize;
 pub mod rolling;
 pub mod saturate;
 pub mod storage;
+#[cfg(test)]
+mod test_module;

@@ -51,7 +51,7 @@ mod tests {
     use crate::storage::{store_weights, Storage};
     use std::collections::BTreeMap;
     use tessera_ir::interp::{self, Tensor};
-    use tessera_ir::{Dim, EntryPoint, Graph, ModelInfo, WeightSpec};
+    use tessera_ir::{Dim, Graph};
 
     /// `logits = (embed[tokens]) @ head^T`, plus `proj` used once as a projection and once
     /// transposed the other way.
@@ -69,34 +69,7 @@ mod tests {
             .unwrap();
         g.output("logits", logits);
         g.output("tied", tied);
-        let spec = |name: &str, dtype, shape: &[usize]| WeightSpec {
-            name: name.into(),
-            dtype,
-            shape: shape.to_vec(),
-        };
-        Module {
-            info: ModelInfo {
-                architecture: "test".into(),
-                vocab_size: 5,
-                max_context: 16,
-                bos_token_id: None,
-                eos_token_ids: vec![],
-                num_layers: 0,
-                hidden_size: 64,
-            },
-            weights: vec![
-                spec("embed", DType::F32, &[8, 64]),
-                spec("head", DType::F16, &[5, 64]),
-                spec("norm", DType::F32, &[64]),
-            ],
-            state: vec![],
-            entries: vec![EntryPoint {
-                name: "decode".into(),
-                graph: g,
-                kernels: None,
-                cpu_code: vec![],
-            }],
-        }
+        crate::test_module::single_entry("decode", g)
     }
 
     #[test]

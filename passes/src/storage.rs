@@ -126,7 +126,7 @@ pub fn transpose_bytes(values: &[u8], rows: usize, cols: usize, elem_bytes: usiz
 mod tests {
     use super::*;
     use tessera_ir::interp::{self, Tensor};
-    use tessera_ir::{Dim, EntryPoint, ModelInfo, WeightSpec};
+    use tessera_ir::Dim;
 
     /// `y = x @ w + b` (a Conv1D), and `v` used both as a Conv1D and transposed the other way.
     fn conv1d_module() -> Module {
@@ -139,30 +139,7 @@ mod tests {
         let z = g.add(Op::MatMul { transpose_b: true }, &[z, v]).unwrap();
         g.output("y", y);
         g.output("z", z);
-        let spec = |name: &str, shape: &[usize]| WeightSpec {
-            name: name.into(),
-            dtype: DType::F32,
-            shape: shape.to_vec(),
-        };
-        Module {
-            info: ModelInfo {
-                architecture: "test".into(),
-                vocab_size: 5,
-                max_context: 16,
-                bos_token_id: None,
-                eos_token_ids: vec![],
-                num_layers: 0,
-                hidden_size: 3,
-            },
-            weights: vec![spec("w", &[3, 5]), spec("v", &[3, 3])],
-            state: vec![],
-            entries: vec![EntryPoint {
-                name: "prefill".into(),
-                graph: g,
-                kernels: None,
-                cpu_code: vec![],
-            }],
-        }
+        crate::test_module::single_entry("prefill", g)
     }
 
     #[test]
