@@ -322,12 +322,12 @@ pub fn lower_for_cpu(module: &mut Module, width: VectorWidth) -> Result<()> {
     Ok(())
 }
 
-/// Lowers one kernel of `kg` to CPU LIR with its buffers' types and `width`-wide vectors.
+/// Lowers one kernel of `kg` to a CPU LIR program with its buffers' types and `width`-wide vectors.
 pub fn lower_kernel_cpu(
     kg: &KernelGraph,
     kernel: &Kernel,
     width: VectorWidth,
-) -> Result<tessera_ir::lir::Kernel, LowerError> {
+) -> Result<tessera_ir::lir::Program, LowerError> {
     let inputs: Vec<TensorType> = kernel
         .inputs
         .iter()

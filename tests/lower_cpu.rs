@@ -114,7 +114,7 @@ fn check_width(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)], width: 
     let (g, node) = body_graph(&k.body, &symbolic).unwrap();
     let output = g.ty(node).clone();
     let lir = lower_cpu(k, inputs, &output, width).unwrap();
-    let compiled = tessera_codegen_cpu::compile(&lir).unwrap_or_else(|e| panic!("{e}\n{lir}"));
+    let compiled = tessera_codegen_cpu::compile_program(&lir, Default::default()).unwrap_or_else(|e| panic!("{e}\n{lir}"));
 
     let mut feed = BTreeMap::new();
     let mut concrete = Vec::new();
@@ -530,7 +530,7 @@ fn gather_rows_with_an_epilogue() {
 fn gather_writes_nothing_for_ids_out_of_range() {
     let inputs = [f32_(&["11", "6"]), i32_(&["3"])];
     let lir = lower_cpu(&embedding(), &inputs, &f32_(&["3", "6"]), VectorWidth::V128).unwrap();
-    let compiled = tessera_codegen_cpu::compile(&lir).unwrap();
+    let compiled = tessera_codegen_cpu::compile_program(&lir, Default::default()).unwrap();
     let table = random(1, 66);
     let mut table_bytes = bytes(&table);
     let mut ids: Vec<u8> = [-1i32, 11, 4]
@@ -585,21 +585,54 @@ fn causal_gqa_prefill_attention() {
     }
 }
 
+fn decoding(splits: u32, body: Vec<BodyOp>) -> Kernel {
+    kernel(KernelKind::FlashDecoding { splits }, body)
+}
+
 #[test]
 fn decode_attention_over_a_symbolic_past() {
-    let k = kernel(
-        KernelKind::FlashDecoding { splits: 1 },
-        vec![attention(true, None, &[In(0), In(1), In(2)])],
-    );
     let kv = |d: &str| f32_(&["2", "2", "past + 1", d]);
     // Head dims of 6 and 3 read K/V element by element; 8 and 4, and 16 and 20 (V in a chunk
     // of four vectors and one of one), as whole vectors. A short and a long KV (3 key blocks).
-    for (d, dv) in [("6", "3"), ("8", "4"), ("16", "20")] {
-        let inputs = [f32_(&["2", "4", "1", d]), kv(d), kv(dv)];
-        for past in [8, 40] {
-            check(&k, &inputs, &[("past", past)]);
+    // One split, and FlashDecoding's splits merged by log-sum-exp: 3 splits leave some empty
+    // at 1 and 9 keys, 4 split 41 keys into blocks of 16, 16, 9 and nothing.
+    for splits in [1, 3, 4] {
+        let k = decoding(splits, vec![attention(true, None, &[In(0), In(1), In(2)])]);
+        for (d, dv) in [("6", "3"), ("8", "4"), ("16", "20")] {
+            let inputs = [f32_(&["2", "4", "1", d]), kv(d), kv(dv)];
+            for past in [0, 8, 40] {
+                check(&k, &inputs, &[("past", past)]);
+            }
         }
     }
+}
+
+#[test]
+fn split_decoding_with_a_window_a_mask_and_an_epilogue() {
+    let kv = f32_(&["1", "2", "70", "8"]);
+    let q = f32_(&["1", "4", "1", "8"]);
+    let windowed = decoding(4, vec![attention(true, Some(37), &[In(0), In(1), In(2)])]);
+    check(&windowed, &[q.clone(), kv.clone(), kv.clone()], &[]);
+    // An additive mask, and an epilogue moving heads into columns.
+    let masked = decoding(
+        2,
+        vec![
+            attention(false, None, &[In(0), In(1), In(2), In(3)]),
+            step(
+                Op::Permute {
+                    perm: vec![0, 2, 1, 3],
+                },
+                &[At(0)],
+            ),
+            step(
+                Op::Reshape {
+                    shape: shape(&["1", "1", "32"]),
+                },
+                &[At(1)],
+            ),
+        ],
+    );
+    check(&masked, &[q, kv.clone(), kv, f32_(&["1", "1", "1", "70"])], &[]);
 }
 
 #[test]
@@ -739,7 +772,7 @@ fn every_llama_kernel_lowers_or_is_unsupported() {
                 tessera::default_vector_width(),
             ) {
                 Ok(lir) => {
-                    tessera_codegen_cpu::compile(&lir).unwrap_or_else(|e| panic!("{e}\n{lir}"));
+                    tessera_codegen_cpu::compile_program(&lir, Default::default()).unwrap_or_else(|e| panic!("{e}\n{lir}"));
                     lowered += 1;
                 }
                 Err(e) => {

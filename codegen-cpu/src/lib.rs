@@ -11,6 +11,7 @@ mod jit;
 mod launch;
 #[cfg(feature = "llvm")]
 mod llvm;
+mod program;
 mod rules;
 mod translate;
 
@@ -20,6 +21,7 @@ pub use backend::{asm_text, compile, compile_with, Backend};
 pub use error::CodegenError;
 pub use jit::clif_text;
 pub use launch::CompiledKernel;
+pub use program::{compile_program, CompiledProgram};
 
 use std::collections::BTreeSet;
 use tessera_ir::lir::{Capabilities, IntrinsicKind};

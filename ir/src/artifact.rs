@@ -17,7 +17,7 @@ use std::io::{Seek, SeekFrom, Write};
 
 pub const MAGIC: [u8; 8] = *b"TESSERA\0";
 /// Bumped on any incompatible change of the container or the manifest.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Weights start on a page boundary so a mapped file hands out aligned tensors.
 pub const WEIGHTS_ALIGN: u64 = 4096;
 /// Every tensor inside the weights section starts at a multiple of this.

@@ -319,11 +319,11 @@ pub struct EntryPoint {
     /// `None` (compiled with `--no-opt`) means the Graph itself runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernels: Option<KernelGraph>,
-    /// Code per target (DESIGN.md §6): for `--target cpu`, the LIR of every kernel of `kernels`,
-    /// index-aligned with `kernels.kernels`, which the runtime JIT-compiles at load. Empty for
+    /// Code per target (DESIGN.md §6): for `--target cpu`, the LIR program of every kernel of
+    /// `kernels`, index-aligned with `kernels.kernels`, which the runtime JIT-compiles at load. Empty for
     /// targets that execute the KernelGraph itself (reference) or for `--no-opt`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cpu_code: Vec<crate::lir::Kernel>,
+    pub cpu_code: Vec<crate::lir::Program>,
 }
 
 /// What the runtime needs to know about the model beyond its graphs.
@@ -390,9 +390,12 @@ impl Module {
             let kernel_count = entry.kernels.as_ref().map_or(0, |kg| kg.kernels.len());
             if !entry.cpu_code.is_empty() && entry.cpu_code.len() != kernel_count {
                 return Err(at(format!(
-                    "cpu_code has {} LIR kernels for {kernel_count} kernels",
+                    "cpu_code has {} LIR programs for {kernel_count} kernels",
                     entry.cpu_code.len()
                 )));
+            }
+            for program in &entry.cpu_code {
+                program.check().map_err(|e| at(format!("cpu_code: {e}")))?;
             }
             for s in &self.state {
                 if !entry.graph.inputs().any(|(n, _)| n == s.name) {

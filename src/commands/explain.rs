@@ -233,14 +233,18 @@ fn print_code(
         if only.is_some_and(|n| n != i) || !kernel.kind.launches(&kernel.body) {
             continue;
         }
-        let lir = tessera::lower_kernel_cpu(kg, kernel, width)
+        let program = tessera::lower_kernel_cpu(kg, kernel, width)
             .with_context(|| format!("kernel {i} `{}`", kernel.scope))?;
-        let text = match emit {
-            Emit::Lir => lir.to_string(),
-            Emit::Clif => tessera_codegen_cpu::clif_text(&lir)?,
+        let steps = program.steps.iter().map(|step| match emit {
+            Emit::Lir => Ok(step.to_string()),
+            Emit::Clif => tessera_codegen_cpu::clif_text(step),
             #[cfg(feature = "llvm")]
-            Emit::Llvm => tessera_codegen_cpu::llvm_ir_text(&lir)?,
-            _ => tessera_codegen_cpu::asm_text(&lir, backend)?,
+            Emit::Llvm => tessera_codegen_cpu::llvm_ir_text(step),
+            _ => tessera_codegen_cpu::asm_text(step, backend),
+        });
+        let text = match emit {
+            Emit::Lir => program.to_string(),
+            _ => steps.collect::<Result<Vec<_>, _>>()?.join("\n"),
         };
         println!("kernel {i} `{}` ({}):\n{text}", kernel.scope, kernel.kind);
     }

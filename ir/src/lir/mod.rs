@@ -9,9 +9,11 @@
 mod builder;
 pub mod examples;
 mod print;
+mod program;
 mod verify;
 
 pub use builder::KernelBuilder;
+pub use program::{Program, Scratch};
 pub use verify::verify;
 
 use serde::{Deserialize, Serialize};

@@ -75,7 +75,7 @@ fn values(vs: &[Value]) -> String {
 }
 
 impl Kernel {
-    fn size(&self, e: &SizeExpr) -> String {
+    pub(super) fn size(&self, e: &SizeExpr) -> String {
         match e {
             SizeExpr::Const(c) => c.to_string(),
             SizeExpr::Param(i) => self

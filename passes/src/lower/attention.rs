@@ -13,17 +13,19 @@
 //! prefill alike), whose rows are read as vectors of the target's width (`Body::lanes`) with the
 //! head dims unrolled and the V accumulation carried in registers [`V_CHUNK`] vectors at a time.
 //!
-//! The kernel kind's `block_q` and `splits` are not used: a CPU pool is kept busy by the
-//! `B·Hkv·S` groups in prefill, and decode's `B·Hkv` groups cover a 2-core host; splitting the KV
-//! range (FlashDecoding's log-sum-exp merge) needs a second kernel the runtime does not run yet.
-//! D, Dv and the head counts must be constants.
+//! `FlashDecoding { splits }` with more than one split is a two-step program ([`lower_split`]):
+//! the splits of each row's keys are swept by separate groups (parallel work when `B·Hkv` groups
+//! are fewer than the threads, or the KV is long) and merged by log-sum-exp. FlashAttention's
+//! `block_q` is not used: a CPU pool is kept busy by the `B·Hkv·S` groups of prefill. D, Dv and
+//! the head counts must be constants.
 
 use super::expr::{fold, fold_many, fold_range, for_each, load_f32, Body};
 use super::index::broadcast;
+use super::Steps;
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{
-    self, Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, MemorySpace, ScalarType, SizeExpr, Special,
-    Value,
+    self, Access, Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, MemorySpace, ScalarType, SizeExpr,
+    Special, Value,
 };
 use tessera_ir::{Dim, Op};
 
@@ -41,229 +43,484 @@ fn head_dim(d: &Dim, what: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("attention {what} head dim `{d}` that is not a constant"))
 }
 
-/// Writes the attention kernel of `body` into `b`, storing to `out`.
+/// An attention body: its operands, sizes and flags.
+struct Attention<'a> {
+    body: &'a Body<'a>,
+    /// The position of the attention op in the body.
+    at: usize,
+    scale: f32,
+    causal: bool,
+    window: Option<usize>,
+    q: BodyArg,
+    k: BodyArg,
+    v: BodyArg,
+    mask: Option<BodyArg>,
+    /// `[batch, hq, s, t, hkv]`.
+    dims: [Dim; 5],
+    d: u32,
+    dv: u32,
+    /// Query heads per KV head.
+    heads: u32,
+}
+
+/// What a group works on — query row `i` of batch `bi` for the query heads from `first_head`
+/// that share KV head `kv_head`; `row` is its linear index over `[batch, hkv, s]` — and its
+/// private state: per head the queries (times the scale), the running max and sum, and the
+/// `Dv` accumulator.
+struct Group {
+    row: Value,
+    bi: Value,
+    kv_head: Value,
+    i: Value,
+    first_head: Value,
+    acc: BufRef,
+    max: BufRef,
+    sum: BufRef,
+}
+
+impl<'a> Attention<'a> {
+    fn of(body: &'a Body<'a>) -> Result<Attention<'a>, String> {
+        let at = body
+            .ops
+            .iter()
+            .position(|s| matches!(s.op, Op::Attention { .. }))
+            .ok_or("an attention kernel without an attention")?;
+        let Op::Attention {
+            scale,
+            causal,
+            window,
+        } = body.ops[at].op
+        else {
+            unreachable!("position found an attention");
+        };
+        let (q, k, v, mask) = match body.ops[at].args[..] {
+            [q, k, v] => (q, k, v, None),
+            [q, k, v, m] => (q, k, v, Some(m)),
+            _ => return Err("attention without three or four operands".into()),
+        };
+        let dims = |arg: BodyArg| match body.ty(arg).shape.as_slice() {
+            [b, h, l, d] => Ok([b, h, l, d]),
+            _ => Err("attention operand of a rank other than 4".to_string()),
+        };
+        let ([batch, hq, s, d], [_, hkv, t, _], [.., dv]) = (dims(q)?, dims(k)?, dims(v)?);
+        let heads = match (hq.as_const(), hkv.as_const()) {
+            (Some(hq), Some(hkv)) if hkv > 0 && hq % hkv == 0 => u32::try_from(hq / hkv)
+                .map_err(|_| "attention with too many query heads per KV head")?,
+            _ => {
+                return Err(format!(
+                    "attention with {hq} query heads over {hkv} KV heads"
+                ))
+            }
+        };
+        Ok(Attention {
+            body,
+            at,
+            scale,
+            causal,
+            window,
+            q,
+            k,
+            v,
+            mask,
+            dims: [batch, hq, s, t, hkv].map(Dim::clone),
+            d: head_dim(d, "q/k")?,
+            dv: head_dim(dv, "v")?,
+            heads,
+        })
+    }
+
+    /// The dims groups are laid over: `[batch, hkv, s]`.
+    fn rows(&self) -> [Dim; 3] {
+        let [batch, _, s, _, hkv] = &self.dims;
+        [batch.clone(), hkv.clone(), s.clone()]
+    }
+
+    /// The group of `GroupId(X)`, its state initialized (accumulators 0, max −∞, sum 0).
+    fn group(&self, b: &mut KernelBuilder) -> Result<Group, String> {
+        let row = b.special(Special::GroupId(Axis::X));
+        let idx = self.body.symbols.unravel(b, row, &self.rows())?;
+        let [bi, kv_head, i] = idx[..] else {
+            unreachable!("three dims unravel to three indices");
+        };
+        let heads = b.const_i(i64::from(self.heads));
+        let first_head = b.mul(kv_head, heads);
+        let g = Group {
+            row,
+            bi,
+            kv_head,
+            i,
+            first_head,
+            acc: b.local(
+                "acc",
+                MemorySpace::Private,
+                ScalarType::F32,
+                self.heads * self.dv,
+            ),
+            max: b.local("max", MemorySpace::Private, ScalarType::F32, self.heads),
+            sum: b.local("sum", MemorySpace::Private, ScalarType::F32, self.heads),
+        };
+        let (zero, zero_f) = (b.const_i(0), b.const_f(0.0));
+        let neg_inf = b.const_f(f64::NEG_INFINITY);
+        let len = b.const_i(i64::from(self.heads * self.dv));
+        for_each(b, zero, len, |b, e| {
+            b.store(g.acc, e, zero_f);
+            Ok(())
+        })?;
+        for_each(b, zero, heads, |b, h| {
+            b.store(g.max, h, neg_inf);
+            b.store(g.sum, h, zero_f);
+            Ok(())
+        })?;
+        Ok(g)
+    }
+
+    /// The keys `lo..hi` query row `g.i` sees: the causal and window bounds.
+    fn visible(&self, b: &mut KernelBuilder, g: &Group) -> Result<(Value, Value), String> {
+        let [_, _, s, t, _] = &self.dims;
+        let (s_v, t_v) = (self.body.symbols.dim(b, s)?, self.body.symbols.dim(b, t)?);
+        let (zero, one) = (b.const_i(0), b.const_i(1));
+        // `newest` is this query's own position among the keys.
+        let past = b.sub(t_v, s_v);
+        let newest = b.add(past, g.i);
+        let through_newest = b.add(newest, one);
+        let hi = if self.causal {
+            b.binary(BinaryOp::Min, through_newest, t_v)
+        } else {
+            t_v
+        };
+        let lo = match self.window {
+            Some(w) => {
+                let w = b.const_i(i64::try_from(w).map_err(|_| "attention window")?);
+                let first = b.sub(through_newest, w);
+                b.binary(BinaryOp::Max, first, zero)
+            }
+            None => zero,
+        };
+        Ok((lo, hi))
+    }
+
+    /// Folds keys `lo..hi` into `g`'s state: the queries (times the scale) into a Private array,
+    /// then blocks of [`BLOCK_K`] keys with the online softmax.
+    fn sweep(&self, b: &mut KernelBuilder, g: &Group, lo: Value, hi: Value) -> Result<(), String> {
+        let (body, heads, d, dv, lanes) = (self.body, self.heads, self.d, self.dv, self.body.lanes);
+        let (bi, kv_head, i) = (g.bi, g.kv_head, g.i);
+        let [batch, hq, s, t, _] = &self.dims;
+        let zero = b.const_i(0);
+        let heads_v = b.const_i(i64::from(heads));
+        let (d_v, dv_v) = (b.const_i(i64::from(d)), b.const_i(i64::from(dv)));
+        let scale_v = b.const_f(f64::from(self.scale));
+        let zero_f = b.const_f(0.0);
+        let neg_inf = b.const_f(f64::NEG_INFINITY);
+        let q_rows = b.local("q", MemorySpace::Private, ScalarType::F32, heads * d);
+        let scores = b.local("scores", MemorySpace::Private, ScalarType::F32, BLOCK_K);
+        for_each(b, zero, heads_v, |b, h| {
+            let head = b.add(g.first_head, h);
+            let q_base = b.mul(h, d_v);
+            for_each(b, zero, d_v, |b, c| {
+                let x = body.value(b, self.q, &[bi, head, i, c], None)?;
+                let x = b.mul(x, scale_v);
+                let at = b.add(q_base, c);
+                b.store(q_rows, at, x);
+                Ok(())
+            })
+        })?;
+        // K and V read straight from dense f32 buffers (the KV cache) with whole vectors per row.
+        let rows = match (body.float_input(self.k), body.float_input(self.v)) {
+            (Some(kb), Some(vb)) if d % lanes == 0 && dv % lanes == 0 => Some((kb, vb)),
+            _ => None,
+        };
+        let origin = |b: &mut KernelBuilder, arg: BodyArg, j: Value| {
+            body.symbols
+                .ravel(b, &[bi, kv_head, j, zero], &body.ty(arg).shape)
+        };
+        let scores_shape = [batch.clone(), hq.clone(), s.clone(), t.clone()];
+        let block_v = b.const_i(i64::from(BLOCK_K));
+        let mut failure = Ok(());
+        b.for_range(lo, hi, BLOCK_K, &[], |b, j0, _| {
+            let block_end = b.add(j0, block_v);
+            let block_end = b.binary(BinaryOp::Min, block_end, hi);
+            failure = for_each(b, zero, heads_v, |b, h| {
+                let head = b.add(g.first_head, h);
+                let q_base = b.mul(h, d_v);
+                // The block's scores (into `scores`) and their max.
+                let block_max = fold_range(b, (j0, block_end, 1), neg_inf, |b, j, m| {
+                    let mut score = match rows {
+                        Some((kb, _)) => {
+                            let base = origin(b, self.k, j)?;
+                            let zero4 = b.splat(zero_f, lanes);
+                            let sums = (0..d / lanes).try_fold(zero4, |sum, c| {
+                                let at = b.const_i(i64::from(c * lanes));
+                                let q_at = b.add(q_base, at);
+                                let x = b.load(q_rows, q_at, lanes);
+                                let at = b.add(base, at);
+                                let y = load_f32(b, kb, at, lanes);
+                                Ok::<_, String>(b.fma(x, y, sum))
+                            })?;
+                            b.reduce_lanes(lir::ReduceOp::Add, sums)
+                        }
+                        None => fold(b, d_v, zero_f, |b, c, sum| {
+                            let q_at = b.add(q_base, c);
+                            let x = b.load(q_rows, q_at, 1);
+                            let y = body.value(b, self.k, &[bi, kv_head, j, c], None)?;
+                            Ok(b.fma(x, y, sum))
+                        })?,
+                    };
+                    if let Some(mask) = self.mask {
+                        let at =
+                            broadcast(b, &[bi, head, i, j], &scores_shape, &body.ty(mask).shape)?;
+                        let bias = body.value(b, mask, &at, None)?;
+                        score = b.add(score, bias);
+                    }
+                    let slot = b.sub(j, j0);
+                    b.store(scores, slot, score);
+                    Ok(b.binary(BinaryOp::Max, m, score))
+                })?;
+                // With every score so far −∞, subtract 0 instead of −∞ so that exp gives 0, not NaN.
+                let m_old = b.load(g.max, h, 1);
+                let m_new = b.binary(BinaryOp::Max, m_old, block_max);
+                let m_safe = finite_or_zero(b, m_new);
+                let shift = b.sub(m_old, m_safe);
+                let alpha = b.unary(lir::UnaryOp::Exp, shift);
+                let p_sum = fold_range(b, (j0, block_end, 1), zero_f, |b, j, total| {
+                    let slot = b.sub(j, j0);
+                    let score = b.load(scores, slot, 1);
+                    let centered = b.sub(score, m_safe);
+                    let p = b.unary(lir::UnaryOp::Exp, centered);
+                    b.store(scores, slot, p);
+                    Ok(b.add(total, p))
+                })?;
+                let l_old = b.load(g.sum, h, 1);
+                let l_new = b.fma(l_old, alpha, p_sum);
+                b.store(g.sum, h, l_new);
+                b.store(g.max, h, m_new);
+                let acc_base = b.mul(h, dv_v);
+                match rows {
+                    Some((_, vb)) => accumulate_rows(
+                        b,
+                        (g.acc, acc_base, dv, lanes),
+                        alpha,
+                        |b, j| {
+                            let slot = b.sub(j, j0);
+                            let p = b.load(scores, slot, 1);
+                            Ok((p, origin(b, self.v, j)?))
+                        },
+                        (vb, j0, block_end),
+                    ),
+                    None => for_each(b, zero, dv_v, |b, c| {
+                        let at = b.add(acc_base, c);
+                        let o = b.load(g.acc, at, 1);
+                        let o = b.mul(o, alpha);
+                        let o = fold_range(b, (j0, block_end, 1), o, |b, j, o| {
+                            let slot = b.sub(j, j0);
+                            let p = b.load(scores, slot, 1);
+                            let x = body.value(b, self.v, &[bi, kv_head, j, c], None)?;
+                            Ok(b.fma(p, x, o))
+                        })?;
+                        b.store(g.acc, at, o);
+                        Ok(())
+                    }),
+                }
+            });
+            vec![]
+        });
+        failure
+    }
+
+    /// Normalizes `g`'s accumulators by their sums and writes them through the epilogue at the
+    /// output index each element maps to. A row that saw no key, or only −∞ scores, has sum 0
+    /// and is zeros.
+    fn finish(&self, b: &mut KernelBuilder, g: &Group, out: BufRef) -> Result<(), String> {
+        let body = self.body;
+        let (zero, zero_f) = (b.const_i(0), b.const_f(0.0));
+        let heads_v = b.const_i(i64::from(self.heads));
+        let dv_v = b.const_i(i64::from(self.dv));
+        let out_shape = &body.ty(body.result()).shape;
+        for_each(b, zero, heads_v, |b, h| {
+            let head = b.add(g.first_head, h);
+            let l = b.load(g.sum, h, 1);
+            let seen = b.cmp(CmpOp::Lt, zero_f, l);
+            let acc_base = b.mul(h, dv_v);
+            for_each(b, zero, dv_v, |b, c| {
+                let at = b.add(acc_base, c);
+                let o = b.load(g.acc, at, 1);
+                let o = b.div(o, l);
+                let o = b.select(seen, o, zero_f);
+                b.store(g.acc, at, o);
+                let idx = body.forward(b, self.at, &[g.bi, head, g.i, c])?;
+                let hook = |b: &mut KernelBuilder, at: &[Value]| {
+                    let e = b.add(acc_base, at[3]);
+                    Ok(b.load(g.acc, e, 1))
+                };
+                let x = body.value(b, body.result(), &idx, Some((self.at, &hook)))?;
+                let e = body.symbols.ravel(b, &idx, out_shape)?;
+                b.store(out, e, x);
+                Ok(())
+            })
+        })
+    }
+
+    /// Elements of one split's partial row: the `Dv` accumulators, then the max and the sum.
+    fn partial_len(&self) -> u32 {
+        self.dv + 2
+    }
+
+    /// The first element of head `h`'s partial row of split `split` in the scratch.
+    fn partial_at(&self, b: &mut KernelBuilder, g: &Group, h: Value, split: Value, splits: u32) -> Value {
+        let heads = b.const_i(i64::from(self.heads));
+        let splits = b.const_i(i64::from(splits));
+        let len = b.const_i(i64::from(self.partial_len()));
+        let head_row = b.mul(g.row, heads);
+        let head_row = b.add(head_row, h);
+        let split_row = b.mul(head_row, splits);
+        let split_row = b.add(split_row, split);
+        b.mul(split_row, len)
+    }
+}
+
+/// `m`, or 0 where it is −∞: the shift that makes `exp` of an all-−∞ row's terms 0, not NaN.
+fn finite_or_zero(b: &mut KernelBuilder, m: Value) -> Value {
+    let (zero_f, neg_inf) = (b.const_f(0.0), b.const_f(f64::NEG_INFINITY));
+    let empty = b.cmp(CmpOp::Eq, m, neg_inf);
+    b.select(empty, zero_f, m)
+}
+
+/// Writes the attention kernel of `body` into `b` (one step: every visible key in one group),
+/// storing to `out`.
 pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(), String> {
-    let a = body
-        .ops
-        .iter()
-        .position(|s| matches!(s.op, Op::Attention { .. }))
-        .ok_or("an attention kernel without an attention")?;
-    let Op::Attention {
-        scale,
-        causal,
-        window,
-    } = body.ops[a].op
-    else {
-        unreachable!("position found an attention");
-    };
-    let (q, k, v, mask) = match body.ops[a].args[..] {
-        [q, k, v] => (q, k, v, None),
-        [q, k, v, m] => (q, k, v, Some(m)),
-        _ => return Err("attention without three or four operands".into()),
-    };
-    let dims = |arg: BodyArg| match body.ty(arg).shape.as_slice() {
-        [b, h, l, d] => Ok([b, h, l, d]),
-        _ => Err("attention operand of a rank other than 4".to_string()),
-    };
-    let ([batch, hq, s, d], [_, hkv, t, _], [.., dv]) = (dims(q)?, dims(k)?, dims(v)?);
-    let (d, dv) = (head_dim(d, "q/k")?, head_dim(dv, "v")?);
-    let lanes = body.lanes;
-    let heads = match (hq.as_const(), hkv.as_const()) {
-        (Some(hq), Some(hkv)) if hkv > 0 && hq % hkv == 0 => u32::try_from(hq / hkv)
-            .map_err(|_| "attention with too many query heads per KV head")?,
-        _ => {
-            return Err(format!(
-                "attention with {hq} query heads over {hkv} KV heads"
-            ))
-        }
-    };
+    let att = Attention::of(body)?;
     b.grid([
-        body.symbols
-            .numel_size(&[batch.clone(), hkv.clone(), s.clone()])?,
+        body.symbols.numel_size(&att.rows())?,
         SizeExpr::Const(1),
         SizeExpr::Const(1),
     ]);
-    let group = b.special(Special::GroupId(Axis::X));
-    let row = body
-        .symbols
-        .unravel(b, group, &[batch.clone(), hkv.clone(), s.clone()])?;
-    let [bi, kv_head, i] = row[..] else {
-        unreachable!("three dims unravel to three indices");
-    };
-    let heads_v = b.const_i(i64::from(heads));
-    let first_head = b.mul(kv_head, heads_v);
-    let (s_v, t_v) = (body.symbols.dim(b, s)?, body.symbols.dim(b, t)?);
-    let (zero, one) = (b.const_i(0), b.const_i(1));
-    // Keys lo..hi are visible; `newest` is this query's own position among the keys.
-    let past = b.sub(t_v, s_v);
-    let newest = b.add(past, i);
-    let through_newest = b.add(newest, one);
-    let hi = if causal {
-        b.binary(BinaryOp::Min, through_newest, t_v)
-    } else {
-        t_v
-    };
-    let lo = match window {
-        Some(w) => {
-            let w = b.const_i(i64::try_from(w).map_err(|_| "attention window")?);
-            let first = b.sub(through_newest, w);
-            b.binary(BinaryOp::Max, first, zero)
-        }
-        None => zero,
-    };
+    let g = att.group(b)?;
+    let (lo, hi) = att.visible(b, &g)?;
+    att.sweep(b, &g, lo, hi)?;
+    att.finish(b, &g, out)
+}
 
-    let (d_v, dv_v) = (b.const_i(i64::from(d)), b.const_i(i64::from(dv)));
-    let scale_v = b.const_f(f64::from(scale));
-    let zero_f = b.const_f(0.0);
-    let neg_inf = b.const_f(f64::NEG_INFINITY);
-    let q_rows = b.local("q", MemorySpace::Private, ScalarType::F32, heads * d);
-    let acc = b.local("acc", MemorySpace::Private, ScalarType::F32, heads * dv);
-    let max = b.local("max", MemorySpace::Private, ScalarType::F32, heads);
-    let sum = b.local("sum", MemorySpace::Private, ScalarType::F32, heads);
-    let scores = b.local("scores", MemorySpace::Private, ScalarType::F32, BLOCK_K);
-    for_each(b, zero, heads_v, |b, g| {
-        let h = b.add(first_head, g);
-        let q_base = b.mul(g, d_v);
-        for_each(b, zero, d_v, |b, c| {
-            let x = body.value(b, q, &[bi, h, i, c], None)?;
-            let x = b.mul(x, scale_v);
-            let at = b.add(q_base, c);
-            b.store(q_rows, at, x);
-            Ok(())
-        })?;
-        let acc_base = b.mul(g, dv_v);
-        for_each(b, zero, dv_v, |b, c| {
-            let at = b.add(acc_base, c);
-            b.store(acc, at, zero_f);
-            Ok(())
-        })?;
-        b.store(max, g, neg_inf);
-        b.store(sum, g, zero_f);
-        Ok(())
-    })?;
-    // K and V read straight from dense f32 buffers (the KV cache) with whole vectors per row.
-    let rows = match (body.float_input(k), body.float_input(v)) {
-        (Some(kb), Some(vb)) if d % lanes == 0 && dv % lanes == 0 => Some((kb, vb)),
-        _ => None,
-    };
-    let origin = |b: &mut KernelBuilder, arg: BodyArg, j: Value| {
-        body.symbols
-            .ravel(b, &[bi, kv_head, j, zero], &body.ty(arg).shape)
-    };
-    let scores_shape = [batch.clone(), hq.clone(), s.clone(), t.clone()];
-    let block_v = b.const_i(i64::from(BLOCK_K));
-    let mut failure = Ok(());
-    b.for_range(lo, hi, BLOCK_K, &[], |b, j0, _| {
-        let block_end = b.add(j0, block_v);
-        let block_end = b.binary(BinaryOp::Min, block_end, hi);
-        failure = for_each(b, zero, heads_v, |b, g| {
-            let h = b.add(first_head, g);
-            let q_base = b.mul(g, d_v);
-            // The block's scores (into `scores`) and their max.
-            let block_max = fold_range(b, (j0, block_end, 1), neg_inf, |b, j, m| {
-                let mut score = match rows {
-                    Some((kb, _)) => {
-                        let base = origin(b, k, j)?;
-                        let zero4 = b.splat(zero_f, lanes);
-                        let sums = (0..d / lanes).try_fold(zero4, |sum, c| {
-                            let at = b.const_i(i64::from(c * lanes));
-                            let q_at = b.add(q_base, at);
-                            let x = b.load(q_rows, q_at, lanes);
-                            let at = b.add(base, at);
-                            let y = load_f32(b, kb, at, lanes);
-                            Ok::<_, String>(b.fma(x, y, sum))
-                        })?;
-                        b.reduce_lanes(lir::ReduceOp::Add, sums)
-                    }
-                    None => fold(b, d_v, zero_f, |b, c, sum| {
-                        let q_at = b.add(q_base, c);
-                        let x = b.load(q_rows, q_at, 1);
-                        let y = body.value(b, k, &[bi, kv_head, j, c], None)?;
-                        Ok(b.fma(x, y, sum))
-                    })?,
-                };
-                if let Some(mask) = mask {
-                    let at = broadcast(b, &[bi, h, i, j], &scores_shape, &body.ty(mask).shape)?;
-                    let bias = body.value(b, mask, &at, None)?;
-                    score = b.add(score, bias);
-                }
-                let slot = b.sub(j, j0);
-                b.store(scores, slot, score);
-                Ok(b.binary(BinaryOp::Max, m, score))
-            })?;
-            // With every score so far −∞, subtract 0 instead of −∞ so that exp gives 0, not NaN.
-            let m_old = b.load(max, g, 1);
-            let m_new = b.binary(BinaryOp::Max, m_old, block_max);
-            let empty = b.cmp(CmpOp::Eq, m_new, neg_inf);
-            let m_safe = b.select(empty, zero_f, m_new);
-            let shift = b.sub(m_old, m_safe);
-            let alpha = b.unary(lir::UnaryOp::Exp, shift);
-            let p_sum = fold_range(b, (j0, block_end, 1), zero_f, |b, j, total| {
-                let slot = b.sub(j, j0);
-                let score = b.load(scores, slot, 1);
-                let centered = b.sub(score, m_safe);
-                let p = b.unary(lir::UnaryOp::Exp, centered);
-                b.store(scores, slot, p);
-                Ok(b.add(total, p))
-            })?;
-            let l_old = b.load(sum, g, 1);
-            let l_new = b.fma(l_old, alpha, p_sum);
-            b.store(sum, g, l_new);
-            b.store(max, g, m_new);
-            let acc_base = b.mul(g, dv_v);
-            match rows {
-                Some((_, vb)) => accumulate_rows(
-                    b,
-                    (acc, acc_base, dv, lanes),
-                    alpha,
-                    |b, j| {
-                        let slot = b.sub(j, j0);
-                        let p = b.load(scores, slot, 1);
-                        Ok((p, origin(b, v, j)?))
-                    },
-                    (vb, j0, block_end),
-                ),
-                None => for_each(b, zero, dv_v, |b, c| {
-                    let at = b.add(acc_base, c);
-                    let o = b.load(acc, at, 1);
-                    let o = b.mul(o, alpha);
-                    let o = fold_range(b, (j0, block_end, 1), o, |b, j, o| {
-                        let slot = b.sub(j, j0);
-                        let p = b.load(scores, slot, 1);
-                        let x = body.value(b, v, &[bi, kv_head, j, c], None)?;
-                        Ok(b.fma(p, x, o))
-                    })?;
-                    b.store(acc, at, o);
+/// FlashDecoding with `splits > 1`: a first step whose groups each sweep one split of a query
+/// row's visible keys (a multiple of [`BLOCK_K`] keys, the last split shorter or empty) and write
+/// their unnormalized `(acc, max, sum)` per head to a scratch buffer, and a second that merges
+/// a row's splits by log-sum-exp — `m* = max mᵢ`, `acc = Σ accᵢ·e^(mᵢ−m*)`,
+/// `sum = Σ sumᵢ·e^(mᵢ−m*)` — and finishes it like the one-step kernel.
+pub(super) fn lower_split(steps: &Steps, splits: u32) -> Result<lir::Program, String> {
+    let mut scratch_len = None;
+    let split = steps.build(
+        ".split",
+        &[("partials", ScalarType::F32, Access::Write)],
+        |b, body, _, scratch| {
+            let att = Attention::of(body)?;
+            let rows = body.symbols.numel_size(&att.rows())?;
+            let per_row = att.heads * splits * att.partial_len();
+            scratch_len = Some(SizeExpr::Mul(
+                Box::new(rows.clone()),
+                Box::new(SizeExpr::Const(u64::from(per_row))),
+            ));
+            b.grid([rows, SizeExpr::Const(u64::from(splits)), SizeExpr::Const(1)]);
+            let g = att.group(b)?;
+            let (lo, hi) = att.visible(b, &g)?;
+            // Splits of ⌈len / (splits·BLOCK_K)⌉ key blocks each.
+            let zero = b.const_i(0);
+            let len = b.sub(hi, lo);
+            let len = b.binary(BinaryOp::Max, len, zero);
+            let per = i64::from(splits * BLOCK_K);
+            let (per_v, round) = (b.const_i(per), b.const_i(per - 1));
+            let blocks = b.add(len, round);
+            let blocks = b.div(blocks, per_v);
+            let block_v = b.const_i(i64::from(BLOCK_K));
+            let chunk = b.mul(blocks, block_v);
+            let c = b.special(Special::GroupId(Axis::Y));
+            let skip = b.mul(c, chunk);
+            let first = b.add(lo, skip);
+            let first = b.binary(BinaryOp::Min, first, hi);
+            let last = b.add(first, chunk);
+            let last = b.binary(BinaryOp::Min, last, hi);
+            att.sweep(b, &g, first, last)?;
+            let heads = b.const_i(i64::from(att.heads));
+            let dv = b.const_i(i64::from(att.dv));
+            let one = b.const_i(1);
+            for_each(b, zero, heads, |b, h| {
+                let at = att.partial_at(b, &g, h, c, splits);
+                let acc_base = b.mul(h, dv);
+                for_each(b, zero, dv, |b, e| {
+                    let from = b.add(acc_base, e);
+                    let x = b.load(g.acc, from, 1);
+                    let to = b.add(at, e);
+                    b.store(scratch[0], to, x);
                     Ok(())
-                }),
-            }
-        });
-        vec![]
-    });
-    failure?;
-    // A row that sees no key, or only −∞ scores, has l = 0 and is zeros.
-    let out_shape = &body.ty(body.result()).shape;
-    for_each(b, zero, heads_v, |b, g| {
-        let h = b.add(first_head, g);
-        let l = b.load(sum, g, 1);
-        let seen = b.cmp(CmpOp::Lt, zero_f, l);
-        let acc_base = b.mul(g, dv_v);
-        for_each(b, zero, dv_v, |b, c| {
-            let at = b.add(acc_base, c);
-            let o = b.load(acc, at, 1);
-            let o = b.div(o, l);
-            let o = b.select(seen, o, zero_f);
-            b.store(acc, at, o);
-            let idx = body.forward(b, a, &[bi, h, i, c])?;
-            let hook = |b: &mut KernelBuilder, at: &[Value]| {
-                let e = b.add(acc_base, at[3]);
-                Ok(b.load(acc, e, 1))
-            };
-            let x = body.value(b, body.result(), &idx, Some((a, &hook)))?;
-            let e = body.symbols.ravel(b, &idx, out_shape)?;
-            b.store(out, e, x);
-            Ok(())
-        })
+                })?;
+                let stats = b.add(at, dv);
+                let m = b.load(g.max, h, 1);
+                b.store(scratch[0], stats, m);
+                let l = b.load(g.sum, h, 1);
+                let stats = b.add(stats, one);
+                b.store(scratch[0], stats, l);
+                Ok(())
+            })
+        },
+    )?;
+    let merge = steps.build(
+        ".merge",
+        &[("partials", ScalarType::F32, Access::Read)],
+        |b, body, out, scratch| {
+            let att = Attention::of(body)?;
+            b.grid([
+                body.symbols.numel_size(&att.rows())?,
+                SizeExpr::Const(1),
+                SizeExpr::Const(1),
+            ]);
+            let g = att.group(b)?;
+            let partials = scratch[0];
+            let weights = b.local("weights", MemorySpace::Private, ScalarType::F32, splits);
+            let (zero, one) = (b.const_i(0), b.const_i(1));
+            let (zero_f, neg_inf) = (b.const_f(0.0), b.const_f(f64::NEG_INFINITY));
+            let heads = b.const_i(i64::from(att.heads));
+            let (dv, splits_v) = (b.const_i(i64::from(att.dv)), b.const_i(i64::from(splits)));
+            for_each(b, zero, heads, |b, h| {
+                let m = fold(b, splits_v, neg_inf, |b, c, m| {
+                    let at = att.partial_at(b, &g, h, c, splits);
+                    let at = b.add(at, dv);
+                    let mc = b.load(partials, at, 1);
+                    Ok(b.binary(BinaryOp::Max, m, mc))
+                })?;
+                let m_safe = finite_or_zero(b, m);
+                let l = fold(b, splits_v, zero_f, |b, c, l| {
+                    let at = att.partial_at(b, &g, h, c, splits);
+                    let at = b.add(at, dv);
+                    let mc = b.load(partials, at, 1);
+                    let shift = b.sub(mc, m_safe);
+                    let w = b.unary(lir::UnaryOp::Exp, shift);
+                    b.store(weights, c, w);
+                    let at = b.add(at, one);
+                    let lc = b.load(partials, at, 1);
+                    Ok(b.fma(lc, w, l))
+                })?;
+                b.store(g.sum, h, l);
+                let acc_base = b.mul(h, dv);
+                for_each(b, zero, dv, |b, e| {
+                    let o = fold(b, splits_v, zero_f, |b, c, o| {
+                        let at = att.partial_at(b, &g, h, c, splits);
+                        let at = b.add(at, e);
+                        let x = b.load(partials, at, 1);
+                        let w = b.load(weights, c, 1);
+                        Ok(b.fma(x, w, o))
+                    })?;
+                    let to = b.add(acc_base, e);
+                    b.store(g.acc, to, o);
+                    Ok(())
+                })
+            })?;
+            att.finish(b, &g, out)
+        },
+    )?;
+    Ok(lir::Program {
+        scratch: vec![lir::Scratch {
+            name: "partials".into(),
+            elem: ScalarType::F32,
+            len: scratch_len.expect("the split step sets the scratch length"),
+        }],
+        steps: vec![split, merge],
     })
 }
 

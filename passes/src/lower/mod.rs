@@ -26,7 +26,7 @@ use expr::{scalar_type, Body};
 use index::Symbols;
 use std::collections::BTreeSet;
 use tessera_ir::kernel::{body_graph, BodyInput, Kernel, KernelKind};
-use tessera_ir::lir::{self, Access, KernelBuilder};
+use tessera_ir::lir::{self, Access, BufRef, KernelBuilder};
 use tessera_ir::{DType, TensorType};
 use thiserror::Error;
 
@@ -90,13 +90,14 @@ impl VectorWidth {
 }
 
 /// Lowers `kernel`, whose inputs have types `inputs` and whose output has type `output`, to a
-/// CPU LIR kernel with the ABI of the module doc, its float vectors `width` wide.
+/// CPU LIR program with the ABI of the module doc, its float vectors `width` wide: one step,
+/// except FlashDecoding with more than one split (its splits, then their merge).
 pub fn lower_cpu(
     kernel: &Kernel,
     inputs: &[TensorType],
     output: &TensorType,
     width: VectorWidth,
-) -> Result<lir::Kernel, LowerError> {
+) -> Result<lir::Program, LowerError> {
     let unsupported = |what: String| LowerError::Unsupported {
         scope: kernel.scope.clone(),
         kind: kernel.kind.to_string(),
@@ -124,44 +125,91 @@ pub fn lower_cpu(
         }
         None => return Err(invalid("empty body".into())),
     }
-    let mut b = KernelBuilder::new(&format!("{}.{}", kernel.scope, kernel.kind.name()));
-    let build = |b: &mut KernelBuilder| -> Result<(), String> {
-        let mut buffers = Vec::with_capacity(inputs.len());
-        for (i, t) in inputs.iter().enumerate() {
+    let steps = Steps {
+        kernel,
+        inputs,
+        output,
+        types,
+        lanes: width.lanes(),
+    };
+    let single = |write: &dyn Fn(&mut KernelBuilder, &Body, BufRef) -> Result<(), String>| {
+        let step = steps.build("", &[], |b, body, out, _| write(b, body, out))?;
+        Ok(lir::Program::single(step))
+    };
+    match &kernel.kind {
+        KernelKind::Elementwise | KernelKind::Layout => single(&elementwise::lower),
+        KernelKind::RowReduce => single(&row_reduce::lower),
+        KernelKind::KvAppend => single(&kv_append::lower),
+        KernelKind::Gather => single(&gather::lower),
+        KernelKind::FlashDecoding { splits } if *splits > 1 => {
+            attention::lower_split(&steps, *splits)
+        }
+        KernelKind::FlashAttention { .. } | KernelKind::FlashDecoding { .. } => {
+            single(&attention::lower)
+        }
+        KernelKind::Gemv { tile_n, .. } => single(&|b, body, out| gemv::lower(b, body, out, *tile_n)),
+        KernelKind::FlatGemm { .. } | KernelKind::Gemm { .. } => single(&gemm::lower),
+        KernelKind::QGemv { .. } => single(&|b, body, out| qgemv::lower(b, body, out, 1)),
+        KernelKind::QGemm { .. } => {
+            single(&|b, body, out| qgemv::lower(b, body, out, qgemv::GEMM_ROWS))
+        }
+    }
+    .map_err(unsupported)
+}
+
+/// What every step of a kernel's program is built from: the kernel, its operand types and the
+/// vector width.
+struct Steps<'a> {
+    kernel: &'a Kernel,
+    inputs: &'a [TensorType],
+    output: &'a TensorType,
+    types: Vec<TensorType>,
+    lanes: u32,
+}
+
+impl Steps<'_> {
+    /// One step: a LIR kernel named after the kernel (and `suffix`, when the program has several
+    /// steps) with the ABI of the module doc plus the `scratch` buffer params after the output,
+    /// its body written by `write` (given the builder, the body, the output and the scratch).
+    fn build(
+        &self,
+        suffix: &str,
+        scratch: &[(&str, lir::ScalarType, Access)],
+        write: impl FnOnce(&mut KernelBuilder, &Body, BufRef, &[BufRef]) -> Result<(), String>,
+    ) -> Result<lir::Kernel, String> {
+        let kernel = self.kernel;
+        let mut b = KernelBuilder::new(&format!(
+            "{}.{}{suffix}",
+            kernel.scope,
+            kernel.kind.name()
+        ));
+        let mut buffers = Vec::with_capacity(self.inputs.len());
+        for (i, t) in self.inputs.iter().enumerate() {
             buffers.push(b.buffer(&format!("in{i}"), buffer_type(t)?, Access::Read));
         }
-        let out = b.buffer("out", buffer_type(output)?, Access::Write);
-        let names: BTreeSet<String> = inputs
+        let out = b.buffer("out", buffer_type(self.output)?, Access::Write);
+        let scratch: Vec<BufRef> = scratch
             .iter()
-            .chain([output])
+            .map(|&(name, elem, access)| b.buffer(name, elem, access))
+            .collect();
+        let names: BTreeSet<String> = self
+            .inputs
+            .iter()
+            .chain([self.output])
             .flat_map(|t| t.shape.iter().flat_map(|d| d.symbols().map(str::to_string)))
             .collect();
         let names: Vec<String> = names.into_iter().collect();
         let body = Body {
             ops: &kernel.body,
-            types,
-            inputs,
+            types: self.types.clone(),
+            inputs: self.inputs,
             buffers,
-            symbols: Symbols::declare(b, &names),
-            lanes: width.lanes(),
+            symbols: Symbols::declare(&mut b, &names),
+            lanes: self.lanes,
         };
-        match &kernel.kind {
-            KernelKind::Elementwise => elementwise::lower(b, &body, out),
-            KernelKind::Layout => elementwise::lower(b, &body, out),
-            KernelKind::RowReduce => row_reduce::lower(b, &body, out),
-            KernelKind::KvAppend => kv_append::lower(b, &body, out),
-            KernelKind::Gather => gather::lower(b, &body, out),
-            KernelKind::FlashAttention { .. } | KernelKind::FlashDecoding { .. } => {
-                attention::lower(b, &body, out)
-            }
-            KernelKind::Gemv { tile_n, .. } => gemv::lower(b, &body, out, *tile_n),
-            KernelKind::FlatGemm { .. } | KernelKind::Gemm { .. } => gemm::lower(b, &body, out),
-            KernelKind::QGemv { .. } => qgemv::lower(b, &body, out, 1),
-            KernelKind::QGemm { .. } => qgemv::lower(b, &body, out, qgemv::GEMM_ROWS),
-        }
-    };
-    build(&mut b).map_err(unsupported)?;
-    Ok(b.finish())
+        write(&mut b, &body, out, &scratch)?;
+        Ok(b.finish())
+    }
 }
 
 /// The element type of a buffer param: f32 or i32, f16/bf16 (weights, widened as they are

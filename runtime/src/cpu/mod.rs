@@ -15,7 +15,7 @@ use pool::Pool;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
-use tessera_codegen_cpu::{Backend, CompiledKernel};
+use tessera_codegen_cpu::{Backend, CompiledKernel, CompiledProgram};
 use tessera_ir::artifact::WeightSlot;
 use tessera_ir::interp::{Tensor, TensorData};
 use tessera_ir::kernel::{BodyArg, BufferSource, Kernel, KernelGraph};
@@ -36,12 +36,13 @@ enum Home {
     View(usize),
 }
 
-/// One launched kernel: its code, its argument buffers (inputs in order, then the output: the
-/// LIR ABI of `lower_cpu`) with views resolved, and its index in the KernelGraph for errors.
+/// One launched kernel: its code (steps sharing code with every launch of the same LIR: each
+/// layer's copy of a rolled kernel), its argument buffers (inputs in order, then the output: the
+/// LIR ABI of `lower_cpu`; the program's scratch follows them) with views resolved, and its
+/// index in the KernelGraph for errors.
 struct Launch {
     index: usize,
-    /// Shared by every launch of the same code (each layer's copy of a rolled kernel).
-    code: Arc<CompiledKernel>,
+    code: CompiledProgram,
     args: Vec<usize>,
 }
 
@@ -88,6 +89,8 @@ struct CpuEntry {
     launches: Vec<Launch>,
     placements: HashMap<DimEnv, Placement>,
     arena: Vec<Line>,
+    /// The scratch of the launch running (FlashDecoding's partial rows), reused by every launch.
+    scratch: Vec<Line>,
 }
 
 /// One arena cache line: a `Vec<Line>` is an [`ARENA_ALIGN`]-aligned allocation.
@@ -183,8 +186,7 @@ impl CpuExecutor {
                     homes[out] = Home::View(root);
                     continue;
                 }
-                let code = compiled
-                    .get(lir, backend)
+                let code = CompiledProgram::new(lir, |step| compiled.get(step, backend))
                     .map_err(|e| RuntimeError::Kernel(at(format!("{name}: {e}"))))?;
                 let args: Vec<usize> = kernel
                     .inputs
@@ -195,11 +197,12 @@ impl CpuExecutor {
                         _ => b.0 as usize,
                     })
                     .collect();
-                if args.len() != code.kernel().buffers.len() {
+                let takes = code.steps()[0].kernel().buffers.len();
+                if args.len() + lir.scratch.len() != takes {
                     return Err(RuntimeError::Kernel(at(format!(
-                        "{name}: {} buffers, its code takes {}",
+                        "{name}: {} buffers and {} scratch, its code takes {takes}",
                         args.len(),
-                        code.kernel().buffers.len()
+                        lir.scratch.len()
                     ))));
                 }
                 launches.push(Launch {
@@ -217,6 +220,7 @@ impl CpuExecutor {
                     launches,
                     placements: HashMap::new(),
                     arena: Vec::new(),
+                    scratch: Vec::new(),
                 },
             );
         }
@@ -424,8 +428,8 @@ impl Executor for CpuExecutor {
                     launch.index, kernel.scope, kernel.kind
                 ))
             };
-            let scalars = launch
-                .code
+            let steps = launch.code.steps();
+            let scalars = steps[0]
                 .kernel()
                 .scalars
                 .iter()
@@ -435,21 +439,32 @@ impl Executor for CpuExecutor {
                         .ok_or_else(|| fail(format!("symbol `{}` is not bound", s.name)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let grid = launch
+            let mut launch_bases: Vec<*mut u8> = launch.args.iter().map(|&b| bases[b]).collect();
+            let scratch = launch
                 .code
-                .grid(&scalars)
+                .scratch_bytes(&scalars)
                 .map_err(|e| fail(e.to_string()))?;
-            let groups = launch
-                .code
-                .group_count(&scalars)
-                .map_err(|e| fail(e.to_string()))?;
-            let args = Args {
-                code: &launch.code,
-                bases: launch.args.iter().map(|&b| bases[b]).collect(),
-                scalars,
-                grid,
-            };
-            self.pool.run(groups, &|range| args.run(range));
+            let lines: usize = scratch.iter().map(|&n| n.div_ceil(ARENA_ALIGN)).sum();
+            if ep.scratch.len() < lines {
+                ep.scratch = vec![Line([0; ARENA_ALIGN]); lines];
+            }
+            let mut at = ep.scratch.as_mut_ptr();
+            for n in scratch {
+                launch_bases.push(at.cast::<u8>());
+                // SAFETY: the scratch holds the sum of every buffer's lines.
+                at = unsafe { at.add(n.div_ceil(ARENA_ALIGN)) };
+            }
+            for code in steps {
+                let grid = code.grid(&scalars).map_err(|e| fail(e.to_string()))?;
+                let groups = code.group_count(&scalars).map_err(|e| fail(e.to_string()))?;
+                let args = Args {
+                    code,
+                    bases: launch_bases.clone(),
+                    scalars: scalars.clone(),
+                    grid,
+                };
+                self.pool.run(groups, &|range| args.run(range));
+            }
         }
         kg.outputs
             .iter()
@@ -609,7 +624,10 @@ mod tests {
                 name: "decode".into(),
                 graph: g,
                 kernels: Some(kernels),
-                cpu_code: vec![add_w_kernel(), add_w_kernel(), add_w_kernel()],
+                cpu_code: vec![add_w_kernel(), add_w_kernel(), add_w_kernel()]
+                    .into_iter()
+                    .map(lir::Program::single)
+                    .collect(),
             }],
         };
         let w = 10.0f32.to_le_bytes();
