@@ -44,9 +44,6 @@ fn check_fixture_and_cpu(name: &str) {
 
 fn check_path(name: &str, target: Target, optimize: bool) {
     let dir = fixture(name);
-    let expected: Expected =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let want_logits = npy::read::<f32>(&dir.join("logits.npy")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let output = tmp.path().join(format!("{name}.tsr"));
     compile_model(
@@ -61,12 +58,23 @@ fn check_path(name: &str, target: Target, optimize: bool) {
         &mut |_, _| {},
     )
     .unwrap_or_else(|e| panic!("compiling fixture {name}: {e:#}"));
-    let name = &format!(
+    let label = format!(
         "{name} ({}, {})",
         target.name(),
         if optimize { "optimized" } else { "--no-opt" }
     );
-    let mut engine = Engine::load(&output).unwrap();
+    check_artifact(name, &label, &output);
+}
+
+/// Generates fixture `name`'s tokens with the artifact `output` and compares them and the logits
+/// with transformers'; `label` names the run in messages.
+fn check_artifact(name: &str, label: &str, output: &Path) {
+    let dir = fixture(name);
+    let expected: Expected =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let want_logits = npy::read::<f32>(&dir.join("logits.npy")).unwrap();
+    let name = label;
+    let mut engine = Engine::load(output).unwrap();
     let opts = GenerateOptions {
         max_tokens: expected.generated_ids.len(),
         sampling: SamplingParams::default(),
@@ -138,6 +146,40 @@ fn qwen2_qkv_bias() {
 #[test]
 fn gpt2_conv1d_learned_positions() {
     check_fixture_and_cpu("gpt2");
+}
+
+/// FlashDecoding split three ways (the splits' partial rows merged by log-sum-exp), which the
+/// cost model does not choose on a small host, still reproduces transformers: GQA (llama3) and a
+/// sliding window (mistral).
+#[test]
+fn split_flash_decoding_matches_transformers() {
+    for name in ["llama3", "mistral"] {
+        let mut model = tessera_models::import_hf(&fixture(name)).unwrap();
+        tessera::transpose_projections(&mut model).unwrap();
+        let width = tessera::default_vector_width();
+        tessera::optimize_model(&mut model, Target::Cpu, width).unwrap();
+        let mut split = 0;
+        for entry in &mut model.module.entries {
+            for kernel in &mut entry.kernels.as_mut().unwrap().kernels {
+                if let KernelKind::FlashDecoding { splits } = &mut kernel.kind {
+                    *splits = 3;
+                    split += 1;
+                }
+            }
+        }
+        assert!(split > 0, "{name}: no FlashDecoding kernel");
+        tessera::lower_for_cpu(&mut model.module, width).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = CompileOptions {
+            target: Target::Cpu,
+            output: tmp.path().join("split.tsr"),
+            optimize: true,
+            quant: None,
+            vector_width: width,
+        };
+        tessera::write_artifact(&model, name, &opts, &mut |_, _| {}).unwrap();
+        check_artifact(name, &format!("{name} (cpu, 3 splits)"), &opts.output);
+    }
 }
 
 #[test]

@@ -114,7 +114,8 @@ fn check_width(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)], width: 
     let (g, node) = body_graph(&k.body, &symbolic).unwrap();
     let output = g.ty(node).clone();
     let lir = lower_cpu(k, inputs, &output, width).unwrap();
-    let compiled = tessera_codegen_cpu::compile_program(&lir, Default::default()).unwrap_or_else(|e| panic!("{e}\n{lir}"));
+    let compiled = tessera_codegen_cpu::compile_program(&lir, Default::default())
+        .unwrap_or_else(|e| panic!("{e}\n{lir}"));
 
     let mut feed = BTreeMap::new();
     let mut concrete = Vec::new();
@@ -594,8 +595,8 @@ fn decode_attention_over_a_symbolic_past() {
     let kv = |d: &str| f32_(&["2", "2", "past + 1", d]);
     // Head dims of 6 and 3 read K/V element by element; 8 and 4, and 16 and 20 (V in a chunk
     // of four vectors and one of one), as whole vectors. A short and a long KV (3 key blocks).
-    // One split, and FlashDecoding's splits merged by log-sum-exp: 3 splits leave some empty
-    // at 1 and 9 keys, 4 split 41 keys into blocks of 16, 16, 9 and nothing.
+    // One split, and FlashDecoding's splits merged by log-sum-exp: 3 splits of one key leave
+    // two empty, 4 splits of 41 keys are 11, 11, 11 and 8.
     for splits in [1, 3, 4] {
         let k = decoding(splits, vec![attention(true, None, &[In(0), In(1), In(2)])]);
         for (d, dv) in [("6", "3"), ("8", "4"), ("16", "20")] {
@@ -632,7 +633,11 @@ fn split_decoding_with_a_window_a_mask_and_an_epilogue() {
             ),
         ],
     );
-    check(&masked, &[q, kv.clone(), kv, f32_(&["1", "1", "1", "70"])], &[]);
+    check(
+        &masked,
+        &[q, kv.clone(), kv, f32_(&["1", "1", "1", "70"])],
+        &[],
+    );
 }
 
 #[test]
@@ -772,7 +777,8 @@ fn every_llama_kernel_lowers_or_is_unsupported() {
                 tessera::default_vector_width(),
             ) {
                 Ok(lir) => {
-                    tessera_codegen_cpu::compile_program(&lir, Default::default()).unwrap_or_else(|e| panic!("{e}\n{lir}"));
+                    tessera_codegen_cpu::compile_program(&lir, Default::default())
+                        .unwrap_or_else(|e| panic!("{e}\n{lir}"));
                     lowered += 1;
                 }
                 Err(e) => {

@@ -69,7 +69,8 @@ fn run(
     let (g, node) = body_graph(&k.body, &symbolic).unwrap();
     let output = g.ty(node).clone();
     let lir = lower_cpu(&k, inputs, &output, VectorWidth::V128).unwrap();
-    let compiled = tessera_codegen_cpu::compile_program(&lir, Default::default()).unwrap_or_else(|e| panic!("{e}\n{lir}"));
+    let compiled = tessera_codegen_cpu::compile_program(&lir, Default::default())
+        .unwrap_or_else(|e| panic!("{e}\n{lir}"));
     let mut feed = BTreeMap::new();
     let mut buffers: Vec<Vec<u8>> = Vec::new();
     for (i, t) in inputs.iter().enumerate() {

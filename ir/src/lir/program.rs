@@ -142,17 +142,26 @@ mod tests {
         let len = SizeExpr::Mul(Box::new(SizeExpr::Param(0)), Box::new(SizeExpr::Const(6)));
         let good = Program {
             scratch: vec![partials(len.clone())],
-            steps: vec![step("split", ScalarType::F32), step("merge", ScalarType::F32)],
+            steps: vec![
+                step("split", ScalarType::F32),
+                step("merge", ScalarType::F32),
+            ],
         };
         good.check().unwrap();
         assert_eq!(good.scratch_bytes(&[5]).unwrap(), vec![120]);
         let text = good.to_string();
-        assert!(text.starts_with("scratch partials: global f32[n*6]\n"), "{text}");
+        assert!(
+            text.starts_with("scratch partials: global f32[n*6]\n"),
+            "{text}"
+        );
         assert!(text.contains("kernel merge("), "{text}");
 
         let retyped = Program {
             scratch: vec![partials(len)],
-            steps: vec![step("split", ScalarType::F32), step("merge", ScalarType::I32)],
+            steps: vec![
+                step("split", ScalarType::F32),
+                step("merge", ScalarType::I32),
+            ],
         };
         let err = retyped.check().unwrap_err().to_string();
         assert!(err.contains("merge") && err.contains("partials"), "{err}");
@@ -160,7 +169,10 @@ mod tests {
         let mut other = Program::single(examples::gemv_row());
         other.steps.push(step("merge", ScalarType::F32));
         let err = other.check().unwrap_err().to_string();
-        assert!(err.contains("merge") && err.contains("scalar params"), "{err}");
+        assert!(
+            err.contains("merge") && err.contains("scalar params"),
+            "{err}"
+        );
         let empty = Program {
             scratch: vec![],
             steps: vec![],

@@ -365,7 +365,14 @@ impl<'a> Attention<'a> {
     }
 
     /// The first element of head `h`'s partial row of split `split` in the scratch.
-    fn partial_at(&self, b: &mut KernelBuilder, g: &Group, h: Value, split: Value, splits: u32) -> Value {
+    fn partial_at(
+        &self,
+        b: &mut KernelBuilder,
+        g: &Group,
+        h: Value,
+        split: Value,
+        splits: u32,
+    ) -> Value {
         let heads = b.const_i(i64::from(self.heads));
         let splits = b.const_i(i64::from(splits));
         let len = b.const_i(i64::from(self.partial_len()));
@@ -400,7 +407,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
 }
 
 /// FlashDecoding with `splits > 1`: a first step whose groups each sweep one split of a query
-/// row's visible keys (a multiple of [`BLOCK_K`] keys, the last split shorter or empty) and write
+/// row's visible keys (`⌈keys / splits⌉` each, the last ones shorter or empty) and write
 /// their unnormalized `(acc, max, sum)` per head to a scratch buffer, and a second that merges
 /// a row's splits by log-sum-exp — `m* = max mᵢ`, `acc = Σ accᵢ·e^(mᵢ−m*)`,
 /// `sum = Σ sumᵢ·e^(mᵢ−m*)` — and finishes it like the one-step kernel.
@@ -420,16 +427,16 @@ pub(super) fn lower_split(steps: &Steps, splits: u32) -> Result<lir::Program, St
             b.grid([rows, SizeExpr::Const(u64::from(splits)), SizeExpr::Const(1)]);
             let g = att.group(b)?;
             let (lo, hi) = att.visible(b, &g)?;
-            // Splits of ⌈len / (splits·BLOCK_K)⌉ key blocks each.
+            // Splits of ⌈len / splits⌉ keys each.
             let zero = b.const_i(0);
             let len = b.sub(hi, lo);
             let len = b.binary(BinaryOp::Max, len, zero);
-            let per = i64::from(splits * BLOCK_K);
-            let (per_v, round) = (b.const_i(per), b.const_i(per - 1));
-            let blocks = b.add(len, round);
-            let blocks = b.div(blocks, per_v);
-            let block_v = b.const_i(i64::from(BLOCK_K));
-            let chunk = b.mul(blocks, block_v);
+            let (splits_v, round) = (
+                b.const_i(i64::from(splits)),
+                b.const_i(i64::from(splits - 1)),
+            );
+            let chunk = b.add(len, round);
+            let chunk = b.div(chunk, splits_v);
             let c = b.special(Special::GroupId(Axis::Y));
             let skip = b.mul(c, chunk);
             let first = b.add(lo, skip);

@@ -147,7 +147,9 @@ pub fn lower_cpu(
         KernelKind::FlashAttention { .. } | KernelKind::FlashDecoding { .. } => {
             single(&attention::lower)
         }
-        KernelKind::Gemv { tile_n, .. } => single(&|b, body, out| gemv::lower(b, body, out, *tile_n)),
+        KernelKind::Gemv { tile_n, .. } => {
+            single(&|b, body, out| gemv::lower(b, body, out, *tile_n))
+        }
         KernelKind::FlatGemm { .. } | KernelKind::Gemm { .. } => single(&gemm::lower),
         KernelKind::QGemv { .. } => single(&|b, body, out| qgemv::lower(b, body, out, 1)),
         KernelKind::QGemm { .. } => {
@@ -178,11 +180,7 @@ impl Steps<'_> {
         write: impl FnOnce(&mut KernelBuilder, &Body, BufRef, &[BufRef]) -> Result<(), String>,
     ) -> Result<lir::Kernel, String> {
         let kernel = self.kernel;
-        let mut b = KernelBuilder::new(&format!(
-            "{}.{}{suffix}",
-            kernel.scope,
-            kernel.kind.name()
-        ));
+        let mut b = KernelBuilder::new(&format!("{}.{}{suffix}", kernel.scope, kernel.kind.name()));
         let mut buffers = Vec::with_capacity(self.inputs.len());
         for (i, t) in self.inputs.iter().enumerate() {
             buffers.push(b.buffer(&format!("in{i}"), buffer_type(t)?, Access::Read));

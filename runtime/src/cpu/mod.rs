@@ -456,7 +456,9 @@ impl Executor for CpuExecutor {
             }
             for code in steps {
                 let grid = code.grid(&scalars).map_err(|e| fail(e.to_string()))?;
-                let groups = code.group_count(&scalars).map_err(|e| fail(e.to_string()))?;
+                let groups = code
+                    .group_count(&scalars)
+                    .map_err(|e| fail(e.to_string()))?;
                 let args = Args {
                     code,
                     bases: launch_bases.clone(),
