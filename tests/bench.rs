@@ -39,8 +39,8 @@ fn config(name: &str) -> Value {
         .unwrap()
 }
 
-fn bench_json(artifact: &str) -> Value {
-    let stdout = ok(&[
+fn bench_json(artifact: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
         "bench",
         artifact,
         "--prompt-len",
@@ -50,7 +50,9 @@ fn bench_json(artifact: &str) -> Value {
         "--runs",
         "1",
         "--json",
-    ]);
+    ];
+    args.extend(extra);
+    let stdout = ok(&args);
     serde_json::from_str(stdout.lines().last().expect("output")).expect("last line is JSON")
 }
 
@@ -66,7 +68,7 @@ fn positive(report: &Value, key: &str) -> f64 {
 fn bench_reports_rates_and_the_decode_weight_bytes_of_an_optimized_cpu_artifact() {
     let tmp = tempfile::tempdir().unwrap();
     let artifact = compile("llama", tmp.path(), &["--target", "cpu"]);
-    let r = bench_json(&artifact);
+    let r = bench_json(&artifact, &["--profile"]);
     assert_eq!(r["target"], "cpu");
     assert_eq!(r["prompt_len"], 8);
     assert_eq!(r["gen"], 4);
@@ -86,6 +88,26 @@ fn bench_reports_rates_and_the_decode_weight_bytes_of_an_optimized_cpu_artifact(
     assert_eq!(r["weight_bytes_per_token"], bytes);
     let roofline = positive(&r, "bandwidth_gb_s") * 1e9 / bytes as f64;
     assert!((positive(&r, "roofline_tok_s") / roofline - 1.0).abs() < 1e-9);
+    // --profile: per entry point, rows whose shares add up to 100%, the 4 decode steps of the
+    // profiled run launching each layer's attention once per step.
+    let rows = r["profile"].as_array().expect("profile rows");
+    for entry in ["prefill", "decode"] {
+        let share: f64 = rows
+            .iter()
+            .filter(|row| row["entry"] == entry)
+            .map(|row| row["percent"].as_f64().unwrap())
+            .sum();
+        assert!((share - 100.0).abs() < 1e-6, "{entry}: {share}");
+    }
+    let layers = config("llama")["num_hidden_layers"].as_u64().unwrap();
+    let attention = rows
+        .iter()
+        .find(|row| {
+            row["entry"] == "decode" && row["kind"].as_str().unwrap().starts_with("flash_decoding")
+        })
+        .expect("a decode attention row");
+    assert_eq!(attention["kernels"], layers);
+    assert_eq!(attention["launches"], 4 * layers);
 }
 
 #[test]
@@ -97,7 +119,7 @@ fn unoptimized_artifacts_count_graph_weights_and_tied_tables_once() {
         want["tie_word_embeddings"], true,
         "the fixture ties embeddings"
     );
-    let r = bench_json(&artifact);
+    let r = bench_json(&artifact, &[]);
     assert_eq!(r["weight_bytes_per_token"], llama_decode_bytes(&want));
     positive(&r, "decode_tok_s");
 }
@@ -111,6 +133,12 @@ fn bench_errors_name_the_option_and_the_artifact() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
         err.contains("--prompt-len") && err.contains(&artifact) && err.contains("context"),
+        "{err}"
+    );
+    let out = tessera(&["bench", &artifact, "--profile"]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success() && err.contains("--profile") && err.contains("--target cpu"),
         "{err}"
     );
     let out = tessera(&["bench", &artifact, "--runs", "0"]);

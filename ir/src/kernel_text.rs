@@ -4,8 +4,9 @@
 use crate::kernel::{BodyOp, BufferSource, KernelGraph};
 use std::fmt;
 
-/// The body's op names joined by `+`, e.g. `matmul+binary+unary`.
-fn op_names(body: &[BodyOp]) -> String {
+/// The body's op names joined by `+`, e.g. `matmul+binary+unary`: how dumps and profiles tell
+/// kernels of one template apart.
+pub fn op_names(body: &[BodyOp]) -> String {
     let names: Vec<&str> = body.iter().map(|b| b.op.name()).collect();
     names.join("+")
 }

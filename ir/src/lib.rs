@@ -8,7 +8,7 @@ mod dtype;
 mod error;
 mod graph;
 mod infer;
-mod kernel_text;
+pub mod kernel_text;
 mod op;
 mod text;
 

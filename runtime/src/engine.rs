@@ -3,7 +3,7 @@
 
 use crate::executor::{Executor, ReferenceExecutor};
 use crate::CpuExecutor;
-use crate::{Artifact, RuntimeError, Sampler, SamplingParams, Tokenizer};
+use crate::{Artifact, KernelProfile, RuntimeError, Sampler, SamplingParams, Tokenizer};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -132,6 +132,24 @@ impl Engine {
             tokenizer,
             executor,
         })
+    }
+
+    /// Starts or stops timing each kernel launch (`tessera bench --profile`); an error for an
+    /// executor that cannot (the reference interpreter).
+    pub fn set_profiling(&mut self, on: bool) -> Result<(), RuntimeError> {
+        if self.executor.set_profiling(on) {
+            Ok(())
+        } else {
+            Err(RuntimeError::Unsupported(format!(
+                "profiling kernels of target `{}`: only --target cpu artifacts are profiled",
+                self.artifact.manifest().target
+            )))
+        }
+    }
+
+    /// The kernel times since profiling started, one row per kernel of each entry point run.
+    pub fn take_profile(&mut self) -> Vec<KernelProfile> {
+        self.executor.take_profile()
     }
 
     pub fn manifest(&self) -> &Manifest {

@@ -2,7 +2,7 @@
 //! entry's KernelGraph when the artifact carries one, else its Graph; compiled targets (CPU,
 //! Vulkan, CUDA) plug in here behind the same trait.
 
-use crate::{Artifact, RuntimeError};
+use crate::{Artifact, KernelProfile, RuntimeError};
 use std::collections::{BTreeMap, HashMap};
 use tessera_ir::interp::{self, Tensor};
 use tessera_ir::kernel::run_kernels;
@@ -16,6 +16,16 @@ pub trait Executor {
         entry: &str,
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, RuntimeError>;
+
+    /// Starts (`true`) or stops timing every kernel launch; returns whether this executor can.
+    fn set_profiling(&mut self, _on: bool) -> bool {
+        false
+    }
+
+    /// The launches timed since profiling started, one row per kernel; starts over.
+    fn take_profile(&mut self) -> Vec<KernelProfile> {
+        Vec::new()
+    }
 }
 
 /// Executes entry points with the reference interpreter (`--target reference`): the oracle, not

@@ -7,6 +7,7 @@ mod cpu;
 mod engine;
 mod error;
 mod executor;
+mod profile;
 mod sampler;
 mod tokenizer;
 #[cfg(feature = "vulkan")]
@@ -17,5 +18,6 @@ pub use cpu::CpuExecutor;
 pub use engine::{Engine, FinishReason, GenerateOptions, Generation, LoadOptions};
 pub use error::RuntimeError;
 pub use executor::{Executor, ReferenceExecutor};
+pub use profile::KernelProfile;
 pub use sampler::{argmax, Sampler, SamplingParams, SplitMix64};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -3,6 +3,7 @@
 //! once, so host read bandwidth / weight bytes per token bounds decode tokens per second.
 
 mod bandwidth;
+mod profile;
 
 use super::{print_json, CpuBackend};
 use anyhow::{bail, Context, Result};
@@ -35,6 +36,10 @@ pub struct Args {
     /// else cranelift).
     #[arg(long, value_enum, value_name = "BACKEND")]
     cpu_backend: Option<CpuBackend>,
+    /// After the timed runs, one more with every kernel launch timed: per entry point, where the
+    /// time goes by template and fused body (ms, share, launches, operand GB/s).
+    #[arg(long)]
+    profile: bool,
     /// Print one JSON object on the last line of stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -67,6 +72,9 @@ struct Report {
     decode_tok_s_runs: Vec<f64>,
     prefill_seconds_runs: Vec<f64>,
     decode_seconds_runs: Vec<f64>,
+    /// With `--profile`: kernel times of one more run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    profile: Vec<profile::ProfileRow>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -90,6 +98,12 @@ pub fn run(args: Args) -> Result<()> {
         )
     })?;
     let (model, target) = (manifest.source.clone(), manifest.target.clone());
+    if args.profile && target != "cpu" {
+        bail!(
+            "--profile: {} is compiled for target `{target}`: only --target cpu artifacts are profiled",
+            path.display()
+        );
+    }
     let info = engine.info().clone();
     // The first generated token comes from the prefill logits, then each decode step feeds one
     // back: the engine needs room for prompt + gen + 1 tokens.
@@ -116,14 +130,14 @@ pub fn run(args: Args) -> Result<()> {
         _ => 1,
     };
 
-    let bar = ProgressBar::new(runs as u64 + 2);
+    let bar = ProgressBar::new(runs as u64 + 2 + u64::from(args.profile));
     bar.set_style(
         ProgressStyle::with_template("{msg:24} [{bar:30}] {pos}/{len} ({elapsed})")
             .expect("static template")
             .progress_chars("=> "),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    let mut generate = |decode_steps: usize| {
+    let generate = |engine: &mut Engine, decode_steps: usize| {
         let opts = GenerateOptions {
             max_tokens: decode_steps + 1,
             stop_at_eos: false,
@@ -134,13 +148,23 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("generating with {}", path.display()))
     };
     bar.set_message("warm-up");
-    generate(WARMUP_DECODE_STEPS)?;
+    generate(&mut engine, WARMUP_DECODE_STEPS)?;
     bar.inc(1);
     let mut timed = Vec::with_capacity(runs);
     for i in 0..runs {
         bar.set_message(format!("run {}/{runs}", i + 1));
-        timed.push(generate(gen)?);
+        timed.push(generate(&mut engine, gen)?);
         bar.inc(1);
+    }
+    let mut kernel_profile = Vec::new();
+    if args.profile {
+        bar.set_message("profiled run");
+        engine
+            .set_profiling(true)
+            .with_context(|| format!("--profile: {}", path.display()))?;
+        generate(&mut engine, gen)?;
+        kernel_profile = profile::rows(&engine.take_profile());
+        engine.set_profiling(false)?;
     }
     bar.set_message("host read bandwidth");
     let bandwidth_gb_s =
@@ -171,11 +195,13 @@ pub fn run(args: Args) -> Result<()> {
         decode_tok_s_runs,
         prefill_seconds_runs: timed.iter().map(|g| g.prefill_seconds).collect(),
         decode_seconds_runs: timed.iter().map(|g| g.decode_seconds).collect(),
+        profile: kernel_profile,
     };
     if args.json {
         return print_json(&report);
     }
     print_table(path, &report);
+    profile::print(&report.profile);
     Ok(())
 }
 

@@ -10,15 +10,17 @@
 mod pool;
 
 use crate::executor::Executor;
-use crate::{Artifact, RuntimeError};
+use crate::{Artifact, KernelProfile, RuntimeError};
 use pool::Pool;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 use tessera_codegen_cpu::{Backend, CompiledKernel, CompiledProgram};
 use tessera_ir::artifact::WeightSlot;
 use tessera_ir::interp::{Tensor, TensorData};
 use tessera_ir::kernel::{BodyArg, BufferSource, Kernel, KernelGraph};
+use tessera_ir::kernel_text::op_names;
 use tessera_ir::memory_plan::{align_up, ARENA_ALIGN};
 use tessera_ir::{eval_shape, DType, DimEnv, Graph, Op};
 
@@ -106,6 +108,8 @@ pub struct CpuExecutor {
     weights: Vec<WeightSlot>,
     entries: HashMap<String, CpuEntry>,
     pool: Pool,
+    /// The kernel times so far, per (entry point, kernel index), while profiling.
+    profile: Option<BTreeMap<(String, usize), KernelProfile>>,
 }
 
 impl CpuExecutor {
@@ -232,6 +236,7 @@ impl CpuExecutor {
             artifact,
             entries,
             pool,
+            profile: None,
         })
     }
 
@@ -335,6 +340,18 @@ impl Args<'_> {
 }
 
 impl Executor for CpuExecutor {
+    fn set_profiling(&mut self, on: bool) -> bool {
+        self.profile = on.then(BTreeMap::new);
+        true
+    }
+
+    fn take_profile(&mut self) -> Vec<KernelProfile> {
+        self.profile
+            .as_mut()
+            .map(|p| std::mem::take(p).into_values().collect())
+            .unwrap_or_default()
+    }
+
     fn run(
         &mut self,
         entry: &str,
@@ -454,6 +471,7 @@ impl Executor for CpuExecutor {
                 // SAFETY: the scratch holds the sum of every buffer's lines.
                 at = unsafe { at.add(n.div_ceil(ARENA_ALIGN)) };
             }
+            let started = self.profile.is_some().then(Instant::now);
             for code in steps {
                 let grid = code.grid(&scalars).map_err(|e| fail(e.to_string()))?;
                 let groups = code
@@ -466,6 +484,30 @@ impl Executor for CpuExecutor {
                     grid,
                 };
                 self.pool.run(groups, &|range| args.run(range));
+            }
+            if let (Some(profile), Some(started)) = (self.profile.as_mut(), started) {
+                let seconds = started.elapsed().as_secs_f64();
+                let bytes = kernel
+                    .inputs
+                    .iter()
+                    .chain([&kernel.output])
+                    .map(|b| buffer_bytes(kg, b.0 as usize, &env))
+                    .sum::<Result<usize, _>>()?;
+                let row = profile
+                    .entry((entry.to_string(), launch.index))
+                    .or_insert_with(|| KernelProfile {
+                        entry: entry.to_string(),
+                        index: launch.index,
+                        scope: kernel.scope.clone(),
+                        kind: kernel.kind.to_string(),
+                        ops: op_names(&kernel.body),
+                        launches: 0,
+                        seconds: 0.0,
+                        bytes: 0,
+                    });
+                row.launches += 1;
+                row.seconds += seconds;
+                row.bytes += bytes as u64;
             }
         }
         kg.outputs
