@@ -30,6 +30,8 @@ enum Command {
     Demo(commands::demo::Args),
     /// Time prefill and decode of an artifact and compare decode with the memory-bandwidth roofline.
     Bench(commands::bench::Args),
+    /// List what kernels can run on: the host CPU and each Vulkan adapter (by `--device` index).
+    Devices(commands::devices::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => commands::demo::run(a),
         Command::Explain(a) => commands::explain::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Devices(a) => commands::devices::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

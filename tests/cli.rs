@@ -35,9 +35,38 @@ fn every_command_has_help() {
         vec!["run", "--help"],
         vec!["inspect", "--help"],
         vec!["demo", "--help"],
+        vec!["explain", "--help"],
+        vec!["bench", "--help"],
+        vec!["devices", "--help"],
     ] {
         assert!(ok(&cmd).contains("Usage"), "{cmd:?}");
     }
+}
+
+/// `devices` lists the host CPU and the Vulkan adapters by the index `--device` takes; under
+/// `TESSERA_REQUIRE_VULKAN=1` (CI, with lavapipe) there must be one.
+#[test]
+fn devices_lists_the_cpu_and_vulkan_adapters() {
+    let stdout = ok(&["devices", "--json"]);
+    let d: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(d["cpu"]["cores"].as_u64().unwrap() >= 1, "{d}");
+    assert!(d["cpu"]["simd_bits"].as_u64().unwrap() >= 128, "{d}");
+    let adapters = d["vulkan"]
+        .as_array()
+        .expect("a vulkan build lists adapters");
+    for (i, a) in adapters.iter().enumerate() {
+        assert_eq!(a["index"], i, "{a}");
+        assert!(a["max_workgroup_size"].as_u64().unwrap() >= 64, "{a}");
+    }
+    if std::env::var("TESSERA_REQUIRE_VULKAN").is_ok_and(|v| v == "1") {
+        assert!(
+            !adapters.is_empty(),
+            "TESSERA_REQUIRE_VULKAN=1 but no adapter listed"
+        );
+    }
+    let text = ok(&["devices"]);
+    assert!(text.starts_with("cpu "), "{text}");
+    assert!(text.contains("vulkan"), "{text}");
 }
 
 #[test]

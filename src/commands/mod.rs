@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod compile;
 pub mod demo;
+pub mod devices;
 pub mod explain;
 pub mod inspect;
 pub mod run;
