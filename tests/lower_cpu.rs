@@ -696,44 +696,62 @@ fn attention_with_rope_and_permute_prologue_and_reshape_epilogue() {
 }
 
 #[test]
-fn gemv_with_reshape_permute_rope_epilogue() {
-    // rms_norm → matmul [seq, 24] → reshape [1, seq, 4, 6] → permute → rope.
-    let k = kernel(
-        KernelKind::Gemv {
-            tile_n: 4,
-            split_k: 1,
-        },
-        vec![
-            step(Op::RmsNorm { eps: 1e-5 }, &[In(0), In(2)]),
-            step(Op::MatMul { transpose_b: true }, &[At(0), In(1)]),
-            step(
-                Op::Reshape {
-                    shape: shape(&["1", "seq", "4", "6"]),
-                },
-                &[At(1)],
-            ),
-            step(
-                Op::Permute {
-                    perm: vec![0, 2, 1, 3],
-                },
-                &[At(2)],
-            ),
-            step(
-                Op::Rope {
-                    layout: RopeLayout::Half,
-                },
-                &[At(3), In(3), In(4)],
-            ),
-        ],
-    );
-    let inputs = [
-        f32_(&["seq", "18"]),
-        f32_(&["24", "18"]),
-        f32_(&["18"]),
-        i32_(&["1", "seq"]),
-        f32_(&["3"]),
-    ];
-    check(&k, &inputs, &[("seq", 3)]);
+fn matmul_with_reshape_permute_rope_epilogue() {
+    // rms_norm → matmul [seq, H·D] → reshape [1, seq, H, D] → permute → rope: per element on
+    // the gemv template; on the gemm template whole rows into a tile, then the epilogue (rows
+    // in blocks of 4 with a tail, H·D = 20 not a multiple of the 3-column register block).
+    let gemm = KernelKind::Gemm {
+        tile_m: 32,
+        tile_n: 64,
+        tile_k: 32,
+        stages: 2,
+    };
+    let gemv = KernelKind::Gemv {
+        tile_n: 4,
+        split_k: 1,
+    };
+    for (kind, heads, d, seq) in [
+        (gemv.clone(), 4, 6, 3),
+        (gemm.clone(), 4, 6, 3),
+        (gemm.clone(), 5, 4, 9),
+        (gemm, 5, 4, 1),
+    ] {
+        let cols = (heads * d).to_string();
+        let (heads, d) = (heads.to_string(), d.to_string());
+        let k = kernel(
+            kind,
+            vec![
+                step(Op::RmsNorm { eps: 1e-5 }, &[In(0), In(2)]),
+                step(Op::MatMul { transpose_b: true }, &[At(0), In(1)]),
+                step(
+                    Op::Reshape {
+                        shape: shape(&["1", "seq", &heads, &d]),
+                    },
+                    &[At(1)],
+                ),
+                step(
+                    Op::Permute {
+                        perm: vec![0, 2, 1, 3],
+                    },
+                    &[At(2)],
+                ),
+                step(
+                    Op::Rope {
+                        layout: RopeLayout::Half,
+                    },
+                    &[At(3), In(3), In(4)],
+                ),
+            ],
+        );
+        let inputs = [
+            f32_(&["seq", "18"]),
+            f32_(&[&cols, "18"]),
+            f32_(&["18"]),
+            i32_(&["1", "seq"]),
+            f32_(&["2"]),
+        ];
+        check(&k, &inputs, &[("seq", seq)]);
+    }
 }
 
 #[test]

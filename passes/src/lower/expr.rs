@@ -6,7 +6,7 @@
 use super::index::{broadcast, Symbols};
 use tessera_ir::kernel::{BodyArg, BodyOp};
 use tessera_ir::lir::{self, BufRef, CmpOp, KernelBuilder, ScalarType, Value};
-use tessera_ir::{BinaryOp, DType, Op, RopeLayout, TensorType, UnaryOp};
+use tessera_ir::{BinaryOp, DType, Dim, Op, RopeLayout, TensorType, UnaryOp};
 
 /// The LIR element type of a Graph dtype a CPU template reads or computes.
 pub(super) fn scalar_type(dtype: DType) -> Result<ScalarType, String> {
@@ -154,7 +154,36 @@ impl Body<'_> {
         from: usize,
         idx: &[Value],
     ) -> Result<Vec<Value>, String> {
-        let mut at = idx.to_vec();
+        let chain = self.chain(from, false)?;
+        self.map_along(b, from, &chain, idx)
+    }
+
+    /// [`Self::forward`] for an epilogue that keeps each element of op `from` (of shape
+    /// `[lead…, n]`) with the other elements of its row ([`Self::keeps_rows`]).
+    pub(super) fn forward_in_row(
+        &self,
+        b: &mut KernelBuilder,
+        from: usize,
+        idx: &[Value],
+    ) -> Result<Vec<Value>, String> {
+        let chain = self.chain(from, true)?;
+        self.map_along(b, from, &chain, idx)
+    }
+
+    /// Whether the epilogue after op `from` (of shape `[lead…, n]`) is a chain as
+    /// [`Self::forward`] takes that also keeps rows: it may hold a RoPE over an axis that comes
+    /// from `n` (which reads a partner in the same row and leaves each element in place), and
+    /// its reshapes only regroup the axes that come from `n`. A template that computed whole
+    /// rows of op `from` can then evaluate every result element it maps to.
+    pub(super) fn keeps_rows(&self, from: usize) -> Result<(), String> {
+        self.chain(from, true).map(|_| ())
+    }
+
+    /// The ops on the chain from op `from` to the result, checked as [`Self::forward`] (and,
+    /// `in_row`, [`Self::keeps_rows`]) require.
+    fn chain(&self, from: usize, in_row: bool) -> Result<Vec<usize>, String> {
+        let lead = self.types[from].shape.len().saturating_sub(1);
+        let mut row_axes: Vec<bool> = (0..=lead).map(|a| a < lead).collect();
         let mut chain = vec![from];
         for (j, step) in self.ops.iter().enumerate().skip(from + 1) {
             let reads = |k: usize| step.args.contains(&BodyArg::Op(k));
@@ -169,12 +198,25 @@ impl Body<'_> {
                 continue;
             }
             let (shape, to) = (&self.types[cur].shape, &self.types[j].shape);
-            at = match &step.op {
-                Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast { .. } if shape == to => at,
-                Op::Permute { perm } => perm.iter().map(|&p| at[p]).collect(),
+            match &step.op {
+                Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast { .. } if shape == to => {}
+                Op::Permute { perm } => row_axes = perm.iter().map(|&p| row_axes[p]).collect(),
                 Op::Reshape { .. } => {
-                    let linear = self.symbols.ravel(b, &at, shape)?;
-                    self.symbols.unravel(b, linear, to)?
+                    let kept = row_prefix(&row_axes, shape, to);
+                    if in_row && kept.is_none() {
+                        return Err("an epilogue reshape that moves matmul rows".into());
+                    }
+                    let rows = kept.unwrap_or(0);
+                    row_axes = (0..to.len()).map(|a| a < rows).collect();
+                }
+                Op::Rope { .. }
+                    if in_row
+                        && step.args[0] == BodyArg::Op(cur)
+                        && !step.args[1..].contains(&BodyArg::Op(cur)) =>
+                {
+                    if row_axes.last() != Some(&false) {
+                        return Err("an epilogue RoPE across matmul rows".into());
+                    }
                 }
                 other => {
                     return Err(format!(
@@ -182,14 +224,38 @@ impl Body<'_> {
                         other.name()
                     ))
                 }
-            };
+            }
             chain.push(j);
         }
         if chain.last() == Some(&(self.ops.len() - 1)) {
-            Ok(at)
+            Ok(chain)
         } else {
             Err("an epilogue whose result does not depend on the core op".into())
         }
+    }
+
+    /// `idx` of op `chain[0]` mapped through the permutes and reshapes of `chain`.
+    fn map_along(
+        &self,
+        b: &mut KernelBuilder,
+        from: usize,
+        chain: &[usize],
+        idx: &[Value],
+    ) -> Result<Vec<Value>, String> {
+        let mut at = idx.to_vec();
+        let mut cur = from;
+        for &j in &chain[1..] {
+            match &self.ops[j].op {
+                Op::Permute { perm } => at = perm.iter().map(|&p| at[p]).collect(),
+                Op::Reshape { .. } => {
+                    let linear = self.symbols.ravel(b, &at, &self.types[cur].shape)?;
+                    at = self.symbols.unravel(b, linear, &self.types[j].shape)?;
+                }
+                _ => {}
+            }
+            cur = j;
+        }
+        Ok(at)
     }
 
     /// `Rope(x [B, H, S, D], positions i32 [B, S], inv_freq [R/2])` at `idx` = (b, h, s, d): for
@@ -407,4 +473,30 @@ pub(super) fn for_each(
         vec![]
     });
     failure
+}
+
+/// For a reshape of `shape` to `to` where the axes flagged in `row_axes` (matmul rows) are the
+/// leading ones: how many leading axes of `to` hold exactly those rows (unit axes aside), so
+/// the reshape only regroups the other axes; `None` when it mixes rows with the rest.
+fn row_prefix(row_axes: &[bool], shape: &[Dim], to: &[Dim]) -> Option<usize> {
+    let rows = row_axes.iter().take_while(|&&r| r).count();
+    if row_axes[rows..].iter().any(|&r| r) {
+        return None;
+    }
+    let unit = Dim::from(1usize);
+    let lead: Vec<&Dim> = shape[..rows].iter().filter(|&d| *d != unit).collect();
+    let mut matched = 0;
+    for (p, d) in to.iter().enumerate() {
+        if matched == lead.len() {
+            return Some(p);
+        }
+        if *d == unit {
+            continue;
+        }
+        if d != lead[matched] {
+            return None;
+        }
+        matched += 1;
+    }
+    (matched == lead.len()).then_some(to.len())
 }

@@ -31,16 +31,19 @@
 //! is applied per output column to the block's sums of the matmul columns it reads
 //! ([`Gemv::epilogue_columns`]: SwiGLU over merged gate/up reads `j` and `j + H`, computed in the
 //! same block, whose output columns shrink so the accumulators still fit); an epilogue that
-//! remaps indices takes the gemv template's path ([`gemv::remapped`]).
+//! moves elements within their rows (a head split with RoPE) is applied after a group's whole
+//! matmul rows are computed into a private tile ([`whole_rows`]); any other remapping takes the
+//! gemv template's per-element path ([`gemv::remapped`]).
 //!
 //! The `tile_m`/`tile_n`/`tile_k` of `Gemm`/`FlatGemm` kernels are the cost model's GPU tiles
 //! (shared-memory tiles of 32–128); the CPU block is bound by the register file instead, so they
 //! are not used here.
 
-use super::expr::{fold_many, load_f32, Body};
+use super::expr::{fold_many, for_each, load_f32, Body};
 use super::gemv::{self, Gemv, RowSource};
 use tessera_ir::lir::{
-    Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value,
+    Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, MemorySpace, ReduceOp, ScalarType, SizeExpr,
+    Special, Value,
 };
 
 /// Rows of C per register block.
@@ -67,7 +70,10 @@ struct Row {
 pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(), String> {
     let g = Gemv::parse(body)?;
     let Some((offsets, cols)) = g.epilogue_columns() else {
-        return gemv::remapped(b, &g, out);
+        return match body.keeps_rows(g.m) {
+            Ok(()) => whole_rows(b, &g, out),
+            Err(_) => gemv::remapped(b, &g, out),
+        };
     };
     // Output columns per register block: each reads `offsets.len()` matmul columns.
     let nr = (NR / offsets.len()).max(1);
@@ -137,6 +143,84 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
         vec![]
     });
     failure
+}
+
+/// The kernel of an epilogue that moves elements within their rows (a head split with RoPE on
+/// the projection, [`Body::keeps_rows`]): a group computes its MR lhs rows' whole matmul rows
+/// into a private tile with the register block, then evaluates every output element they map to
+/// ([`Body::forward_in_row`]) reading the tile — instead of the per-element dot products of
+/// [`gemv::remapped`]. W is streamed once per group rather than kept in L2 panels.
+fn whole_rows(b: &mut KernelBuilder, g: &Gemv, out: BufRef) -> Result<(), String> {
+    let body = g.body;
+    let n = body.types[g.m]
+        .shape
+        .last()
+        .and_then(|d| d.as_const())
+        .ok_or("a matmul with a symbolic column count")?;
+    let len = u32::try_from(MR as i64 * n).map_err(|_| "matmul rows too long for a tile")?;
+    b.grid([
+        body.symbols.numel_size(g.lead())?.ceil_div(MR as u64),
+        SizeExpr::Const(1),
+        SizeExpr::Const(1),
+    ]);
+    let tile = b.local("rows", MemorySpace::Private, ScalarType::F32, len);
+    let m_block = b.special(Special::GroupId(Axis::X));
+    let rows_v = body.symbols.numel(b, g.lead())?;
+    let one = b.const_i(1);
+    let last_row = b.sub(rows_v, one);
+    let mr = b.const_i(MR as i64);
+    let m0 = b.mul(m_block, mr);
+    let rows = (0..MR)
+        .map(|i| row(b, g, m0, i, last_row))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (zero, n_v, k_v) = (b.const_i(0), b.const_i(n), b.const_i(g.k));
+    let last_col = b.const_i(n - 1);
+    let mut failure = Ok(());
+    b.for_range(zero, n_v, NR as u32, &[], |b, c0, _| {
+        let cols: Vec<Value> = (0..NR as i64)
+            .map(|j| {
+                let j = b.const_i(j);
+                let col = b.add(c0, j);
+                b.binary(BinaryOp::Min, col, last_col)
+            })
+            .collect();
+        let w_bases: Vec<Value> = cols.iter().map(|&col| b.mul(col, k_v)).collect();
+        failure = block(b, g, &rows, &w_bases).map(|sums| {
+            for (i, (r, sums)) in rows.iter().zip(sums.chunks(NR)).enumerate() {
+                let row_base = b.const_i(i as i64 * n);
+                for (&s, &col) in sums.iter().zip(&cols) {
+                    let dot = r.src.norm.map_or(s, |(factor, _)| b.mul(s, factor));
+                    let at = b.add(row_base, col);
+                    b.store(tile, at, dot);
+                }
+            }
+        });
+        vec![]
+    });
+    failure?;
+    let out_shape = &body.ty(body.result()).shape;
+    for (i, r) in rows.iter().enumerate() {
+        let inside = b.cmp(CmpOp::Lt, r.raw, rows_v);
+        let mut stored = Ok(());
+        b.if_then(inside, |b| {
+            let row_base = b.const_i(i as i64 * n);
+            stored = for_each(b, zero, n_v, |b, c| {
+                let idx: Vec<Value> = r.lead_idx.iter().copied().chain([c]).collect();
+                let at = body.forward_in_row(b, g.m, &idx)?;
+                let hook = |b: &mut KernelBuilder, want: &[Value]| {
+                    let col = *want.last().ok_or("a matmul of a scalar")?;
+                    let e = b.add(row_base, col);
+                    Ok(b.load(tile, e, 1))
+                };
+                let x = body.value(b, body.result(), &at, Some((g.m, &hook)))?;
+                let e = body.symbols.ravel(b, &at, out_shape)?;
+                b.store(out, e, x);
+                Ok(())
+            });
+        });
+        stored?;
+    }
+    Ok(())
 }
 
 /// Row `i` of the block starting at row `m0`: its indices, clamped to `last_row`, and where its
