@@ -1,5 +1,6 @@
 //! Lowering: KernelGraph kernels to LIR (DESIGN.md §3), one template per algorithm and target
-//! class. [`lower_cpu`] writes the CPU (SIMD, one thread per workgroup) templates:
+//! class. [`lower_gpu`] writes the [`simt`] (GPU) templates; [`lower_cpu`] the CPU (SIMD, one
+//! thread per workgroup) templates:
 //! [`elementwise`], [`row_reduce`], [`gemv`], [`gemm`], [`qgemv`], [`kv_append`], [`gather`]
 //! and [`attention`].
 //!
@@ -21,23 +22,25 @@ mod index;
 mod kv_append;
 mod qgemv;
 mod row_reduce;
+mod simt;
 
 use expr::{scalar_type, Body};
 use index::Symbols;
 use std::collections::BTreeSet;
 use tessera_ir::kernel::{body_graph, BodyInput, Kernel, KernelKind};
-use tessera_ir::lir::{self, Access, BufRef, KernelBuilder};
+use tessera_ir::lir::{self, Access, BufRef, Capabilities, KernelBuilder};
 use tessera_ir::{DType, TensorType};
 use thiserror::Error;
 
-/// Why a kernel has no CPU lowering: its body is malformed, or a template does not cover it
-/// yet (the runtime then falls back to the interpreter for it).
+/// Why a kernel has no lowering: its body is malformed, or a template does not cover it yet.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum LowerError {
-    #[error("kernel `{scope}` ({kind}): not supported by the CPU templates: {what}")]
+    #[error("kernel `{scope}` ({kind}): not supported by the {templates} templates: {what}")]
     Unsupported {
         scope: String,
         kind: String,
+        /// Which family of templates: `CPU` or `SIMT`.
+        templates: &'static str,
         what: String,
     },
     #[error("kernel `{scope}` ({kind}): invalid body: {message}")]
@@ -98,40 +101,7 @@ pub fn lower_cpu(
     output: &TensorType,
     width: VectorWidth,
 ) -> Result<lir::Program, LowerError> {
-    let unsupported = |what: String| LowerError::Unsupported {
-        scope: kernel.scope.clone(),
-        kind: kernel.kind.to_string(),
-        what,
-    };
-    let invalid = |message: String| LowerError::Invalid {
-        scope: kernel.scope.clone(),
-        kind: kernel.kind.to_string(),
-        message,
-    };
-    let values: Vec<BodyInput> = inputs.iter().cloned().map(BodyInput::Value).collect();
-    let types = (0..kernel.body.len())
-        .map(|j| {
-            let (g, node) = body_graph(&kernel.body[..=j], &values)?;
-            Ok(g.ty(node).clone())
-        })
-        .collect::<Result<Vec<_>, tessera_ir::IrError>>()
-        .map_err(|e| invalid(e.to_string()))?;
-    match types.last() {
-        Some(t) if t == output => {}
-        Some(t) => {
-            return Err(invalid(format!(
-                "body yields {t} but the output is {output}"
-            )))
-        }
-        None => return Err(invalid("empty body".into())),
-    }
-    let steps = Steps {
-        kernel,
-        inputs,
-        output,
-        types,
-        lanes: width.lanes(),
-    };
+    let steps = Steps::new(kernel, inputs, output, width.lanes())?;
     let single = |write: &dyn Fn(&mut KernelBuilder, &Body, BufRef) -> Result<(), String>| {
         let step = steps.build("", &[], |b, body, out, _| write(b, body, out))?;
         Ok(lir::Program::single(step))
@@ -156,7 +126,24 @@ pub fn lower_cpu(
             single(&|b, body, out| qgemv::lower(b, body, out, qgemv::GEMM_ROWS))
         }
     }
-    .map_err(unsupported)
+    .map_err(|what| steps.unsupported("CPU", what))
+}
+
+/// Lowers `kernel` (inputs of types `inputs`, output of type `output`) to a SIMT LIR program
+/// for a GPU with capabilities `caps`, with the ABI of the module doc ([`simt`]).
+pub fn lower_gpu(
+    kernel: &Kernel,
+    inputs: &[TensorType],
+    output: &TensorType,
+    caps: &Capabilities,
+) -> Result<lir::Program, LowerError> {
+    let steps = Steps::new(kernel, inputs, output, 1)?;
+    steps
+        .build("", &[], |b, body, out, _| {
+            simt::lower(b, &kernel.kind, body, out, caps)
+        })
+        .map(lir::Program::single)
+        .map_err(|what| steps.unsupported("SIMT", what))
 }
 
 /// What every step of a kernel's program is built from: the kernel, its operand types and the
@@ -169,7 +156,55 @@ struct Steps<'a> {
     lanes: u32,
 }
 
-impl Steps<'_> {
+impl<'a> Steps<'a> {
+    /// Types every body op of `kernel` over `inputs` and checks the last one is `output`.
+    fn new(
+        kernel: &'a Kernel,
+        inputs: &'a [TensorType],
+        output: &'a TensorType,
+        lanes: u32,
+    ) -> Result<Steps<'a>, LowerError> {
+        let invalid = |message: String| LowerError::Invalid {
+            scope: kernel.scope.clone(),
+            kind: kernel.kind.to_string(),
+            message,
+        };
+        let values: Vec<BodyInput> = inputs.iter().cloned().map(BodyInput::Value).collect();
+        let types = (0..kernel.body.len())
+            .map(|j| {
+                let (g, node) = body_graph(&kernel.body[..=j], &values)?;
+                Ok(g.ty(node).clone())
+            })
+            .collect::<Result<Vec<_>, tessera_ir::IrError>>()
+            .map_err(|e| invalid(e.to_string()))?;
+        match types.last() {
+            Some(t) if t == output => {}
+            Some(t) => {
+                return Err(invalid(format!(
+                    "body yields {t} but the output is {output}"
+                )))
+            }
+            None => return Err(invalid("empty body".into())),
+        }
+        Ok(Steps {
+            kernel,
+            inputs,
+            output,
+            types,
+            lanes,
+        })
+    }
+
+    /// The error of a kernel `templates` (`CPU`, `SIMT`) do not cover, for the reason `what`.
+    fn unsupported(&self, templates: &'static str, what: String) -> LowerError {
+        LowerError::Unsupported {
+            scope: self.kernel.scope.clone(),
+            kind: self.kernel.kind.to_string(),
+            templates,
+            what,
+        }
+    }
+
     /// One step: a LIR kernel named after the kernel (and `suffix`, when the program has several
     /// steps) with the ABI of the module doc plus the `scratch` buffer params after the output,
     /// its body written by `write` (given the builder, the body, the output and the scratch).

@@ -1,93 +1,21 @@
-//! CPU lowering end to end: hand-built KernelGraph kernels lowered by `lower_cpu`, JIT-compiled
-//! by the Cranelift backend and run on random inputs must match the reference interpreter's
-//! evaluation of their bodies; unsupported kernels are errors, and every kernel of the optimized
-//! llama fixture lowers.
+//! Lowering end to end: hand-built KernelGraph kernels lowered by `lower_cpu`, JIT-compiled
+//! (Cranelift, and LLVM with the `llvm` feature) and run on seeded inputs must match the
+//! reference interpreter's evaluation of their bodies; kinds the SIMT templates cover are also
+//! lowered by `lower_gpu` and run on the first Vulkan adapter (lavapipe in CI). Unsupported
+//! kernels are errors, and every kernel of the optimized llama fixture lowers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use tessera_ir::interp::{self, Tensor};
-use tessera_ir::kernel::{body_graph, BodyArg, BodyInput, BodyOp, Kernel, KernelKind};
-use tessera_ir::{eval_shape, BinaryOp, DType, Dim, Op, RopeLayout, Shape, TensorType, UnaryOp};
+use tessera_ir::kernel::{BodyArg, BodyOp, Kernel, KernelKind};
+use tessera_ir::{BinaryOp, DType, Dim, Op, RopeLayout, TensorType, UnaryOp};
 use tessera_passes::cost::{Roofline, TargetSpec};
 use tessera_passes::lower::{lower_cpu, LowerError, VectorWidth};
 use tessera_passes::optimize::optimize_module;
 
+mod cases;
+
+use cases::*;
 use BodyArg::{Input as In, Op as At};
-
-fn shape(dims: &[&str]) -> Shape {
-    dims.iter().map(|d| Dim::parse(d).unwrap()).collect()
-}
-
-fn f32_(dims: &[&str]) -> TensorType {
-    TensorType::new(DType::F32, shape(dims))
-}
-
-fn step(op: Op, args: &[BodyArg]) -> BodyOp {
-    BodyOp {
-        op,
-        args: args.to_vec(),
-    }
-}
-
-fn kernel(kind: KernelKind, body: Vec<BodyOp>) -> Kernel {
-    Kernel {
-        scope: "test".into(),
-        kind,
-        body,
-        inputs: vec![],
-        output: tessera_ir::kernel::BufferId(0),
-        estimate_seconds: 0.0,
-    }
-}
-
-/// Deterministic values in [-2, 2).
-fn random(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
-}
-
-/// Deterministic integers in [0, INTS): positions and ids of the tests' i32 inputs.
-fn ints(seed: u64, n: usize) -> Vec<i32> {
-    random(seed, n)
-        .iter()
-        .map(|x| ((x + 2.0) / 4.0 * INTS as f32) as i32 % INTS)
-        .collect()
-}
-
-/// The bound of [`ints`]: every gather table of the tests has more rows.
-const INTS: i32 = 7;
-
-fn bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// `op` with the symbols of its dims bound by `env`, for the interpreter's concrete graph.
-fn concrete_op(op: &Op, env: &BTreeMap<String, usize>) -> Op {
-    let dim = |d: &Dim| Dim::from(d.eval(env).unwrap());
-    match op {
-        Op::Slice { axis, start, end } => Op::Slice {
-            axis: *axis,
-            start: dim(start),
-            end: dim(end),
-        },
-        Op::Expand { shape } => Op::Expand {
-            shape: shape.iter().map(dim).collect(),
-        },
-        Op::Reshape { shape } => Op::Reshape {
-            shape: shape.iter().map(dim).collect(),
-        },
-        other => other.clone(),
-    }
-}
 
 /// The vector widths the templates are checked at: Cranelift's 128 bits, and with the `llvm`
 /// feature (the default backend then) AVX-512's 512, which LLVM splits on narrower hosts.
@@ -106,62 +34,21 @@ fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
     for width in widths() {
         check_width(k, inputs, env, width);
     }
+    #[cfg(feature = "vulkan")]
+    if matches!(k.kind, KernelKind::Elementwise | KernelKind::Layout) {
+        vulkan::check(k, inputs, env);
+    }
 }
 
 fn check_width(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)], width: VectorWidth) {
-    let env: BTreeMap<String, usize> = env.iter().map(|(s, v)| (s.to_string(), *v)).collect();
-    let symbolic: Vec<BodyInput> = inputs.iter().cloned().map(BodyInput::Value).collect();
-    let (g, node) = body_graph(&k.body, &symbolic).unwrap();
-    let output = g.ty(node).clone();
-    let lir = lower_cpu(k, inputs, &output, width).unwrap();
+    let case = Case::new(k, inputs, env);
+    let lir = lower_cpu(k, inputs, &case.output, width).unwrap();
     let compiled = tessera_codegen_cpu::compile_program(&lir, Default::default())
         .unwrap_or_else(|e| panic!("{e}\n{lir}"));
-
-    let mut feed = BTreeMap::new();
-    let mut concrete = Vec::new();
-    let mut buffers = Vec::new();
-    for (i, t) in inputs.iter().enumerate() {
-        let dims = eval_shape(&t.shape, &env).unwrap();
-        let n = dims.iter().product();
-        let tensor = if t.dtype == DType::I32 {
-            let data = ints(i as u64 + 1, n);
-            buffers.push(data.iter().flat_map(|x| x.to_le_bytes()).collect());
-            Tensor::i32(dims.clone(), data)
-        } else {
-            let data = random(i as u64 + 1, n);
-            buffers.push(bytes(&data));
-            Tensor::f32(dims.clone(), data)
-        };
-        concrete.push(BodyInput::Value(TensorType::new(
-            t.dtype,
-            dims.iter().map(|&d| Dim::from(d)).collect(),
-        )));
-        feed.insert(i.to_string(), tensor);
-    }
-    let body: Vec<BodyOp> = k
-        .body
-        .iter()
-        .map(|s| step(concrete_op(&s.op, &env), &s.args))
-        .collect();
-    let (reference, _) = body_graph(&body, &concrete).unwrap();
-    let want = interp::run(&reference, &BTreeMap::new(), &feed).unwrap();
-    let want = want["out"].as_f32().unwrap().to_vec();
-    buffers.push(vec![0; want.len() * 4]);
-    let scalars: Vec<i64> = env.values().map(|&v| v as i64).collect();
+    let mut buffers = case.buffers.clone();
     let mut views: Vec<&mut [u8]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
-    compiled.launch(&mut views, &scalars).unwrap();
-    let got: Vec<f32> = buffers
-        .last()
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!(
-            (g - w).abs() <= 1e-5 + 1e-4 * w.abs(),
-            "element {i}: got {g}, want {w}\n{lir}"
-        );
-    }
+    compiled.launch(&mut views, &case.scalars).unwrap();
+    case.assert_matches(buffers.last().unwrap(), &lir);
 }
 
 #[test]
@@ -439,10 +326,6 @@ fn gemv_with_multi_op_prologues() {
         let inputs = [x.clone(), x, f32_(&["13", k]), f32_(&["13"])];
         check(&plain, &inputs, &[("seq", 3)]);
     }
-}
-
-fn i32_(dims: &[&str]) -> TensorType {
-    TensorType::new(DType::I32, shape(dims))
 }
 
 #[test]
@@ -812,4 +695,73 @@ fn every_llama_kernel_lowers_or_is_unsupported() {
         lowered, 32,
         "only {lowered} llama kernels lowered: {unsupported:?}"
     );
+}
+
+/// The SIMT templates on the first Vulkan adapter. Without one the checks print that they
+/// skipped, unless `TESSERA_REQUIRE_VULKAN=1`, which makes a missing adapter a failure.
+#[cfg(feature = "vulkan")]
+mod vulkan {
+    use super::*;
+    use std::sync::OnceLock;
+    use tessera_codegen_spirv::{compile, vulkan_capabilities};
+    use tessera_passes::lower::lower_gpu;
+    use tessera_runtime::vulkan::VulkanDevice;
+
+    fn device() -> Option<&'static VulkanDevice> {
+        static DEVICE: OnceLock<Option<VulkanDevice>> = OnceLock::new();
+        DEVICE
+            .get_or_init(|| {
+                if VulkanDevice::list().is_empty() {
+                    let required = std::env::var("TESSERA_REQUIRE_VULKAN").is_ok_and(|v| v == "1");
+                    assert!(
+                        !required,
+                        "TESSERA_REQUIRE_VULKAN=1 but no Vulkan adapter was found"
+                    );
+                    return None;
+                }
+                Some(VulkanDevice::open(0).unwrap_or_else(|e| panic!("{e}")))
+            })
+            .as_ref()
+    }
+
+    /// Lowers `k` for the device, runs each step (scratch buffers after the output) and
+    /// compares the output with the interpreter.
+    pub fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
+        let Some(device) = device() else {
+            eprintln!("skipped on Vulkan: no adapter (install mesa-vulkan-drivers for lavapipe)");
+            return;
+        };
+        let target = device.target();
+        let case = Case::new(k, inputs, env);
+        let program = lower_gpu(k, inputs, &case.output, &vulkan_capabilities(&target))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut buffers = case.buffers.clone();
+        for bytes in program.scratch_bytes(&case.scalars).unwrap() {
+            buffers.push(vec![0; bytes]);
+        }
+        for step in &program.steps {
+            let spirv = compile(step, &target).unwrap_or_else(|e| panic!("{e}\n{step}"));
+            let mut views: Vec<&mut [u8]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
+            device
+                .launch(&spirv, &mut views, &case.scalars)
+                .unwrap_or_else(|e| panic!("{e}\n{step}"));
+        }
+        case.assert_matches(&buffers[inputs.len()], &program);
+    }
+
+    #[test]
+    fn kinds_without_a_simt_template_are_named() {
+        let k = kernel(KernelKind::RowReduce, vec![step(Op::Softmax, &[In(0)])]);
+        let ty = f32_(&["2", "5"]);
+        let caps = tessera_codegen_spirv::vulkan_capabilities(
+            &tessera_codegen_spirv::VulkanTarget::baseline(),
+        );
+        let err = lower_gpu(&k, std::slice::from_ref(&ty), &ty, &caps)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SIMT") && err.contains("row_reduce") && err.contains("test"),
+            "{err}"
+        );
+    }
 }
