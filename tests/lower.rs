@@ -35,7 +35,10 @@ fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
         check_width(k, inputs, env, width);
     }
     #[cfg(feature = "vulkan")]
-    if matches!(k.kind, KernelKind::Elementwise | KernelKind::Layout) {
+    if matches!(
+        k.kind,
+        KernelKind::Elementwise | KernelKind::Layout | KernelKind::Gather | KernelKind::KvAppend
+    ) {
         vulkan::check(k, inputs, env);
     }
 }

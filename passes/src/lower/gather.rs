@@ -1,11 +1,12 @@
 //! The gather template: `Gather(table [V, D], ids i32 [...]) [elementwise epilogue]` with output
-//! `[ids..., D]`. A group reads one id and writes its row, the epilogue applied per element.
+//! `[ids..., D]`. A group reads one id and writes its row (its threads splitting the row on a
+//! SIMT target), the epilogue applied per element.
 //!
 //! The interpreter reports an id outside `[0, V)` as an error, which a LIR kernel cannot do:
 //! the runtime validates ids before launch (the engine rejects out-of-vocabulary prompt ids),
 //! and the kernel only guards its loads, writing nothing for an invalid id.
 
-use super::expr::{for_each, Body};
+use super::expr::{for_each_lane, Body};
 use tessera_ir::lir::{
     Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, ScalarType, SizeExpr, Special, Value,
 };
@@ -47,7 +48,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let base = b.mul(group, d);
     let mut failure = Ok(());
     b.if_then(valid, |b| {
-        failure = for_each(b, zero, d, |b, j| {
+        failure = for_each_lane(b, body, zero, d, |b, j| {
             let mut idx = at.clone();
             idx.push(j);
             let hook = |b: &mut KernelBuilder, i: &[Value]| {

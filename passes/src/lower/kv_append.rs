@@ -1,9 +1,10 @@
 //! The KV-append template: `[elementwise/layout prologue on the new entries] KvAppend(cache, new)`
-//! with output `[B, H, P + S, D]`. A group writes one `(b, h, position)` row: the cache row for
-//! positions below P, else the prologue's value of the new row at position − P. The kernel
-//! writes the whole output, as the interpreter does; appending in place is the runtime's concern.
+//! with output `[B, H, P + S, D]`. A group writes one `(b, h, position)` row (its threads
+//! splitting it on a SIMT target): the cache row for positions below P, else the prologue's
+//! value of the new row at position − P. The kernel writes the whole output, as the interpreter
+//! does; appending in place is the runtime's concern.
 
-use super::expr::{for_each, Body};
+use super::expr::{for_each_lane, Body};
 use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, SizeExpr, Special, Value};
 use tessera_ir::Op;
 
@@ -40,7 +41,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     // Copies row `pos` of `arg` to this group's output row.
     let copy = |b: &mut KernelBuilder, arg, pos: Value| {
         let start = b.const_i(0);
-        for_each(b, start, d, |b, j| {
+        for_each_lane(b, body, start, d, |b, j| {
             let v = body.value(b, arg, &[batch, head, pos, j], None)?;
             let e = b.add(base, j);
             b.store(out, e, v);

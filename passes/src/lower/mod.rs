@@ -101,7 +101,7 @@ pub fn lower_cpu(
     output: &TensorType,
     width: VectorWidth,
 ) -> Result<lir::Program, LowerError> {
-    let steps = Steps::new(kernel, inputs, output, width.lanes())?;
+    let steps = Steps::new(kernel, inputs, output, (width.lanes(), 1))?;
     let single = |write: &dyn Fn(&mut KernelBuilder, &Body, BufRef) -> Result<(), String>| {
         let step = steps.build("", &[], |b, body, out, _| write(b, body, out))?;
         Ok(lir::Program::single(step))
@@ -137,7 +137,7 @@ pub fn lower_gpu(
     output: &TensorType,
     caps: &Capabilities,
 ) -> Result<lir::Program, LowerError> {
-    let steps = Steps::new(kernel, inputs, output, 1)?;
+    let steps = Steps::new(kernel, inputs, output, (1, simt::WORKGROUP))?;
     steps
         .build("", &[], |b, body, out, _| {
             simt::lower(b, &kernel.kind, body, out, caps)
@@ -154,15 +154,17 @@ struct Steps<'a> {
     output: &'a TensorType,
     types: Vec<TensorType>,
     lanes: u32,
+    threads: u32,
 }
 
 impl<'a> Steps<'a> {
-    /// Types every body op of `kernel` over `inputs` and checks the last one is `output`.
+    /// Types every body op of `kernel` over `inputs` and checks the last one is `output`; the
+    /// steps compute in vectors of `lanes` f32 with `threads` threads per workgroup.
     fn new(
         kernel: &'a Kernel,
         inputs: &'a [TensorType],
         output: &'a TensorType,
-        lanes: u32,
+        (lanes, threads): (u32, u32),
     ) -> Result<Steps<'a>, LowerError> {
         let invalid = |message: String| LowerError::Invalid {
             scope: kernel.scope.clone(),
@@ -192,6 +194,7 @@ impl<'a> Steps<'a> {
             output,
             types,
             lanes,
+            threads,
         })
     }
 
@@ -239,7 +242,9 @@ impl<'a> Steps<'a> {
             buffers,
             symbols: Symbols::declare(&mut b, &names),
             lanes: self.lanes,
+            threads: self.threads,
         };
+        b.workgroup_size([self.threads, 1, 1]);
         write(&mut b, &body, out, &scratch)?;
         Ok(b.finish())
     }

@@ -15,7 +15,6 @@ const ITEMS: u32 = 4;
 pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(), String> {
     let shape = &body.ty(body.result()).shape;
     let numel = body.symbols.numel_size(shape)?;
-    b.workgroup_size([WORKGROUP, 1, 1]);
     b.grid([
         numel.ceil_div(u64::from(WORKGROUP * ITEMS)),
         SizeExpr::Const(1),
