@@ -37,7 +37,11 @@ fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
     #[cfg(feature = "vulkan")]
     if matches!(
         k.kind,
-        KernelKind::Elementwise | KernelKind::Layout | KernelKind::Gather | KernelKind::KvAppend
+        KernelKind::Elementwise
+            | KernelKind::Layout
+            | KernelKind::Gather
+            | KernelKind::KvAppend
+            | KernelKind::RowReduce
     ) {
         vulkan::check(k, inputs, env);
     }
@@ -97,14 +101,18 @@ fn residual_add_then_rms_norm() {
             step(Op::RmsNorm { eps: 1e-5 }, &[At(0), In(2)]),
         ],
     );
-    let x = f32_(&["seq", "37"]);
-    check(&k, &[x.clone(), x, f32_(&["37"])], &[("seq", 3)]);
+    // Rows shorter than a SIMT workgroup, and longer (each thread several elements).
+    for d in ["37", "600"] {
+        let x = f32_(&["seq", d]);
+        check(&k, &[x.clone(), x, f32_(&[d])], &[("seq", 3)]);
+    }
 }
 
 #[test]
 fn softmax_and_layer_norm_rows() {
     let softmax = kernel(KernelKind::RowReduce, vec![step(Op::Softmax, &[In(0)])]);
     check(&softmax, &[f32_(&["3", "37"])], &[]);
+    check(&softmax, &[f32_(&["2", "1000"])], &[]);
     let layer_norm = kernel(
         KernelKind::RowReduce,
         vec![
@@ -112,8 +120,10 @@ fn softmax_and_layer_norm_rows() {
             step(Op::Unary(UnaryOp::Relu), &[At(0)]),
         ],
     );
-    let w = f32_(&["37"]);
-    check(&layer_norm, &[f32_(&["3", "37"]), w.clone(), w], &[]);
+    for d in ["37", "513"] {
+        let w = f32_(&[d]);
+        check(&layer_norm, &[f32_(&["3", d]), w.clone(), w], &[]);
+    }
 }
 
 fn gemv_kernel(norm: bool) -> Kernel {
@@ -754,16 +764,20 @@ mod vulkan {
 
     #[test]
     fn kinds_without_a_simt_template_are_named() {
-        let k = kernel(KernelKind::RowReduce, vec![step(Op::Softmax, &[In(0)])]);
-        let ty = f32_(&["2", "5"]);
+        let k = kernel(
+            KernelKind::Gemv {
+                tile_n: 4,
+                split_k: 1,
+            },
+            vec![step(Op::MatMul { transpose_b: true }, &[In(0), In(1)])],
+        );
+        let (x, w, y) = (f32_(&["1", "8"]), f32_(&["3", "8"]), f32_(&["1", "3"]));
         let caps = tessera_codegen_spirv::vulkan_capabilities(
             &tessera_codegen_spirv::VulkanTarget::baseline(),
         );
-        let err = lower_gpu(&k, std::slice::from_ref(&ty), &ty, &caps)
-            .unwrap_err()
-            .to_string();
+        let err = lower_gpu(&k, &[x, w], &y, &caps).unwrap_err().to_string();
         assert!(
-            err.contains("SIMT") && err.contains("row_reduce") && err.contains("test"),
+            err.contains("SIMT") && err.contains("gemv") && err.contains("test"),
             "{err}"
         );
     }

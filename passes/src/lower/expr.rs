@@ -5,7 +5,7 @@
 
 use super::index::{broadcast, Symbols};
 use tessera_ir::kernel::{BodyArg, BodyOp};
-use tessera_ir::lir::{self, Axis, BufRef, CmpOp, KernelBuilder, ScalarType, Special, Value};
+use tessera_ir::lir::{self, BufRef, CmpOp, KernelBuilder, ScalarType, Value};
 use tessera_ir::{BinaryOp, DType, Dim, Op, RopeLayout, TensorType, UnaryOp};
 
 /// The LIR element type of a Graph dtype a CPU template reads or computes.
@@ -472,29 +472,6 @@ pub(super) fn for_each(
 ) -> Result<(), String> {
     let mut failure = Ok(());
     b.for_range(start, end, 1, &[], |b, j, _| {
-        failure = f(b, j);
-        vec![]
-    });
-    failure
-}
-
-/// Runs `f` for each `j` in `start..end` the calling thread owns: all of them on a CPU, every
-/// `body.threads`-th from the thread's lane on a SIMT target (adjacent threads take adjacent
-/// elements, so their accesses coalesce).
-pub(super) fn for_each_lane(
-    b: &mut KernelBuilder,
-    body: &Body,
-    start: Value,
-    end: Value,
-    f: impl FnOnce(&mut KernelBuilder, Value) -> Result<(), String>,
-) -> Result<(), String> {
-    if body.threads == 1 {
-        return for_each(b, start, end, f);
-    }
-    let lane = b.special(Special::LocalId(Axis::X));
-    let first = b.add(start, lane);
-    let mut failure = Ok(());
-    b.for_range(first, end, body.threads, &[], |b, j, _| {
         failure = f(b, j);
         vec![]
     });

@@ -6,7 +6,8 @@
 //! the runtime validates ids before launch (the engine rejects out-of-vocabulary prompt ids),
 //! and the kernel only guards its loads, writing nothing for an invalid id.
 
-use super::expr::{for_each_lane, Body};
+use super::expr::Body;
+use super::lanes::for_each_lane;
 use tessera_ir::lir::{
     Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, ScalarType, SizeExpr, Special, Value,
 };

@@ -259,7 +259,7 @@ pub(super) fn row_source(
     let k_v = b.const_i(k);
     let stats = |b: &mut KernelBuilder, r: usize| {
         let x = body.ops[r].args[0];
-        norm_stats(b, &body.ops[r].op, k_v, |b, i| {
+        norm_stats(b, body, &body.ops[r].op, k_v, |b, i| {
             let idx: Vec<Value> = lead_idx.iter().copied().chain([i]).collect();
             body.value(b, x, &idx, None)
         })

@@ -4,7 +4,8 @@
 //! value of the new row at position − P. The kernel writes the whole output, as the interpreter
 //! does; appending in place is the runtime's concern.
 
-use super::expr::{for_each_lane, Body};
+use super::expr::Body;
+use super::lanes::for_each_lane;
 use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, SizeExpr, Special, Value};
 use tessera_ir::Op;
 

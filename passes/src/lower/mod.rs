@@ -20,6 +20,7 @@ mod gemm;
 mod gemv;
 mod index;
 mod kv_append;
+mod lanes;
 mod qgemv;
 mod row_reduce;
 mod simt;

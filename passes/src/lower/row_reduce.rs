@@ -1,12 +1,14 @@
-//! The row-reduce template: one row (last axis) per group. Loops with carried accumulators
+//! The row-reduce template: one row (last axis) per group (its threads sharing each pass on a
+//! SIMT target, partial results combined across the workgroup). Loops with carried accumulators
 //! compute the row statistics of the anchor — RmsNorm (sum of squares), LayerNorm (mean, then
 //! variance) or Softmax (max, then sum of exponentials) — over the prologue's values; a last loop
 //! writes the normalized values with the epilogue applied. f32 only.
 
-use super::expr::{fold, for_each, Body, HookFn};
+use super::expr::{Body, HookFn};
+use super::lanes::{fold_lanes, for_each_lane};
 use tessera_ir::kernel::{BodyArg, BodyOp};
 use tessera_ir::lir::{
-    self, Axis, BinaryOp, BufRef, KernelBuilder, ScalarType, SizeExpr, Special, Value,
+    self, Axis, BinaryOp, BufRef, KernelBuilder, ReduceOp, ScalarType, SizeExpr, Special, Value,
 };
 use tessera_ir::{DType, Op};
 
@@ -27,9 +29,11 @@ pub(super) struct NormStats {
 }
 
 /// The statistics of the RmsNorm or LayerNorm `op` over a row of `d` elements whose j-th x is
-/// `x_at(j)` (evaluated once per pass: one for RmsNorm, two for LayerNorm).
+/// `x_at(j)` (evaluated once per pass: one for RmsNorm, two for LayerNorm), the passes shared by
+/// the group's threads ([`fold_lanes`]).
 pub(super) fn norm_stats(
     b: &mut KernelBuilder,
+    body: &Body,
     op: &Op,
     d: Value,
     x_at: impl Fn(&mut KernelBuilder, Value) -> Result<Value, String>,
@@ -39,7 +43,7 @@ pub(super) fn norm_stats(
     let (mean, eps) = match *op {
         Op::RmsNorm { eps } => (None, eps),
         Op::LayerNorm { eps } => {
-            let sum = fold(b, d, zero, |b, j, acc| {
+            let sum = fold_lanes(b, body, d, (zero, ReduceOp::Add), |b, j, acc| {
                 let x = x_at(b, j)?;
                 Ok(b.add(acc, x))
             })?;
@@ -47,7 +51,7 @@ pub(super) fn norm_stats(
         }
         ref other => return Err(format!("`{}` as a norm", other.name())),
     };
-    let squares = fold(b, d, zero, |b, j, acc| {
+    let squares = fold_lanes(b, body, d, (zero, ReduceOp::Add), |b, j, acc| {
         let x = x_at(b, j)?;
         let c = mean.map_or(x, |m| b.sub(x, m));
         Ok(b.fma(c, c, acc))
@@ -115,11 +119,11 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let zero = b.const_f(0.0);
     let hook: Box<HookFn> = match anchor.op {
         Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
-            norm_at(body, anchor, norm_stats(b, &anchor.op, d, x_at)?)
+            norm_at(body, anchor, norm_stats(b, body, &anchor.op, d, x_at)?)
         }
         _ => {
             let low = b.const_f(f64::NEG_INFINITY);
-            let max = fold(b, d, low, |b, j, acc| {
+            let max = fold_lanes(b, body, d, (low, ReduceOp::Max), |b, j, acc| {
                 let x = x_at(b, j)?;
                 Ok(b.binary(BinaryOp::Max, acc, x))
             })?;
@@ -127,7 +131,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
                 let c = b.sub(x, max);
                 b.unary(lir::UnaryOp::Exp, c)
             };
-            let sum = fold(b, d, zero, |b, j, acc| {
+            let sum = fold_lanes(b, body, d, (zero, ReduceOp::Add), |b, j, acc| {
                 let x = x_at(b, j)?;
                 let e = exp_at(b, x);
                 Ok(b.add(acc, e))
@@ -140,7 +144,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
         }
     };
     let start = b.const_i(0);
-    for_each(b, start, d, |b, j| {
+    for_each_lane(b, body, start, d, |b, j| {
         let e = b.add(base, j);
         let idx = body.symbols.unravel(b, e, shape)?;
         let v = body.value(b, body.result(), &idx, Some((a, &*hook)))?;

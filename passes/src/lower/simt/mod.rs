@@ -31,6 +31,7 @@ pub(super) fn lower(
     match kind {
         KernelKind::Elementwise | KernelKind::Layout => elementwise::lower(b, body, out),
         KernelKind::Gather => super::gather::lower(b, body, out),
+        KernelKind::RowReduce => super::row_reduce::lower(b, body, out),
         KernelKind::KvAppend => super::kv_append::lower(b, body, out),
         other => Err(format!("a {} kernel (no SIMT template yet)", other.name())),
     }

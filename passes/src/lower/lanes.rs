@@ -1,0 +1,82 @@
+//! How a group's threads share a loop, so one template serves both target classes: on a CPU a
+//! group is one thread and these are the serial loops; on a SIMT target (`Body::threads` > 1)
+//! each thread takes every `threads`-th element from its lane (adjacent threads, adjacent
+//! elements: coalesced accesses) and reductions combine the threads' partial results through
+//! shared memory.
+
+use super::expr::{fold, fold_range, for_each, Body};
+use tessera_ir::lir::{
+    Axis, BinaryOp, CmpOp, KernelBuilder, MemorySpace, ReduceOp, ScalarType, Special, Value,
+};
+
+/// Runs `f` for each `j` in `start..end` the calling thread owns.
+pub(super) fn for_each_lane(
+    b: &mut KernelBuilder,
+    body: &Body,
+    start: Value,
+    end: Value,
+    f: impl FnOnce(&mut KernelBuilder, Value) -> Result<(), String>,
+) -> Result<(), String> {
+    if body.threads == 1 {
+        return for_each(b, start, end, f);
+    }
+    let lane = b.special(Special::LocalId(Axis::X));
+    let first = b.add(start, lane);
+    let mut failure = Ok(());
+    b.for_range(first, end, body.threads, &[], |b, j, _| {
+        failure = f(b, j);
+        vec![]
+    });
+    failure
+}
+
+/// A fold of `f` over `0..n` whose steps combine by `op` (`f(acc, j)` must be `op(acc, term_j)`,
+/// `init` its identity): serial on a CPU; on a SIMT target each thread folds its own elements
+/// and the workgroup combines the partial results, every thread getting the total. Must be
+/// reached by the whole workgroup (it has barriers).
+pub(super) fn fold_lanes(
+    b: &mut KernelBuilder,
+    body: &Body,
+    n: Value,
+    (init, op): (Value, ReduceOp),
+    f: impl FnOnce(&mut KernelBuilder, Value, Value) -> Result<Value, String>,
+) -> Result<Value, String> {
+    if body.threads == 1 {
+        return fold(b, n, init, f);
+    }
+    let lane = b.special(Special::LocalId(Axis::X));
+    let partial = fold_range(b, (lane, n, body.threads), init, f)?;
+    Ok(workgroup_reduce(b, body.threads, partial, op))
+}
+
+/// `op` over every thread's `value` (a power-of-two workgroup of `threads`), returned to all of
+/// them: a tree through a Shared array, halving the active threads each level.
+fn workgroup_reduce(b: &mut KernelBuilder, threads: u32, value: Value, op: ReduceOp) -> Value {
+    let combine = match op {
+        ReduceOp::Add => BinaryOp::Add,
+        ReduceOp::Max => BinaryOp::Max,
+        ReduceOp::Min => BinaryOp::Min,
+    };
+    let partials = b.local("partials", MemorySpace::Shared, ScalarType::F32, threads);
+    let lane = b.special(Special::LocalId(Axis::X));
+    b.store(partials, lane, value);
+    b.barrier();
+    let mut half = threads / 2;
+    while half > 0 {
+        let h = b.const_i(i64::from(half));
+        let active = b.cmp(CmpOp::Lt, lane, h);
+        b.if_then(active, |b| {
+            let other = b.add(lane, h);
+            let (x, y) = (b.load(partials, lane, 1), b.load(partials, other, 1));
+            let v = b.binary(combine, x, y);
+            b.store(partials, lane, v);
+        });
+        b.barrier();
+        half /= 2;
+    }
+    let zero = b.const_i(0);
+    let total = b.load(partials, zero, 1);
+    // Every thread has read the total before a later reduction reuses shared memory.
+    b.barrier();
+    total
+}
