@@ -46,20 +46,39 @@ pub(super) fn fold_lanes(
     }
     let lane = b.special(Special::LocalId(Axis::X));
     let partial = fold_range(b, (lane, n, body.threads), init, f)?;
-    Ok(workgroup_reduce(b, body.threads, partial, op))
+    Ok(workgroup_reduce(b, body.threads, &[partial], op)[0])
 }
 
-/// `op` over every thread's `value` (a power-of-two workgroup of `threads`), returned to all of
-/// them: a tree through a Shared array, halving the active threads each level.
-fn workgroup_reduce(b: &mut KernelBuilder, threads: u32, value: Value, op: ReduceOp) -> Value {
+/// `op` over every thread's `values` (each position separately; a power-of-two workgroup of
+/// `threads`), returned to all of them: a tree through a Shared array, halving the active
+/// threads each level. Must be reached by the whole workgroup.
+pub(super) fn workgroup_reduce(
+    b: &mut KernelBuilder,
+    threads: u32,
+    values: &[Value],
+    op: ReduceOp,
+) -> Vec<Value> {
     let combine = match op {
         ReduceOp::Add => BinaryOp::Add,
         ReduceOp::Max => BinaryOp::Max,
         ReduceOp::Min => BinaryOp::Min,
     };
-    let partials = b.local("partials", MemorySpace::Shared, ScalarType::F32, threads);
+    let n = values.len() as u32;
+    let partials = b.local(
+        "partials",
+        MemorySpace::Shared,
+        ScalarType::F32,
+        n * threads,
+    );
     let lane = b.special(Special::LocalId(Axis::X));
-    b.store(partials, lane, value);
+    let slot = |b: &mut KernelBuilder, v: u32, thread: Value| {
+        let base = b.const_i(i64::from(v * threads));
+        b.add(base, thread)
+    };
+    for (v, &value) in (0..n).zip(values) {
+        let at = slot(b, v, lane);
+        b.store(partials, at, value);
+    }
     b.barrier();
     let mut half = threads / 2;
     while half > 0 {
@@ -67,16 +86,24 @@ fn workgroup_reduce(b: &mut KernelBuilder, threads: u32, value: Value, op: Reduc
         let active = b.cmp(CmpOp::Lt, lane, h);
         b.if_then(active, |b| {
             let other = b.add(lane, h);
-            let (x, y) = (b.load(partials, lane, 1), b.load(partials, other, 1));
-            let v = b.binary(combine, x, y);
-            b.store(partials, lane, v);
+            for v in 0..n {
+                let (mine, theirs) = (slot(b, v, lane), slot(b, v, other));
+                let (x, y) = (b.load(partials, mine, 1), b.load(partials, theirs, 1));
+                let r = b.binary(combine, x, y);
+                b.store(partials, mine, r);
+            }
         });
         b.barrier();
         half /= 2;
     }
     let zero = b.const_i(0);
-    let total = b.load(partials, zero, 1);
-    // Every thread has read the total before a later reduction reuses shared memory.
+    let totals = (0..n)
+        .map(|v| {
+            let at = slot(b, v, zero);
+            b.load(partials, at, 1)
+        })
+        .collect();
+    // Every thread has read the totals before a later reduction reuses shared memory.
     b.barrier();
-    total
+    totals
 }

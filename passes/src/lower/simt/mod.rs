@@ -5,6 +5,7 @@
 //! `Unsupported` error naming it.
 
 mod elementwise;
+mod gemv;
 
 use super::expr::Body;
 use tessera_ir::kernel::KernelKind;
@@ -32,6 +33,7 @@ pub(super) fn lower(
         KernelKind::Elementwise | KernelKind::Layout => elementwise::lower(b, body, out),
         KernelKind::Gather => super::gather::lower(b, body, out),
         KernelKind::RowReduce => super::row_reduce::lower(b, body, out),
+        KernelKind::Gemv { .. } => gemv::lower(b, body, out),
         KernelKind::KvAppend => super::kv_append::lower(b, body, out),
         other => Err(format!("a {} kernel (no SIMT template yet)", other.name())),
     }

@@ -1,0 +1,101 @@
+//! The SIMT gemv template (decode): `[elementwise prologue, at most one RmsNorm or LayerNorm]
+//! MatMul{transpose_b} [epilogue that keeps the rows]` with a float weight `[N, K]` (f16/bf16
+//! widened as loaded). A workgroup computes [`COLUMNS`] output columns of one lhs row: its
+//! threads split K lane-strided (adjacent threads read adjacent weights: coalesced), each
+//! evaluating the prologue at its own elements — the norm's statistics first, shared by the
+//! workgroup — and carrying one partial dot product per matmul column the epilogue reads
+//! ([`column_offsets`]: SwiGLU over merged gate/up reads `j` and `j + H`); the partials are
+//! summed across the workgroup and the first thread applies the epilogue.
+
+use super::super::expr::{fold_many, load_f32, Body};
+use super::super::gemv::{prologue_norm, store_output, Gemv};
+use super::super::lanes::workgroup_reduce;
+use super::super::row_reduce::{norm_at, norm_stats};
+use tessera_ir::lir::{
+    Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value,
+};
+
+/// Output columns per workgroup.
+const COLUMNS: i64 = 4;
+
+/// Writes the SIMT gemv kernel of `body` into `b`, storing to `out`.
+pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(), String> {
+    let g = Gemv::parse(body)?;
+    let (offsets, cols) = g
+        .epilogue_columns()
+        .ok_or("a gemv epilogue that moves elements to other rows (no SIMT path yet)")?;
+    b.grid([
+        SizeExpr::Const(cols as u64).ceil_div(COLUMNS as u64),
+        body.symbols.numel_size(g.lead())?,
+        SizeExpr::Const(1),
+    ]);
+    let row = b.special(Special::GroupId(Axis::Y));
+    let col_group = b.special(Special::GroupId(Axis::X));
+    let lane = b.special(Special::LocalId(Axis::X));
+    let lead_idx = body.symbols.unravel(b, row, g.lead())?;
+    let at_k = |k: Value| -> Vec<Value> { lead_idx.iter().copied().chain([k]).collect() };
+    let k_v = b.const_i(g.k);
+    let hook = match prologue_norm(body, g.m)? {
+        Some(r) => {
+            let x = body.ops[r].args[0];
+            let stats = norm_stats(b, body, &body.ops[r].op, k_v, |b, k| {
+                body.value(b, x, &at_k(k), None)
+            })?;
+            Some((r, norm_at(body, &body.ops[r], stats)))
+        }
+        None => None,
+    };
+    // Columns past the last (in the last group) are computed on the last column, not stored.
+    let columns_v = b.const_i(COLUMNS);
+    let col0 = b.mul(col_group, columns_v);
+    let (cols_v, last_col) = (b.const_i(cols), b.const_i(cols - 1));
+    let outs: Vec<Value> = (0..COLUMNS)
+        .map(|c| {
+            let c = b.const_i(c);
+            let col = b.add(col0, c);
+            b.binary(BinaryOp::Min, col, last_col)
+        })
+        .collect();
+    let mut mm_cols = Vec::with_capacity(outs.len() * offsets.len());
+    for &col in &outs {
+        for &o in &offsets {
+            let o = b.const_i(o);
+            mm_cols.push(b.add(col, o));
+        }
+    }
+    let w_bases: Vec<Value> = mm_cols.iter().map(|&c| b.mul(c, k_v)).collect();
+    let zero_f = b.const_f(0.0);
+    let init = vec![zero_f; mm_cols.len()];
+    let lhs = body.ops[g.m].args[0];
+    let partials = fold_many(b, (lane, k_v, body.threads), &init, |b, k, accs| {
+        let hook = hook.as_ref().map(|(r, f)| (*r, &**f));
+        let x = body.value(b, lhs, &at_k(k), hook)?;
+        Ok(w_bases
+            .iter()
+            .zip(accs)
+            .map(|(&base, &acc)| {
+                let at = b.add(base, k);
+                let w = load_f32(b, g.w, at, 1);
+                b.fma(x, w, acc)
+            })
+            .collect())
+    })?;
+    let dots = workgroup_reduce(b, body.threads, &partials, ReduceOp::Add);
+    let zero = b.const_i(0);
+    let first = b.cmp(CmpOp::Eq, lane, zero);
+    let mut failure = Ok(());
+    b.if_then(first, |b| {
+        failure = (0..COLUMNS).zip(&outs).try_for_each(|(c, &col)| {
+            let c = b.const_i(c);
+            let raw = b.add(col0, c);
+            let inside = b.cmp(CmpOp::Lt, raw, cols_v);
+            let mut stored = Ok(());
+            b.if_then(inside, |b| {
+                let idx = at_k(col);
+                stored = store_output(b, body, g.m, (false, &mm_cols, &dots), &idx, out);
+            });
+            stored
+        });
+    });
+    failure
+}
