@@ -14,7 +14,7 @@ use tessera_ir::kernel::{BufferSource, DerivedWeight, Kernel, KernelGraph, BODY_
 use tessera_ir::{DType, Module, TensorType, WeightSpec};
 use tessera_models::{ImportedModel, Weight, WeightData};
 use tessera_passes::cost::{Roofline, TargetSpec};
-use tessera_passes::lower::{lower_cpu, LowerError, VectorWidth};
+use tessera_passes::lower::{lower_cpu, lower_gpu, LowerError, VectorWidth};
 use tessera_passes::optimize::{optimize_module, EntryReport};
 use tessera_passes::quantize::quantizable_weights;
 use tessera_passes::storage::{store_weights, transpose_bytes, untransposed_projections, Storage};
@@ -328,12 +328,35 @@ pub fn lower_kernel_cpu(
     kernel: &Kernel,
     width: VectorWidth,
 ) -> Result<tessera_ir::lir::Program, LowerError> {
-    let inputs: Vec<TensorType> = kernel
+    lower_cpu(
+        kernel,
+        &input_types(kg, kernel),
+        &kg.buffer(kernel.output).ty,
+        width,
+    )
+}
+
+/// Lowers one kernel of `kg` to a SIMT LIR program for a GPU with capabilities `caps`.
+pub fn lower_kernel_gpu(
+    kg: &KernelGraph,
+    kernel: &Kernel,
+    caps: &tessera_ir::lir::Capabilities,
+) -> Result<tessera_ir::lir::Program, LowerError> {
+    lower_gpu(
+        kernel,
+        &input_types(kg, kernel),
+        &kg.buffer(kernel.output).ty,
+        caps,
+    )
+}
+
+/// The types of `kernel`'s input buffers, in order.
+fn input_types(kg: &KernelGraph, kernel: &Kernel) -> Vec<TensorType> {
+    kernel
         .inputs
         .iter()
         .map(|&b| kg.buffer(b).ty.clone())
-        .collect();
-    lower_cpu(kernel, &inputs, &kg.buffer(kernel.output).ty, width)
+        .collect()
 }
 
 /// Keeps only the weights some KernelGraph reads, once every entry point has one: projections

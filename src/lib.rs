@@ -6,7 +6,7 @@ pub mod demo;
 
 pub use compile::{
     apply_storage, compile_model, default_vector_width, load_module, lower_for_cpu,
-    lower_kernel_cpu, materialize_derived_weights, optimize_model, quantize_model,
-    quantized_weights, transpose_projections, transposed_projections, write_artifact,
-    CompileOptions, CompileReport, Quant, Target,
+    lower_kernel_cpu, lower_kernel_gpu, materialize_derived_weights, optimize_model,
+    quantize_model, quantized_weights, transpose_projections, transposed_projections,
+    write_artifact, CompileOptions, CompileReport, Quant, Target,
 };

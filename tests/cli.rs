@@ -355,6 +355,17 @@ fn explain_works_from_a_config_alone() {
     ]);
     assert!(kernels.contains("flash_decoding{splits"), "{kernels}");
     assert!(ok(&["explain", dir, "--emit", "graph"]).contains("attention"));
+    // The SIMT code of every decode kernel the GPU templates cover, as WGSL; the others named.
+    let wgsl = ok(&[
+        "explain", dir, "--target", "vulkan", "--emit", "wgsl", "--entry", "decode",
+    ]);
+    assert!(
+        wgsl.contains("@compute @workgroup_size(256, 1, 1)") && wgsl.contains("gemv"),
+        "{wgsl}"
+    );
+    let listed = wgsl.lines().filter(|l| l.starts_with("kernel ")).count();
+    assert!(listed >= 10, "{listed} kernels listed:\n{wgsl}");
+    assert!(fails(&["explain", dir, "--emit", "wgsl"]).contains("--target vulkan"));
     assert!(fails(&["explain", dir, "--target", "tpu"]).contains("valid targets"));
     assert!(fails(&["explain", dir, "--bucket", "seq"]).contains("SYM=N"));
 }

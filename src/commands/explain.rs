@@ -1,5 +1,5 @@
-//! `tessera explain MODEL --target T --emit graph|egraph|kernels|lir|clif|llvm|asm`: what the
-//! optimizer sees and chooses, per entry point, and the CPU code of its kernels. MODEL may be a
+//! `tessera explain MODEL --target T --emit graph|egraph|kernels|lir|clif|llvm|asm|wgsl`: what
+//! the optimizer sees and chooses, per entry point, and the CPU or SIMT code of its kernels. MODEL may be a
 //! folder with only config.json (shapes, no weights).
 
 use super::{print_json, CpuBackend};
@@ -31,6 +31,10 @@ enum Emit {
     Llvm,
     /// Each kernel's host machine code as `--cpu-backend` emits it (`--target cpu`).
     Asm,
+    /// Each kernel's SIMT code as WGSL (naga's rendering of the SPIR-V `compile --target vulkan`
+    /// will produce) for a baseline Vulkan device: 256 threads, 16 KiB shared memory, no
+    /// subgroups (`--target vulkan`); kernels without a SIMT template yet are listed as such.
+    Wgsl,
 }
 
 #[derive(clap::Args)]
@@ -141,6 +145,9 @@ pub fn run(args: Args) -> Result<()> {
             if matches!(args.emit, Emit::Lir | Emit::Clif | Emit::Llvm | Emit::Asm) {
                 print_code(&kg, args.emit, args.kernel, &args.target, backend, width)?;
             }
+            if args.emit == Emit::Wgsl {
+                print_wgsl(&kg, args.kernel, &args.target)?;
+            }
         }
         explanation.entries.push(report);
     }
@@ -198,8 +205,54 @@ fn print_entry(report: &EntryReport, kg: &KernelGraph, emit: Emit) {
             }
         }
         Emit::Kernels => print!("{kg}"),
-        Emit::Graph | Emit::Lir | Emit::Clif | Emit::Llvm | Emit::Asm => {}
+        Emit::Graph | Emit::Lir | Emit::Clif | Emit::Llvm | Emit::Asm | Emit::Wgsl => {}
     }
+}
+
+/// The launched kernels of `kg` (or kernel `only`), with their positions.
+fn launched(
+    kg: &KernelGraph,
+    only: Option<usize>,
+) -> Result<impl Iterator<Item = (usize, &tessera_ir::kernel::Kernel)>> {
+    if let Some(n) = only.filter(|&n| n >= kg.kernels.len()) {
+        bail!(
+            "--kernel {n}: the entry point has {} kernels",
+            kg.kernels.len()
+        );
+    }
+    Ok(kg
+        .kernels
+        .iter()
+        .enumerate()
+        .filter(move |(i, k)| only.is_none_or(|n| n == *i) && k.kind.launches(&k.body)))
+}
+
+/// Prints the WGSL of `kg`'s launched kernels (or of kernel `only`) for a baseline Vulkan
+/// device; a kernel the SIMT templates do not cover yet is named with the reason.
+fn print_wgsl(kg: &KernelGraph, only: Option<usize>, target: &str) -> Result<()> {
+    if target != "vulkan" {
+        bail!("--emit wgsl shows Vulkan code: use --target vulkan (the cost model was {target})");
+    }
+    let device = tessera_codegen_spirv::VulkanTarget::baseline();
+    let caps = tessera_codegen_spirv::vulkan_capabilities(&device);
+    for (i, kernel) in launched(kg, only)? {
+        match tessera::lower_kernel_gpu(kg, kernel, &caps) {
+            Ok(program) => {
+                for step in &program.steps {
+                    let text = tessera_codegen_spirv::wgsl_text(step, &device)?;
+                    println!(
+                        "kernel {i} `{}` ({}): {}\n{text}",
+                        kernel.scope, kernel.kind, step.name
+                    );
+                }
+            }
+            Err(e) => println!(
+                "kernel {i} `{}` ({}): no SIMT code: {e}\n",
+                kernel.scope, kernel.kind
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Prints the CPU code of `kg`'s launched kernels (or of kernel `only`) as `emit` asks.
@@ -223,16 +276,7 @@ fn print_code(
              `cargo build --release --features llvm`"
         );
     }
-    if let Some(n) = only.filter(|&n| n >= kg.kernels.len()) {
-        bail!(
-            "--kernel {n}: the entry point has {} kernels",
-            kg.kernels.len()
-        );
-    }
-    for (i, kernel) in kg.kernels.iter().enumerate() {
-        if only.is_some_and(|n| n != i) || !kernel.kind.launches(&kernel.body) {
-            continue;
-        }
+    for (i, kernel) in launched(kg, only)? {
         let program = tessera::lower_kernel_cpu(kg, kernel, width)
             .with_context(|| format!("kernel {i} `{}`", kernel.scope))?;
         let steps = program.steps.iter().map(|step| match emit {
