@@ -6,14 +6,19 @@
 //!
 //! 1. each lhs row (the prologue evaluated, the norm applied) is quantized to 8 bits per block of
 //!    32 — `d_x = amax/127`, `q = round(x/d_x)`, as llama.cpp's `quantize_row_q8_0` — into
-//!    private memory, once per group;
+//!    private memory, once per group, in the order the dot products read it ([`Layout`]);
 //! 2. each weight block is an integer dot product of its codes with the row's codes, always the
 //!    unsigned × signed [`Intrinsic::Dot4U8I8Packed`] (one `vpdpbusd` on VNNI hosts): Q4_0's
 //!    unsigned 4-bit codes against the signed row, its `−8` offset applied once per block as
 //!    `8·Σq`; for Q8_0 the row is stored offset by +128 and `128·Σw` (a dot product with ones)
-//!    subtracted; scaled by `d_w·d_x` into an f32x4 accumulator. One pass over the blocks serves
-//!    several weight rows (each row's codes loaded once) and all the group's lhs rows (each
-//!    weight block decoded once);
+//!    subtracted; scaled by `d_w·d_x` into an f32 accumulator. The dot products have the
+//!    kernel's vector width ([`Body::lanes`]): four lanes cover half a block's codes, so 16
+//!    lanes (AVX-512) cover the low (or high) halves of a run of four blocks — their code runs,
+//!    unaligned in the 18- or 34-byte GGUF blocks, joined with `Concat` — and the run's scales
+//!    multiply lane by lane; blocks left over after the last whole run take the 128-bit path,
+//!    which is the whole kernel at 4 lanes (Cranelift). One pass over the blocks serves several
+//!    weight rows (each row's codes loaded once) and all the group's lhs rows (each weight run
+//!    decoded once); lanes are reduced once, after it;
 //! 3. the epilogue is evaluated per output element. The matmul columns it reads are found from
 //!    its slices (SwiGLU's `silu(gate)·up` over merged gate/up reads `j` and `j + H`) and computed
 //!    in that one pass; an epilogue that moves elements to other rows (a head split) is written
@@ -321,15 +326,13 @@ fn quantize_row(
     let quantize = BlockQuantizer::new(b, src, &row, layout, format, lanes);
     let run = layout.run;
     let (zero, runs) = (b.const_i(0), b.const_i(layout.runs));
-    let (run_v, run_words) = (b.const_i(run), b.const_i(2 * 4 * run));
+    let run_words = b.const_i(2 * 4 * run);
     for_each(b, zero, runs, |b, r| {
-        let first = b.mul(r, run_v);
+        let first = plus(b, r, run, 0);
         let words = b.mul(r, run_words);
         for s in 0..run {
-            let s_v = b.const_i(s);
-            let j = b.add(first, s_v);
-            let lo = b.const_i(4 * s);
-            let lo = b.add(words, lo);
+            let j = plus(b, first, 1, s);
+            let lo = plus(b, words, 1, 4 * s);
             let hi = b.const_i(4 * run);
             let hi = b.add(lo, hi);
             quantize.block(b, j, lo, hi);
@@ -347,6 +350,23 @@ fn quantize_row(
         })?;
     }
     Ok(row)
+}
+
+/// `v·scale + offset`, without the multiplication by 1 or the addition of 0 (the 128-bit path's
+/// code stays what it was before runs of blocks existed, whatever a backend folds).
+fn plus(b: &mut KernelBuilder, v: Value, scale: i64, offset: i64) -> Value {
+    let v = if scale == 1 {
+        v
+    } else {
+        let scale = b.const_i(scale);
+        b.mul(v, scale)
+    };
+    if offset == 0 {
+        v
+    } else {
+        let offset = b.const_i(offset);
+        b.add(v, offset)
+    }
 }
 
 /// Quantizes one block of a row (llama.cpp's `quantize_row_q8_0` rule) in vectors of `lanes`,
@@ -631,12 +651,8 @@ impl RunStep {
             let mut next = carried.to_vec();
             for i in 0..nc {
                 let at = carried[nr * nc + i];
-                let blocks: Vec<Value> = (0..run)
-                    .map(|s| {
-                        let s = b.const_i(s * block_bytes);
-                        b.add(at, s)
-                    })
-                    .collect();
+                let blocks: Vec<Value> =
+                    (0..run).map(|s| plus(b, at, 1, s * block_bytes)).collect();
                 let dw = block_scales(b, w, &blocks);
                 let codes: Vec<Value> = blocks.iter().map(|&at| b.add(at, two)).collect();
                 // The run's codes as two u32 vectors (Q4_0: the low and high nibbles, Q8_0:
