@@ -47,8 +47,12 @@ pub(super) const GEMM_ROWS: i64 = 4;
 /// `log2` is the shift in [`column_dots`]), so both formats use the unsigned × signed dot product.
 const Q8_OFFSET: i64 = 128;
 
-/// f32x4 vectors (and packed `u32` code words) per block of 32 values.
-const VECTORS_PER_BLOCK: i64 = QK as i64 / 4;
+/// Packed `u32` code words (four codes each) per block of 32 values.
+const WORDS_PER_BLOCK: i64 = QK as i64 / 4;
+
+/// Code words per half block: also the dot product lanes one block takes, its low half in one
+/// dot product and its high half in the next.
+const HALF_WORDS: i64 = WORDS_PER_BLOCK / 2;
 
 /// The byte layout of a weight block format.
 #[derive(Clone, Copy)]
@@ -308,7 +312,7 @@ fn quantize_row(
             "x_codes",
             MemorySpace::Private,
             ScalarType::U32,
-            len(blocks * VECTORS_PER_BLOCK)?,
+            len(blocks * WORDS_PER_BLOCK)?,
         ),
         scales: b.local(
             "x_scales",
@@ -326,14 +330,14 @@ fn quantize_row(
     let quantize = BlockQuantizer::new(b, src, &row, layout, format, lanes);
     let run = layout.run;
     let (zero, runs) = (b.const_i(0), b.const_i(layout.runs));
-    let run_words = b.const_i(2 * 4 * run);
+    let run_words = b.const_i(WORDS_PER_BLOCK * run);
     for_each(b, zero, runs, |b, r| {
         let first = plus(b, r, run, 0);
         let words = b.mul(r, run_words);
         for s in 0..run {
             let j = plus(b, first, 1, s);
-            let lo = plus(b, words, 1, 4 * s);
-            let hi = b.const_i(4 * run);
+            let lo = plus(b, words, 1, HALF_WORDS * s);
+            let hi = b.const_i(HALF_WORDS * run);
             let hi = b.add(lo, hi);
             quantize.block(b, j, lo, hi);
         }
@@ -341,10 +345,10 @@ fn quantize_row(
     })?;
     if layout.runs * run < blocks {
         let (first, end) = (b.const_i(layout.runs * run), b.const_i(blocks));
-        let (eight, four) = (b.const_i(2 * 4), b.const_i(4));
+        let (words, half) = (b.const_i(WORDS_PER_BLOCK), b.const_i(HALF_WORDS));
         for_each(b, first, end, |b, j| {
-            let lo = b.mul(j, eight);
-            let hi = b.add(lo, four);
+            let lo = b.mul(j, words);
+            let hi = b.add(lo, half);
             quantize.block(b, j, lo, hi);
             Ok(())
         })?;
@@ -352,8 +356,9 @@ fn quantize_row(
     Ok(row)
 }
 
-/// `v·scale + offset`, without the multiplication by 1 or the addition of 0 (the 128-bit path's
-/// code stays what it was before runs of blocks existed, whatever a backend folds).
+/// `v·scale + offset`, leaving out a multiplication by 1 and an addition of 0: with runs of one
+/// block (the 128-bit path) the kernel stays the per-block loop it was, without relying on a
+/// backend to fold them.
 fn plus(b: &mut KernelBuilder, v: Value, scale: i64, offset: i64) -> Value {
     let v = if scale == 1 {
         v
@@ -603,7 +608,7 @@ impl RunStep {
         (start, end): (i64, i64),
     ) -> Result<Vec<Value>, String> {
         let (run, format, w) = (self.run, self.format, self.w);
-        let lanes = 4 * run as u32;
+        let lanes = (HALF_WORDS * run) as u32;
         let block_bytes = format.block_bytes;
         let run_bytes = b.const_i(run * block_bytes);
         let (start, end) = (b.const_i(start), b.const_i(end));
@@ -611,8 +616,11 @@ impl RunStep {
         let acc0 = b.splat(fzero, lanes);
         let izero = b.constant(Type::scalar(ScalarType::I32), Literal::I(0));
         let izero = b.splat(izero, lanes);
-        let (run_words, half_words) = (b.const_i(2 * 4 * run), b.const_i(4 * run));
-        let (lane_words, scale_stride) = (b.const_i(4 * run), b.const_i(self.scale_stride));
+        let (run_words, half_words) = (
+            b.const_i(WORDS_PER_BLOCK * run),
+            b.const_i(HALF_WORDS * run),
+        );
+        let (run_lanes, scale_stride) = (b.const_i(HALF_WORDS * run), b.const_i(self.scale_stride));
         let (two, sixteen) = (b.const_i(2), b.const_i(16));
         let u32x4 = Type::vector(ScalarType::U32, 4);
         let byte = |b: &mut KernelBuilder, v: i64| {
@@ -631,7 +639,7 @@ impl RunStep {
         fold_many(b, (start, end, 1), &init, |b, j, carried| {
             let x_at = b.mul(j, run_words);
             let x_hi_at = b.add(x_at, half_words);
-            let offset_at = b.mul(j, lane_words);
+            let offset_at = b.mul(j, run_lanes);
             let xs: Vec<_> = rows
                 .iter()
                 .map(|q| {
