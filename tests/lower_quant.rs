@@ -2,7 +2,9 @@
 //! JIT-compiled and run, against the reference interpreter on the same quantized weights. The
 //! kernel rounds its activations to 8 bits per block (as llama.cpp does), so a plain lhs is
 //! checked against the interpreter fed that rounding of it (only float reassociation differs),
-//! and kernels with prologues and epilogues within the rounding's bound.
+//! and kernels with prologues and epilogues within the rounding's bound. Every kernel is run at
+//! each vector width this build compiles ([`widths`]): the wide dot products cover runs of
+//! blocks, the 128-bit path the blocks left over.
 
 use std::collections::BTreeMap;
 use tessera_ir::interp::{self, Tensor};
@@ -48,14 +50,39 @@ fn q8_round_trip(x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// Runs `body` (its matmul weight is input 1, of `format`) through lower → JIT → launch and
-/// through the interpreter; `round_lhs` feeds the interpreter input 0 rounded as the kernel
-/// rounds it. Returns (got, want).
+/// The vector widths to lower at: Cranelift's 128 bits, and with the `llvm` feature (the
+/// default backend then) 256 and 512, whose dot products cover 2 and 4 blocks.
+fn widths() -> Vec<VectorWidth> {
+    if cfg!(feature = "llvm") {
+        vec![VectorWidth::V128, VectorWidth::V256, VectorWidth::V512]
+    } else {
+        vec![VectorWidth::V128]
+    }
+}
+
+/// Runs `body` (its matmul weight is input 1, of `format`) at every width of [`widths`] and
+/// checks each against the interpreter within `tol` (relative to the largest result).
+fn check(kind: KernelKind, body: Vec<BodyOp>, inputs: &[TensorType], round_lhs: bool, tol: f32) {
+    for width in widths() {
+        let (got, want) = run(kind.clone(), body.clone(), inputs, round_lhs, width);
+        assert_close(
+            &got,
+            &want,
+            tol,
+            &format!("{kind} at {} bits", width.bits()),
+        );
+    }
+}
+
+/// Runs `body` (its matmul weight is input 1, of `format`) through lower at `width` → JIT →
+/// launch and through the interpreter; `round_lhs` feeds the interpreter input 0 rounded as the
+/// kernel rounds it. Returns (got, want).
 fn run(
     kind: KernelKind,
     body: Vec<BodyOp>,
     inputs: &[TensorType],
     round_lhs: bool,
+    width: VectorWidth,
 ) -> (Vec<f32>, Vec<f32>) {
     let k = Kernel {
         scope: "test".into(),
@@ -68,7 +95,7 @@ fn run(
     let symbolic: Vec<BodyInput> = inputs.iter().cloned().map(BodyInput::Value).collect();
     let (g, node) = body_graph(&k.body, &symbolic).unwrap();
     let output = g.ty(node).clone();
-    let lir = lower_cpu(&k, inputs, &output, VectorWidth::V128).unwrap();
+    let lir = lower_cpu(&k, inputs, &output, width).unwrap();
     let compiled = tessera_codegen_cpu::compile_program(&lir, Default::default())
         .unwrap_or_else(|e| panic!("{e}\n{lir}"));
     let mut feed = BTreeMap::new();
@@ -121,29 +148,41 @@ fn qgemv(format: DType) -> KernelKind {
     }
 }
 
-fn assert_close(got: &[f32], want: &[f32], tol: f32) {
+fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len());
     let scale = want.iter().fold(1.0f32, |m, w| m.max(w.abs()));
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(
             (g - w).abs() <= tol * scale,
-            "element {i}: got {g}, want {w}"
+            "{what}, element {i}: got {g}, want {w}"
         );
     }
 }
 
-/// A plain lhs: rows M = 1…5 and 17, N odd (a partial tile), K of 1 to 5 blocks, both formats;
-/// exact up to float reassociation once the activations are rounded as the kernel rounds them.
+/// A plain lhs: rows M = 1…9, 16 and 17 (QGemm groups full and partial), N odd (a partial tile,
+/// and a lone column), K of 1 to 5, 8, 9 and 13 blocks (runs of 4 or 2 blocks with and without
+/// blocks left over), both formats; exact up to float reassociation once the activations are
+/// rounded as the kernel rounds them.
 #[test]
 fn quantized_matmul_matches_the_interpreter_on_the_same_weights() {
+    let shapes = [
+        (1, 13, 32),
+        (2, 7, 64),
+        (3, 33, 96),
+        (4, 5, 128),
+        (5, 1, 160),
+        (6, 9, 256),
+        (7, 3, 288),
+        (8, 11, 416),
+        (9, 5, 160),
+        (16, 3, 288),
+        (17, 19, 64),
+        (1, 21, 288),
+        (1, 7, 416),
+        (17, 5, 160),
+    ];
     for format in [DType::Q8_0, DType::Q4_0] {
-        for (m, n, k) in [
-            (1, 13, 32),
-            (2, 7, 64),
-            (3, 33, 96),
-            (5, 1, 160),
-            (17, 19, 64),
-        ] {
+        for (m, n, k) in shapes {
             let body = vec![step(Op::QuantMatMul { transpose_b: true }, &[In(0), In(1)])];
             let inputs = [ty(DType::F32, &[m, k]), ty(format, &[n, k])];
             let kind = if m == 1 {
@@ -156,8 +195,7 @@ fn quantized_matmul_matches_the_interpreter_on_the_same_weights() {
                     tile_k: 32,
                 }
             };
-            let (got, want) = run(kind, body, &inputs, true);
-            assert_close(&got, &want, 1e-5);
+            check(kind, body, &inputs, true, 1e-5);
         }
     }
 }
@@ -168,7 +206,7 @@ fn quantized_matmul_matches_the_interpreter_on_the_same_weights() {
 #[test]
 fn quantized_matmul_with_prologues_and_epilogues() {
     for format in [DType::Q8_0, DType::Q4_0] {
-        let (k, n) = (64, 22);
+        let (k, n) = (160, 22);
         let norm = vec![
             step(Op::RmsNorm { eps: 1e-5 }, &[In(0), In(2)]),
             step(Op::QuantMatMul { transpose_b: true }, &[At(0), In(1)]),
@@ -178,8 +216,7 @@ fn quantized_matmul_with_prologues_and_epilogues() {
             ty(format, &[n, k]),
             ty(DType::F32, &[k]),
         ];
-        let (got, want) = run(qgemv(format), norm, &inputs, false);
-        assert_close(&got, &want, 2e-2);
+        check(qgemv(format), norm, &inputs, false, 2e-2);
 
         let half = n / 2;
         let swiglu = vec![
@@ -211,8 +248,7 @@ fn quantized_matmul_with_prologues_and_epilogues() {
             ty(DType::F32, &[k]),
             ty(DType::F32, &[1, k]),
         ];
-        let (got, want) = run(qgemv(format), swiglu, &inputs, false);
-        assert_close(&got, &want, 2e-2);
+        check(qgemv(format), swiglu, &inputs, false, 2e-2);
 
         let layer_norm = vec![
             step(Op::LayerNorm { eps: 1e-5 }, &[In(0), In(2), In(3)]),
@@ -224,8 +260,7 @@ fn quantized_matmul_with_prologues_and_epilogues() {
             ty(DType::F32, &[k]),
             ty(DType::F32, &[k]),
         ];
-        let (got, want) = run(qgemv(format), layer_norm, &inputs, false);
-        assert_close(&got, &want, 2e-2);
+        check(qgemv(format), layer_norm, &inputs, false, 2e-2);
 
         let residual = vec![
             step(Op::QuantMatMul { transpose_b: true }, &[In(0), In(1)]),
@@ -236,8 +271,7 @@ fn quantized_matmul_with_prologues_and_epilogues() {
             ty(format, &[n, k]),
             ty(DType::F32, &[3, n]),
         ];
-        let (got, want) = run(qgemv(format), residual, &inputs, true);
-        assert_close(&got, &want, 1e-5);
+        check(qgemv(format), residual, &inputs, true, 1e-5);
     }
 }
 
@@ -246,7 +280,7 @@ fn quantized_matmul_with_prologues_and_epilogues() {
 #[test]
 fn quantized_matmul_with_a_head_split_epilogue() {
     for format in [DType::Q8_0, DType::Q4_0] {
-        let (seq, heads, dim, k) = (3, 4, 8, 64);
+        let (seq, heads, dim, k) = (3, 4, 8, 288);
         let body = vec![
             step(Op::QuantMatMul { transpose_b: true }, &[In(0), In(1)]),
             step(
@@ -269,7 +303,6 @@ fn quantized_matmul_with_a_head_split_epilogue() {
             tile_n: 4,
             tile_k: 32,
         };
-        let (got, want) = run(kind, body, &inputs, true);
-        assert_close(&got, &want, 1e-5);
+        check(kind, body, &inputs, true, 1e-5);
     }
 }

@@ -694,3 +694,51 @@ fn float_remainder() {
         assert_eq!(to_f32(&yb), want, "{backend}");
     }
 }
+
+/// `y = concat(x[3], x[1], x[2], x[0])` and `y[4..8] = concat(x[4..8])`: the concatenations
+/// every backend has (scalars into a 128-bit vector; one part).
+#[test]
+fn concat_of_scalars_and_of_one_vector() {
+    let mut b = KernelBuilder::new("concat");
+    let x = b.buffer("x", I32, Access::Read);
+    let y = b.buffer("y", I32, Access::Write);
+    grid_x(&mut b, SizeExpr::Const(1));
+    let lanes: Vec<_> = [3, 1, 2, 0]
+        .into_iter()
+        .map(|i| {
+            let i = b.const_i(i);
+            b.load(x, i, 1)
+        })
+        .collect();
+    let v = b.concat(&lanes);
+    let zero = b.const_i(0);
+    b.store(y, zero, v);
+    let four = b.const_i(4);
+    let v = b.load(x, four, 4);
+    let v = b.concat(&[v]);
+    b.store(y, four, v);
+    for (backend, compiled) in compiled(&b.finish()) {
+        let mut xb = i32_bytes(&[10, 11, 12, 13, 14, 15, 16, 17]);
+        let mut yb = vec![0u8; 32];
+        compiled.launch(&mut [&mut xb, &mut yb], &[]).unwrap();
+        assert_eq!(to_i32(&yb), [13, 11, 12, 10, 14, 15, 16, 17], "{backend}");
+    }
+}
+
+/// Cranelift only: a concatenation wider than 128 bits (LLVM's are in `llvm::tests`).
+#[test]
+fn cranelift_rejects_wide_concatenations() {
+    let mut b = KernelBuilder::new("wide_concat");
+    let x = b.buffer("x", ScalarType::U8, Access::ReadWrite);
+    let i = b.const_i(0);
+    let v = b.load(x, i, 16);
+    let v = b.concat(&[v, v]);
+    b.store(x, i, v);
+    let err = compile_with(&b.finish(), Backend::Cranelift)
+        .err()
+        .expect("u8x32 must not compile");
+    assert!(
+        err.to_string().contains("wide_concat") && err.to_string().contains("u8x32"),
+        "{err}"
+    );
+}

@@ -443,6 +443,29 @@ impl<M: Module> Translator<'_, '_, M> {
                 self.b.ins().splat(ct, lane)
             }
             Inst::Extract(a, lane) => self.extract(self.val(*a), self.ty(*a), *lane),
+            // Only scalars and 128-bit vectors exist here (`ct` checked the result), so a
+            // concatenation of more than one part joins scalars, lane by lane (four halves,
+            // held widened in an `i32x4`, are the one narrower vector, and are refused).
+            Inst::Concat(parts) if parts.len() == 1 => self.val(parts[0]),
+            Inst::Concat(parts) if parts.iter().any(|&p| self.ty(p).lanes > 1) => {
+                return Err(self.unsupported(format!(
+                    "a concatenation of vectors into {ty} (Cranelift has 128-bit SIMD vectors only)"
+                )))
+            }
+            Inst::Concat(parts) => {
+                let mut vector = None;
+                for (lane, &p) in parts.iter().enumerate() {
+                    let (x, t) = (self.val(p), self.ty(p));
+                    let x = self.extract(x, t, 0);
+                    let x = self.lane_value(t.scalar, x, ct.lane_type());
+                    let lane = u8::try_from(lane).expect("at most 16 lanes");
+                    vector = Some(match vector {
+                        None => self.b.ins().splat(ct, x),
+                        Some(v) => self.b.ins().insertlane(v, x, lane),
+                    });
+                }
+                vector.expect("verified concatenations have parts")
+            }
             Inst::ReduceLanes(op, a) => {
                 let (x, t) = (self.val(*a), self.ty(*a));
                 let op = match op {

@@ -139,3 +139,26 @@ fn wgsl_shows_the_packed_dot_products_and_byte_reads() {
         assert!(wgsl.contains(expected), "{expected} missing from\n{wgsl}");
     }
 }
+
+/// A `Concat` of up to four lanes composes a vector; a wider one is refused, naming the kernel.
+#[test]
+fn concat_composes_up_to_four_lanes() {
+    let concat = |name: &str, parts: &[u32]| {
+        let mut b = KernelBuilder::new(name);
+        let x = b.buffer("x", ScalarType::U32, Access::Read);
+        let y = b.buffer("y", ScalarType::U32, Access::Write);
+        let i = b.const_i(0);
+        let parts: Vec<_> = parts.iter().map(|&lanes| b.load(x, i, lanes)).collect();
+        let v = b.concat(&parts);
+        let s = b.reduce_lanes(tessera_ir::lir::ReduceOp::Add, v);
+        b.store(y, i, s);
+        b.finish()
+    };
+    compiles(&concat("concat", &[2, 1, 1]), &VulkanTarget::baseline());
+    compiles(&concat("concat_one", &[1]), &VulkanTarget::baseline());
+    let message = unsupported_message(&concat("wide_concat", &[4, 4]), &VulkanTarget::baseline());
+    assert!(
+        message.contains("wide_concat") && message.contains("u32x8"),
+        "{message}"
+    );
+}

@@ -8,7 +8,8 @@
 //!   `i32`**: indices, loop counters and the thread-hierarchy specials are 32-bit on the GPU, so
 //!   the launch refuses buffers over 2^31−1 elements and scalar values outside `i32`. 8-bit
 //!   values keep their 8-bit meaning (results are wrapped back to 8 bits after arithmetic).
-//!   Vectors of 2–4 lanes are naga vectors; other lane counts are unsupported.
+//!   Vectors of 2–4 lanes are naga vectors; other lane counts are unsupported (so is a
+//!   `Concat` into one). A `Concat` composes its operands' lanes.
 //! - **Buffers.** Buffer param `i` is the storage buffer at group 0, binding `i`, read-only for
 //!   [`Access::Read`]; the scalar params follow in one more read-only `array<u32>` binding (one
 //!   word each, see [`crate::SpirvKernel::scalar_words`]). `f32`, `i32` and `u32` buffers are
@@ -404,6 +405,19 @@ impl Translator<'_> {
                     base: a,
                     index: *lane,
                 })
+            }
+            Inst::Concat(parts) => {
+                let handle = self.ty(ty)?;
+                let mut components = Vec::new();
+                for &p in parts {
+                    let lanes = self.type_of(p).lanes;
+                    let x = self.val(p)?;
+                    components.extend((0..lanes).map(|l| self.lane(x, lanes, l)));
+                }
+                match components[..] {
+                    [one] => one,
+                    _ => self.b.compose(handle, components),
+                }
             }
             Inst::ReduceLanes(op, a) => {
                 let lanes = self.type_of(*a).lanes;

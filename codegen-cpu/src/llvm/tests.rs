@@ -10,6 +10,7 @@ use crate::CompiledKernel;
 use tessera_ir::lir::examples::gemv_row;
 use tessera_ir::lir::{
     Access, Axis, BinaryOp, CmpOp, Kernel, KernelBuilder, ReduceOp, ScalarType, SizeExpr, Special,
+    Type,
 };
 
 /// `kernel` compiled by LLVM for this host without its dot-product instructions: the generic
@@ -133,4 +134,45 @@ fn ir_text_is_optimized_for_the_host() {
     assert!(!ir.contains("define internal void @gemv.body"), "{ir}");
     // The read-only buffers stayed `noalias` through inlining, as alias scopes.
     assert!(ir.contains("!noalias"), "{ir}");
+}
+
+/// Four unaligned 16-byte runs 18 bytes apart (Q4_0 blocks' codes) joined into one `u8x64`,
+/// and a mix of vectors and scalars (`i32x4, i32, i32x2, i32`) joined lane by lane.
+#[test]
+fn concatenations_of_any_width() {
+    let mut b = KernelBuilder::new("concat");
+    let x = b.buffer("x", ScalarType::U8, Access::Read);
+    let y = b.buffer("y", ScalarType::U8, Access::Write);
+    let z = b.buffer("z", ScalarType::I32, Access::Write);
+    grid_x(&mut b, SizeExpr::Const(1));
+    let runs: Vec<_> = (0..4)
+        .map(|r| {
+            let at = b.const_i(2 + 18 * r);
+            b.load(x, at, 16)
+        })
+        .collect();
+    let v = b.concat(&runs);
+    let zero = b.const_i(0);
+    b.store(y, zero, v);
+    let int = |b: &mut KernelBuilder, at: i64, lanes: u32| {
+        let at = b.const_i(at);
+        b.load_bytes(x, at, Type::vector(ScalarType::I32, lanes))
+    };
+    let parts = [
+        int(&mut b, 0, 4),
+        int(&mut b, 16, 1),
+        int(&mut b, 20, 2),
+        int(&mut b, 28, 1),
+    ];
+    let v = b.concat(&parts);
+    b.store(z, zero, v);
+    let compiled = compile(&b.finish()).unwrap();
+    let mut xb: Vec<u8> = (0..80).collect();
+    let (mut yb, mut zb) = (vec![0u8; 64], vec![0u8; 32]);
+    compiled
+        .launch(&mut [&mut xb, &mut yb, &mut zb], &[])
+        .unwrap();
+    let want: Vec<u8> = (0..4).flat_map(|r| 2 + 18 * r..18 + 18 * r).collect();
+    assert_eq!(yb, want);
+    assert_eq!(zb, xb[..32]);
 }

@@ -445,6 +445,7 @@ impl<'ctx> Translator<'ctx, '_> {
                     )?
                 }
             }
+            Inst::Concat(parts) => self.concat(parts, ty)?,
             Inst::ReduceLanes(op, a) => self.reduce(*op, self.ty(*a), self.val(*a)?)?,
             Inst::Load { buf, index, ty } => {
                 check_memory_type(*ty)?;
@@ -847,6 +848,54 @@ impl<'ctx> Translator<'ctx, '_> {
             .build_insert_element(poison, x, self.i32_const(0), "")?;
         let mask = self.cx.i32_type().vec_type(lanes).const_zero();
         Ok(self.b.build_shuffle_vector(one, poison, mask, "")?.into())
+    }
+
+    /// `parts` joined into one vector of type `to`. Equal vectors, a power of two of them, join
+    /// pairwise with `shufflevector` (what the backend turns into `vinserti128`-style inserts
+    /// of whole registers); any other mix is built lane by lane, which LLVM folds into shuffles.
+    fn concat(&self, parts: &[Value], to: Type) -> Result<BasicValueEnum<'ctx>> {
+        let first = self.ty(parts[0]);
+        if parts.len() == 1 {
+            return self.val(parts[0]);
+        }
+        if first.lanes > 1
+            && parts.len().is_power_of_two()
+            && parts.iter().all(|&p| self.ty(p) == first)
+        {
+            let mut level = parts
+                .iter()
+                .map(|&p| Ok(self.val(p)?.into_vector_value()))
+                .collect::<Result<Vec<_>>>()?;
+            let mut lanes = first.lanes;
+            while level.len() > 1 {
+                let mask: Vec<_> = (0..2 * lanes).map(|l| self.i32_const(l)).collect();
+                let mask = VectorType::const_vector(&mask);
+                level = level
+                    .chunks(2)
+                    .map(|pair| Ok(self.b.build_shuffle_vector(pair[0], pair[1], mask, "")?))
+                    .collect::<Result<Vec<_>>>()?;
+                lanes *= 2;
+            }
+            return Ok(level[0].into());
+        }
+        let mut out = self.llvm_type(to).into_vector_type().get_poison();
+        let mut at = 0;
+        for &p in parts {
+            let (x, t) = (self.val(p)?, self.ty(p));
+            for lane in 0..t.lanes {
+                let x = if t.lanes == 1 {
+                    x
+                } else {
+                    self.b
+                        .build_extract_element(x.into_vector_value(), self.i32_const(lane), "")?
+                };
+                out = self
+                    .b
+                    .build_insert_element(out, x, self.i32_const(at), "")?;
+                at += 1;
+            }
+        }
+        Ok(out.into())
     }
 
     /// Lanes of `x` (of type `t`) reduced to a scalar. A float sum may add in any order (a

@@ -175,6 +175,11 @@ impl KernelBuilder {
         self.inst(Inst::Extract(a, lane))
     }
 
+    /// The lanes of `parts` in order as one vector (see [`Inst::Concat`]).
+    pub fn concat(&mut self, parts: &[Value]) -> Value {
+        self.inst(Inst::Concat(parts.to_vec()))
+    }
+
     /// Reduces `a`'s lanes to a scalar.
     pub fn reduce_lanes(&mut self, op: ReduceOp, a: Value) -> Value {
         self.inst(Inst::ReduceLanes(op, a))

@@ -402,6 +402,10 @@ pub enum Inst {
     Splat(Type, Value),
     /// One lane of a vector.
     Extract(Value, u32),
+    /// The lanes of the operands in order, as one vector: values of one scalar type (a scalar
+    /// counts as one lane) joined lane-wise. Templates use it to fill a wide vector from
+    /// narrower reads that are not contiguous (the code runs of separate quantized blocks).
+    Concat(Vec<Value>),
     /// Reduces a vector's lanes to a scalar.
     ReduceLanes(ReduceOp, Value),
     /// Reads `ty` at element `index` of `buf`; `ty.lanes > 1` reads that many contiguous
@@ -430,7 +434,7 @@ impl Inst {
             Inst::Load { index, .. } => vec![*index],
             Inst::Binary(_, a, b) | Inst::Cmp(_, a, b) => vec![*a, *b],
             Inst::Fma(a, b, c) | Inst::Select(a, b, c) => vec![*a, *b, *c],
-            Inst::Intrinsic(_, args) => args.clone(),
+            Inst::Concat(args) | Inst::Intrinsic(_, args) => args.clone(),
         }
     }
 
@@ -538,6 +542,18 @@ impl Inst {
                 let ta = ty(a)?;
                 expect(*lane < ta.lanes, || format!("lane {lane} out of {ta}"))?;
                 Ok(Type::scalar(ta.scalar))
+            }
+            Inst::Concat(parts) => {
+                let types = parts.iter().map(ty).collect::<Result<Vec<_>, _>>()?;
+                let first = types.first().ok_or("concat of no values")?;
+                expect(types.iter().all(|t| t.scalar == first.scalar), || {
+                    let names: Vec<String> = types.iter().map(Type::to_string).collect();
+                    format!("concat of different scalar types: {}", names.join(", "))
+                })?;
+                Ok(Type::vector(
+                    first.scalar,
+                    types.iter().map(|t| t.lanes).sum(),
+                ))
             }
             Inst::ReduceLanes(op, a) => {
                 let ta = ty(a)?;

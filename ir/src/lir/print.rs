@@ -109,6 +109,7 @@ impl Kernel {
             Inst::Bitcast(_, a) => format!("bitcast {a}"),
             Inst::Splat(_, a) => format!("splat {a}"),
             Inst::Extract(a, lane) => format!("extract {a}, {lane}"),
+            Inst::Concat(parts) => format!("concat {}", values(parts)),
             Inst::ReduceLanes(op, a) => format!("reduce_lanes.{} {a}", snake(op)),
             Inst::Load { buf, index, .. } => format!("load {}[{index}]", self.buffer_name(*buf)),
             Inst::Intrinsic(i, args) => {

@@ -502,3 +502,43 @@ fn half_precision_is_storage_only_without_the_capability() {
     ));
     verify(&arithmetic, &gpu()).unwrap();
 }
+
+/// `Concat` joins values of one scalar type (scalars as one lane) into one vector, and prints
+/// its operands in order.
+#[test]
+fn concat_joins_lanes_of_one_scalar_type() {
+    let k = small(|b, _, _, g| {
+        let q = b.buffer("q", ScalarType::U8, Access::Read);
+        let u32x4 = Type::vector(ScalarType::U32, 4);
+        let lo = b.load_bytes(q, g, u32x4);
+        let hi = b.load_bytes(q, g, u32x4);
+        let word = b.load_bytes(q, g, Type::scalar(ScalarType::U32));
+        b.concat(&[lo, hi, word]);
+        let h = b.load_bytes(q, g, Type::vector(ScalarType::F16, 4));
+        b.concat(&[h, h]);
+    });
+    verify(&k, &cpu()).unwrap();
+    assert_eq!(k.values[4], Type::vector(ScalarType::U32, 9));
+    assert_eq!(k.values[6], Type::vector(ScalarType::F16, 8));
+    let text = k.to_string();
+    assert!(
+        text.contains("%4: u32x9 = concat %1, %2, %3"),
+        "missing the concat in\n{text}"
+    );
+
+    let mixed = small(|b, x, _, g| {
+        let v = b.load(x, g, 4);
+        b.concat(&[v, g]);
+    });
+    let e = verify(&mixed, &cpu()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("concat of different scalar types: f32x4, i64"),
+        "{e}"
+    );
+    let empty = small(|b, _, _, _| {
+        b.concat(&[]);
+    });
+    let e = verify(&empty, &cpu()).unwrap_err();
+    assert!(e.to_string().contains("concat of no values"), "{e}");
+}

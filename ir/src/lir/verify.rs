@@ -307,7 +307,11 @@ impl Scope<'_> {
     fn check_half(&self, inst: &Inst, declared: Type, path: &str) -> Result<(), LirError> {
         let storage = matches!(
             inst,
-            Inst::Load { .. } | Inst::Cast(..) | Inst::Bitcast(..) | Inst::Extract(..)
+            Inst::Load { .. }
+                | Inst::Cast(..)
+                | Inst::Bitcast(..)
+                | Inst::Extract(..)
+                | Inst::Concat(..)
         );
         let half = |t: Type| matches!(t.scalar, ScalarType::F16 | ScalarType::Bf16);
         let computes_half = half(declared)

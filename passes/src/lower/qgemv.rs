@@ -6,14 +6,19 @@
 //!
 //! 1. each lhs row (the prologue evaluated, the norm applied) is quantized to 8 bits per block of
 //!    32 — `d_x = amax/127`, `q = round(x/d_x)`, as llama.cpp's `quantize_row_q8_0` — into
-//!    private memory, once per group;
+//!    private memory, once per group, in the order the dot products read it ([`Layout`]);
 //! 2. each weight block is an integer dot product of its codes with the row's codes, always the
 //!    unsigned × signed [`Intrinsic::Dot4U8I8Packed`] (one `vpdpbusd` on VNNI hosts): Q4_0's
 //!    unsigned 4-bit codes against the signed row, its `−8` offset applied once per block as
 //!    `8·Σq`; for Q8_0 the row is stored offset by +128 and `128·Σw` (a dot product with ones)
-//!    subtracted; scaled by `d_w·d_x` into an f32x4 accumulator. One pass over the blocks serves
-//!    several weight rows (each row's codes loaded once) and all the group's lhs rows (each
-//!    weight block decoded once);
+//!    subtracted; scaled by `d_w·d_x` into an f32 accumulator. The dot products have the
+//!    kernel's vector width ([`Body::lanes`]): four lanes cover half a block's codes, so 16
+//!    lanes (AVX-512) cover the low (or high) halves of a run of four blocks — their code runs,
+//!    unaligned in the 18- or 34-byte GGUF blocks, joined with `Concat` — and the run's scales
+//!    multiply lane by lane; blocks left over after the last whole run take the 128-bit path,
+//!    which is the whole kernel at 4 lanes (Cranelift). One pass over the blocks serves several
+//!    weight rows (each row's codes loaded once) and all the group's lhs rows (each weight run
+//!    decoded once); lanes are reduced once, after it;
 //! 3. the epilogue is evaluated per output element. The matmul columns it reads are found from
 //!    its slices (SwiGLU's `silu(gate)·up` over merged gate/up reads `j` and `j + H`) and computed
 //!    in that one pass; an epilogue that moves elements to other rows (a head split) is written
@@ -42,8 +47,12 @@ pub(super) const GEMM_ROWS: i64 = 4;
 /// `log2` is the shift in [`column_dots`]), so both formats use the unsigned × signed dot product.
 const Q8_OFFSET: i64 = 128;
 
-/// f32x4 vectors (and packed `u32` code words) per block of 32 values.
-const VECTORS_PER_BLOCK: i64 = QK as i64 / 4;
+/// Packed `u32` code words (four codes each) per block of 32 values.
+const WORDS_PER_BLOCK: i64 = QK as i64 / 4;
+
+/// Code words per half block: also the dot product lanes one block takes, its low half in one
+/// dot product and its high half in the next.
+const HALF_WORDS: i64 = WORDS_PER_BLOCK / 2;
 
 /// The byte layout of a weight block format.
 #[derive(Clone, Copy)]
@@ -66,11 +75,53 @@ impl Format {
     }
 }
 
+/// Where a quantized row's blocks sit, for packed dot products of `4·run` lanes (one lane per
+/// four codes, so one vector covers half of each of `run` blocks). The first `runs · run` blocks
+/// are laid out in runs: each run's low-half code words (the codes of its blocks' first 16
+/// values, Q4_0's low nibbles), block after block, then its high-half words, so the activation
+/// operand of either dot product is one contiguous load. The remaining blocks (fewer than
+/// `run`) follow block after block, each its low half then its high half (the layout of a run
+/// of one), for the 128-bit path.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Blocks per wide vector: `Body::lanes / 4`.
+    run: i64,
+    /// Whole runs in the row.
+    runs: i64,
+    /// Blocks in the row.
+    blocks: i64,
+}
+
+impl Layout {
+    fn new(k: i64, lanes: u32) -> Result<Layout, String> {
+        if k % QK as i64 != 0 {
+            return Err(format!("a reduction of {k}, not whole blocks of {QK}"));
+        }
+        let (run, blocks) = (i64::from(lanes / 4).max(1), k / QK as i64);
+        Ok(Layout {
+            run,
+            runs: blocks / run,
+            blocks,
+        })
+    }
+
+    /// Each block's `d_x` is stored this many times: once for 128-bit vectors (a scalar
+    /// multiplies `d_w`), four times for wider ones (one vector load gives a run's scales
+    /// lane by lane).
+    fn scale_stride(self) -> i64 {
+        if self.run > 1 {
+            4
+        } else {
+            1
+        }
+    }
+}
+
 /// The private buffers holding a group's quantized lhs row.
 struct QuantizedRow {
-    /// The 8-bit codes, four per `u32`.
+    /// The 8-bit codes, four per `u32`, in the [`Layout`]'s order.
     codes: BufRef,
-    /// `d_x` per block.
+    /// `d_x` per block, [`Layout::scale_stride`] times.
     scales: BufRef,
     /// Q4_0's offset correction as the integer dot products' starting value: `[−8·Σq, 0, 0, 0]`
     /// per block.
@@ -124,6 +175,7 @@ pub(super) fn lower(
     let last_row = b.sub(total_rows, one);
     let per_group = b.const_i(rows_per_group);
     let first_row = b.mul(row_group, per_group);
+    let layout = Layout::new(k, body.lanes)?;
     let mut rows = Vec::new();
     for r in 0..rows_per_group {
         let r = b.const_i(r);
@@ -131,11 +183,11 @@ pub(super) fn lower(
         let clamped = b.binary(BinaryOp::Min, row, last_row);
         let lead_idx = body.symbols.unravel(b, clamped, lead)?;
         let source = row_source(b, body, m, k, clamped, &lead_idx)?;
-        let q = quantize_row(b, &source, k, format)?;
+        let q = quantize_row(b, &source, layout, format, body.lanes)?;
         rows.push((row, lead_idx, q));
     }
     let quantized: Vec<&QuantizedRow> = rows.iter().map(|(_, _, q)| q).collect();
-    let weight = (w, format, k);
+    let weight = (w, format, layout);
     // The matmul columns an output column reads, as offsets from it: known for the scatter
     // path and for epilogues of elementwise ops and last-axis slices (SwiGLU reads j and j + H).
     // Their dot products share the row's loads in one pass over the blocks; a lone column is
@@ -244,31 +296,29 @@ fn when(
     result
 }
 
-/// Quantizes the row read from `src` block by block into private codes, scales and (for Q4_0)
-/// offset corrections.
+/// Quantizes the row read from `src` block by block into private codes (in `layout`'s order),
+/// scales and (for Q4_0) offset corrections, computing in vectors of `lanes`.
 fn quantize_row(
     b: &mut KernelBuilder,
     src: &RowSource,
-    k: i64,
+    layout: Layout,
     format: Format,
+    lanes: u32,
 ) -> Result<QuantizedRow, String> {
-    if k % QK as i64 != 0 {
-        return Err(format!("a reduction of {k}, not whole blocks of {QK}"));
-    }
-    let blocks = k / QK as i64;
     let len = |n: i64| u32::try_from(n).map_err(|_| "a reduction longer than u32".to_string());
+    let blocks = layout.blocks;
     let row = QuantizedRow {
         codes: b.local(
             "x_codes",
             MemorySpace::Private,
             ScalarType::U32,
-            len(k / 4)?,
+            len(blocks * WORDS_PER_BLOCK)?,
         ),
         scales: b.local(
             "x_scales",
             MemorySpace::Private,
             ScalarType::F32,
-            len(blocks)?,
+            len(blocks * layout.scale_stride())?,
         ),
         offsets: b.local(
             "x_offsets",
@@ -277,35 +327,139 @@ fn quantize_row(
             len(blocks * 4)?,
         ),
     };
-    let zero = b.const_i(0);
-    let blocks_v = b.const_i(blocks);
-    let qk = b.const_i(QK as i64);
-    let words_per_block = b.const_i(VECTORS_PER_BLOCK);
-    let (fzero, f127) = (b.const_f(0.0), b.const_f(127.0));
-    let minus_eight = b.constant(Type::scalar(ScalarType::I32), Literal::I(-8));
-    let izero = b.constant(Type::scalar(ScalarType::I32), Literal::I(0));
-    let (half, neg_half) = (b.const_f(0.5), b.const_f(-0.5));
-    let (half, neg_half, fzero4) = (b.splat(half, 4), b.splat(neg_half, 4), b.splat(fzero, 4));
-    let byte = b.constant(Type::scalar(ScalarType::I32), Literal::I(0xff));
-    let byte = b.splat(byte, 4);
-    let offset = b.constant(Type::scalar(ScalarType::I32), Literal::I(Q8_OFFSET));
-    let offset = b.splat(offset, 4);
-    let shifts: Vec<Value> = (0..4)
-        .map(|l| b.constant(Type::scalar(ScalarType::I32), Literal::I(8 * l)))
-        .collect();
-    for_each(b, zero, blocks_v, |b, j| {
-        let first = b.mul(j, qk);
-        let values: Vec<Value> = (0..VECTORS_PER_BLOCK)
+    let quantize = BlockQuantizer::new(b, src, &row, layout, format, lanes);
+    let run = layout.run;
+    let (zero, runs) = (b.const_i(0), b.const_i(layout.runs));
+    let run_words = b.const_i(WORDS_PER_BLOCK * run);
+    for_each(b, zero, runs, |b, r| {
+        let first = plus(b, r, run, 0);
+        let words = b.mul(r, run_words);
+        for s in 0..run {
+            let j = plus(b, first, 1, s);
+            let lo = plus(b, words, 1, HALF_WORDS * s);
+            let hi = b.const_i(HALF_WORDS * run);
+            let hi = b.add(lo, hi);
+            quantize.block(b, j, lo, hi);
+        }
+        Ok(())
+    })?;
+    if layout.runs * run < blocks {
+        let (first, end) = (b.const_i(layout.runs * run), b.const_i(blocks));
+        let (words, half) = (b.const_i(WORDS_PER_BLOCK), b.const_i(HALF_WORDS));
+        for_each(b, first, end, |b, j| {
+            let lo = b.mul(j, words);
+            let hi = b.add(lo, half);
+            quantize.block(b, j, lo, hi);
+            Ok(())
+        })?;
+    }
+    Ok(row)
+}
+
+/// `v·scale + offset`, leaving out a multiplication by 1 and an addition of 0: with runs of one
+/// block (the 128-bit path) the kernel stays the per-block loop it was, without relying on a
+/// backend to fold them.
+fn plus(b: &mut KernelBuilder, v: Value, scale: i64, offset: i64) -> Value {
+    let v = if scale == 1 {
+        v
+    } else {
+        let scale = b.const_i(scale);
+        b.mul(v, scale)
+    };
+    if offset == 0 {
+        v
+    } else {
+        let offset = b.const_i(offset);
+        b.add(v, offset)
+    }
+}
+
+/// Quantizes one block of a row (llama.cpp's `quantize_row_q8_0` rule) in vectors of `lanes`,
+/// with the constants it needs made once.
+struct BlockQuantizer {
+    src_buf: BufRef,
+    src_base: Value,
+    norm: Option<(Value, BufRef)>,
+    codes: BufRef,
+    scales: BufRef,
+    offsets: BufRef,
+    nibbles: bool,
+    lanes: u32,
+    scale_stride: i64,
+    qk: Value,
+    fzero: Value,
+    f127: Value,
+    minus_eight: Value,
+    izero: Value,
+    half: Value,
+    neg_half: Value,
+    fzero_v: Value,
+    offset: Value,
+    /// 128-bit vectors only: the byte mask and lane shifts that pack four lanes into a word
+    /// (Cranelift has no 32-bit `u8x4` to narrow into).
+    pack: Option<(Value, Vec<Value>)>,
+}
+
+impl BlockQuantizer {
+    fn new(
+        b: &mut KernelBuilder,
+        src: &RowSource,
+        row: &QuantizedRow,
+        layout: Layout,
+        format: Format,
+        lanes: u32,
+    ) -> BlockQuantizer {
+        let int = |b: &mut KernelBuilder, v: i64| {
+            b.constant(Type::scalar(ScalarType::I32), Literal::I(v))
+        };
+        let (fzero, f127) = (b.const_f(0.0), b.const_f(127.0));
+        let (half, neg_half) = (b.const_f(0.5), b.const_f(-0.5));
+        let offset = int(b, Q8_OFFSET);
+        let pack = (lanes == 4).then(|| {
+            let byte = int(b, 0xff);
+            let byte = b.splat(byte, 4);
+            let shifts = (0..4).map(|l| int(b, 8 * l)).collect();
+            (byte, shifts)
+        });
+        BlockQuantizer {
+            src_buf: src.buf,
+            src_base: src.base,
+            norm: src.norm,
+            codes: row.codes,
+            scales: row.scales,
+            offsets: row.offsets,
+            nibbles: format.nibbles,
+            lanes,
+            scale_stride: layout.scale_stride(),
+            qk: b.const_i(QK as i64),
+            fzero,
+            f127,
+            minus_eight: int(b, -8),
+            izero: int(b, 0),
+            half: b.splat(half, lanes),
+            neg_half: b.splat(neg_half, lanes),
+            fzero_v: b.splat(fzero, lanes),
+            offset: b.splat(offset, lanes),
+            pack,
+        }
+    }
+
+    /// Quantizes block `j`, storing its low-half code words from word `lo` and its high-half
+    /// ones from word `hi`.
+    fn block(&self, b: &mut KernelBuilder, j: Value, lo: Value, hi: Value) {
+        let lanes = self.lanes;
+        let first = b.mul(j, self.qk);
+        let values: Vec<Value> = (0..QK as u32 / lanes)
             .map(|v| {
-                let off = b.const_i(v * 4);
+                let off = b.const_i(i64::from(v * lanes));
                 let i = b.add(first, off);
-                let at = b.add(src.base, i);
-                let x = load_f32(b, src.buf, at, 4);
-                match src.norm {
+                let at = b.add(self.src_base, i);
+                let x = load_f32(b, self.src_buf, at, lanes);
+                match self.norm {
                     Some((r, g)) => {
-                        let r = b.splat(r, 4);
+                        let r = b.splat(r, lanes);
                         let xr = b.mul(x, r);
-                        let gv = load_f32(b, g, i, 4);
+                        let gv = load_f32(b, g, i, lanes);
                         b.mul(xr, gv)
                     }
                     None => x,
@@ -320,173 +474,283 @@ fn quantize_row(
             .reduce(|a, c| b.binary(BinaryOp::Max, a, c))
             .expect("a block has vectors");
         let amax = b.reduce_lanes(ReduceOp::Max, amax);
-        let d = b.div(amax, f127);
-        b.store(row.scales, j, d);
-        let positive = b.cmp(CmpOp::Gt, amax, fzero);
-        let inv = b.div(f127, amax);
-        let inv = b.select(positive, inv, fzero);
-        let inv = b.splat(inv, 4);
-        let words = b.mul(j, words_per_block);
+        let d = b.div(amax, self.f127);
+        let stride = b.const_i(self.scale_stride);
+        let scale_at = b.mul(j, stride);
+        let stored = if self.scale_stride > 1 {
+            b.splat(d, self.scale_stride as u32)
+        } else {
+            d
+        };
+        b.store(self.scales, scale_at, stored);
+        let positive = b.cmp(CmpOp::Gt, amax, self.fzero);
+        let inv = b.div(self.f127, amax);
+        let inv = b.select(positive, inv, self.fzero);
+        let inv = b.splat(inv, lanes);
         let mut sum = None;
+        let words = i64::from(lanes / 4);
         for (v, &x) in values.iter().enumerate() {
             // Round half away from zero: truncate x/d ± 0.5.
-            let negative = b.cmp(CmpOp::Lt, x, fzero4);
-            let bias = b.select(negative, neg_half, half);
+            let negative = b.cmp(CmpOp::Lt, x, self.fzero_v);
+            let bias = b.select(negative, self.neg_half, self.half);
             let scaled = b.fma(x, inv, bias);
             let q = b.cast(ScalarType::I32, scaled);
             sum = Some(match sum {
                 None => q,
                 Some(s) => b.add(s, q),
             });
-            let code = if format.nibbles { q } else { b.add(q, offset) };
-            let bytes = b.binary(BinaryOp::And, code, byte);
-            let word = (0..4)
-                .map(|l| {
-                    let lane = b.extract(bytes, l);
-                    b.binary(BinaryOp::Shl, lane, shifts[l as usize])
-                })
-                .collect::<Vec<_>>()
-                .into_iter()
-                .reduce(|a, c| b.binary(BinaryOp::Or, a, c))
-                .expect("four lanes");
-            let word = b.bitcast(ScalarType::U32, 1, word);
-            let v = b.const_i(v as i64);
-            let at = b.add(words, v);
-            b.store(row.codes, at, word);
+            let code = if self.nibbles {
+                q
+            } else {
+                b.add(q, self.offset)
+            };
+            let packed = match &self.pack {
+                Some((byte, shifts)) => {
+                    let bytes = b.binary(BinaryOp::And, code, *byte);
+                    let word = (0..4)
+                        .map(|l| {
+                            let lane = b.extract(bytes, l);
+                            b.binary(BinaryOp::Shl, lane, shifts[l as usize])
+                        })
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .reduce(|a, c| b.binary(BinaryOp::Or, a, c))
+                        .expect("four lanes");
+                    b.bitcast(ScalarType::U32, 1, word)
+                }
+                None => {
+                    let bytes = b.cast(ScalarType::U8, code);
+                    b.bitcast(ScalarType::U32, lanes / 4, bytes)
+                }
+            };
+            // Word `w` of the block: the first four are its low half, the next its high half.
+            let w = v as i64 * words;
+            let (half, within) = (if w < 4 { lo } else { hi }, b.const_i(w % 4));
+            let at = b.add(half, within);
+            b.store(self.codes, at, packed);
         }
-        if format.nibbles {
+        if self.nibbles {
             let total = b.reduce_lanes(ReduceOp::Add, sum.expect("a block has vectors"));
-            let offset = b.mul(total, minus_eight);
+            let offset = b.mul(total, self.minus_eight);
             let four = b.const_i(4);
             let at = b.mul(j, four);
-            b.store(row.offsets, at, offset);
+            b.store(self.offsets, at, offset);
             for lane in 1..4 {
                 let l = b.const_i(lane);
                 let at = b.add(at, l);
-                b.store(row.offsets, at, izero);
+                b.store(self.offsets, at, self.izero);
             }
         }
-        Ok(())
-    })?;
-    Ok(row)
+    }
 }
 
 /// The dot products of the quantized lhs rows `rows` with weight rows `cols` (`[row][col]`), in
 /// one pass over the blocks: each weight block is decoded once for all rows and each row's codes
-/// loaded once for all columns; per block, row and column, an integer dot product of the codes
-/// (Q4_0's starting at the row's offset correction) scaled by `d_w·d_x`, in an f32x4
-/// accumulator.
+/// loaded once for all columns. The whole runs of the [`Layout`] go through dot products of
+/// `4·run` lanes, the remaining blocks through 128-bit ones; the lanes are reduced at the end.
 fn column_dots(
     b: &mut KernelBuilder,
-    (w, format, k): (BufRef, Format, i64),
+    (w, format, layout): (BufRef, Format, Layout),
     rows: &[&QuantizedRow],
     cols: &[Value],
 ) -> Result<Vec<Vec<Value>>, String> {
-    let blocks = k / QK as i64;
-    let row_bytes = b.const_i(blocks * format.block_bytes);
-    let block_bytes = b.const_i(format.block_bytes);
-    let zero = b.const_i(0);
-    let blocks_v = b.const_i(blocks);
-    let fzero = b.const_f(0.0);
-    let acc0 = b.splat(fzero, 4);
-    let izero = b.constant(Type::scalar(ScalarType::I32), Literal::I(0));
-    let izero = b.splat(izero, 4);
-    let words_per_block = b.const_i(VECTORS_PER_BLOCK);
-    let (two, four, sixteen) = (b.const_i(2), b.const_i(4), b.const_i(16));
-    let u32x4 = Type::vector(ScalarType::U32, 4);
-    let byte = |b: &mut KernelBuilder, v: i64| {
-        let c = b.constant(Type::scalar(ScalarType::U8), Literal::I(v));
-        b.splat(c, 16)
-    };
-    let (low_nibble, nibble_shift) = (byte(b, 0x0f), byte(b, 4));
-    let ones = byte(b, 1);
-    let ones = b.bitcast(ScalarType::U32, 4, ones);
-    let offset_shift = Literal::I(i64::from(Q8_OFFSET.trailing_zeros()));
-    let offset_shift = b.constant(Type::scalar(ScalarType::I32), offset_shift);
-    let offset_shift = b.splat(offset_shift, 4);
-    let (nr, nc) = (rows.len(), cols.len());
-    let mut init = vec![acc0; nr * nc];
-    for &c in cols {
-        init.push(b.mul(c, row_bytes));
-    }
-    let carried = fold_many(b, (zero, blocks_v, 1), &init, |b, j, carried| {
-        let x_at = b.mul(j, words_per_block);
-        let x_hi_at = b.add(x_at, four);
-        let offset_at = b.mul(j, four);
-        let xs: Vec<_> = rows
-            .iter()
-            .map(|q| {
-                let dx = b.load(q.scales, j, 1);
-                let lo = b.load(q.codes, x_at, 4);
-                let hi = b.load(q.codes, x_hi_at, 4);
-                let offset = format.nibbles.then(|| b.load(q.offsets, offset_at, 4));
-                (dx, lo, hi, offset)
-            })
-            .collect();
-        let mut next = carried.to_vec();
-        for i in 0..nc {
-            let at = carried[nr * nc + i];
-            let dw = block_scale(b, w, at);
-            let codes_at = b.add(at, two);
-            // The block's codes as two u32x4 (Q4_0: the low and high nibbles) and, for Q8_0,
-            // 128·Σw (the row offset's correction).
-            let (lo, hi, correction) = if format.nibbles {
-                let packed = b.load_bytes(w, codes_at, Type::vector(ScalarType::U8, 16));
-                let lo = b.binary(BinaryOp::And, packed, low_nibble);
-                let hi = b.binary(BinaryOp::Shr, packed, nibble_shift);
-                let lo = b.bitcast(ScalarType::U32, 4, lo);
-                (lo, b.bitcast(ScalarType::U32, 4, hi), None)
-            } else {
-                let lo = b.load_bytes(w, codes_at, u32x4);
-                let hi_at = b.add(codes_at, sixteen);
-                let hi = b.load_bytes(w, hi_at, u32x4);
-                let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, lo, izero]);
-                let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, hi, sw]);
-                (lo, hi, Some(b.binary(BinaryOp::Shl, sw, offset_shift)))
-            };
-            for (r, &(dx, x_lo, x_hi, offset)) in xs.iter().enumerate() {
-                let isum = match (offset, correction) {
-                    (Some(offset), _) => {
-                        let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[lo, x_lo, offset]);
-                        b.intrinsic(Intrinsic::Dot4U8I8Packed, &[hi, x_hi, s])
-                    }
-                    (None, Some(sw)) => {
-                        // Σ(q + 128)·w − 128·Σw, both unsigned × signed.
-                        let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_lo, lo, izero]);
-                        let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_hi, hi, s]);
-                        b.sub(s, sw)
-                    }
-                    (None, None) => unreachable!("Q8_0 blocks have a correction"),
-                };
-                let d = b.mul(dw, dx);
-                let sum = b.cast(ScalarType::F32, isum);
-                let dv = b.splat(d, 4);
-                next[r * nc + i] = b.fma(sum, dv, carried[r * nc + i]);
-            }
-            next[nr * nc + i] = b.add(at, block_bytes);
+    let row_bytes = b.const_i(layout.blocks * format.block_bytes);
+    let mut ats: Vec<Value> = cols.iter().map(|&c| b.mul(c, row_bytes)).collect();
+    let mut totals: Vec<Option<Value>> = vec![None; rows.len() * cols.len()];
+    let run = layout.run;
+    let parts = [(run, 0, layout.runs), (1, layout.runs * run, layout.blocks)];
+    for (run, start, end) in parts {
+        if start == end {
+            continue;
         }
-        Ok(next)
-    })?;
-    Ok(carried[..nr * nc]
-        .chunks(nc)
-        .map(|row| {
-            row.iter()
-                .map(|&acc| b.reduce_lanes(ReduceOp::Add, acc))
-                .collect()
-        })
+        let step = RunStep {
+            w,
+            format,
+            run,
+            scale_stride: layout.scale_stride(),
+        };
+        let carried = step.fold(b, rows, &ats, (start, end))?;
+        let (accs, next) = carried.split_at(totals.len());
+        for (total, &acc) in totals.iter_mut().zip(accs) {
+            let sum = b.reduce_lanes(ReduceOp::Add, acc);
+            *total = Some(match *total {
+                None => sum,
+                Some(t) => b.add(t, sum),
+            });
+        }
+        ats = next.to_vec();
+    }
+    Ok(totals
+        .chunks(cols.len())
+        .map(|row| row.iter().map(|t| t.expect("a row has blocks")).collect())
         .collect())
 }
 
-/// The f16 scale `d` starting at byte `at` of a block, as f32, in integer ops: exponent and
-/// mantissa shifted into place with the sign, then rescaled by 2^112 (which also normalizes
-/// subnormals). Exact for finite scales — quantizing finite weights only produces finite ones,
-/// and `compile --quant` refuses non-finite weights — and 8 instructions where the general
-/// conversion (`Cast`, which also rebuilds infinities and NaNs) takes 16. Reads 4 bytes: the
-/// scale and the block's first two code bytes.
-fn block_scale(b: &mut KernelBuilder, w: BufRef, at: Value) -> Value {
-    let int =
-        |b: &mut KernelBuilder, v: i64| b.constant(Type::scalar(ScalarType::I32), Literal::I(v));
-    let word = b.load_bytes(w, at, Type::scalar(ScalarType::I32));
+/// One loop of [`column_dots`] over runs of `run` blocks (a run of one: the 128-bit path).
+struct RunStep {
+    w: BufRef,
+    format: Format,
+    run: i64,
+    scale_stride: i64,
+}
+
+impl RunStep {
+    /// Loops over `start..end` (runs, or single blocks for a run of one) carrying an f32
+    /// accumulator of `4·run` lanes per row and column, then each column's byte offset (from
+    /// `ats`); returns them after the loop. Per run, row and column: an integer dot product of
+    /// the codes (Q4_0's starting at the row's offset correction) scaled by `d_w·d_x` lane by
+    /// lane.
+    fn fold(
+        &self,
+        b: &mut KernelBuilder,
+        rows: &[&QuantizedRow],
+        ats: &[Value],
+        (start, end): (i64, i64),
+    ) -> Result<Vec<Value>, String> {
+        let (run, format, w) = (self.run, self.format, self.w);
+        let lanes = (HALF_WORDS * run) as u32;
+        let block_bytes = format.block_bytes;
+        let run_bytes = b.const_i(run * block_bytes);
+        let (start, end) = (b.const_i(start), b.const_i(end));
+        let fzero = b.const_f(0.0);
+        let acc0 = b.splat(fzero, lanes);
+        let izero = b.constant(Type::scalar(ScalarType::I32), Literal::I(0));
+        let izero = b.splat(izero, lanes);
+        let (run_words, half_words) = (
+            b.const_i(WORDS_PER_BLOCK * run),
+            b.const_i(HALF_WORDS * run),
+        );
+        let (run_lanes, scale_stride) = (b.const_i(HALF_WORDS * run), b.const_i(self.scale_stride));
+        let (two, sixteen) = (b.const_i(2), b.const_i(16));
+        let u32x4 = Type::vector(ScalarType::U32, 4);
+        let byte = |b: &mut KernelBuilder, v: i64| {
+            let c = b.constant(Type::scalar(ScalarType::U8), Literal::I(v));
+            b.splat(c, 4 * lanes)
+        };
+        let (low_nibble, nibble_shift) = (byte(b, 0x0f), byte(b, 4));
+        let ones = byte(b, 1);
+        let ones = b.bitcast(ScalarType::U32, lanes, ones);
+        let offset_shift = Literal::I(i64::from(Q8_OFFSET.trailing_zeros()));
+        let offset_shift = b.constant(Type::scalar(ScalarType::I32), offset_shift);
+        let offset_shift = b.splat(offset_shift, lanes);
+        let (nr, nc) = (rows.len(), ats.len());
+        let mut init = vec![acc0; nr * nc];
+        init.extend_from_slice(ats);
+        fold_many(b, (start, end, 1), &init, |b, j, carried| {
+            let x_at = b.mul(j, run_words);
+            let x_hi_at = b.add(x_at, half_words);
+            let offset_at = b.mul(j, run_lanes);
+            let xs: Vec<_> = rows
+                .iter()
+                .map(|q| {
+                    // d_x: one scalar per block, or a run's scales lane by lane.
+                    let dx = if run > 1 {
+                        b.load(q.scales, offset_at, lanes)
+                    } else {
+                        let at = b.mul(j, scale_stride);
+                        b.load(q.scales, at, 1)
+                    };
+                    let lo = b.load(q.codes, x_at, lanes);
+                    let hi = b.load(q.codes, x_hi_at, lanes);
+                    let offset = format.nibbles.then(|| b.load(q.offsets, offset_at, lanes));
+                    (dx, lo, hi, offset)
+                })
+                .collect();
+            let mut next = carried.to_vec();
+            for i in 0..nc {
+                let at = carried[nr * nc + i];
+                let blocks: Vec<Value> =
+                    (0..run).map(|s| plus(b, at, 1, s * block_bytes)).collect();
+                let dw = block_scales(b, w, &blocks);
+                let codes: Vec<Value> = blocks.iter().map(|&at| b.add(at, two)).collect();
+                // The run's codes as two u32 vectors (Q4_0: the low and high nibbles, Q8_0:
+                // each block's first and last 16 bytes) and, for Q8_0, 128·Σw (the row
+                // offset's correction).
+                let (lo, hi, correction) = if format.nibbles {
+                    let packed = gather(b, w, &codes, Type::vector(ScalarType::U8, 16));
+                    let lo = b.binary(BinaryOp::And, packed, low_nibble);
+                    let hi = b.binary(BinaryOp::Shr, packed, nibble_shift);
+                    let lo = b.bitcast(ScalarType::U32, lanes, lo);
+                    (lo, b.bitcast(ScalarType::U32, lanes, hi), None)
+                } else {
+                    let lo = gather(b, w, &codes, u32x4);
+                    let his: Vec<Value> = codes.iter().map(|&at| b.add(at, sixteen)).collect();
+                    let hi = gather(b, w, &his, u32x4);
+                    let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, lo, izero]);
+                    let sw = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[ones, hi, sw]);
+                    (lo, hi, Some(b.binary(BinaryOp::Shl, sw, offset_shift)))
+                };
+                for (r, &(dx, x_lo, x_hi, offset)) in xs.iter().enumerate() {
+                    let isum = match (offset, correction) {
+                        (Some(offset), _) => {
+                            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[lo, x_lo, offset]);
+                            b.intrinsic(Intrinsic::Dot4U8I8Packed, &[hi, x_hi, s])
+                        }
+                        (None, Some(sw)) => {
+                            // Σ(q + 128)·w − 128·Σw, both unsigned × signed.
+                            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_lo, lo, izero]);
+                            let s = b.intrinsic(Intrinsic::Dot4U8I8Packed, &[x_hi, hi, s]);
+                            b.sub(s, sw)
+                        }
+                        (None, None) => unreachable!("Q8_0 blocks have a correction"),
+                    };
+                    let d = b.mul(dw, dx);
+                    let sum = b.cast(ScalarType::F32, isum);
+                    let d = if run > 1 { d } else { b.splat(d, lanes) };
+                    next[r * nc + i] = b.fma(sum, d, carried[r * nc + i]);
+                }
+                next[nr * nc + i] = b.add(at, run_bytes);
+            }
+            Ok(next)
+        })
+    }
+}
+
+/// A `ty` read at each byte offset of `ats` in `w`, joined in order into one vector.
+fn gather(b: &mut KernelBuilder, w: BufRef, ats: &[Value], ty: Type) -> Value {
+    let parts: Vec<Value> = ats.iter().map(|&at| b.load_bytes(w, at, ty)).collect();
+    match parts[..] {
+        [one] => one,
+        _ => b.concat(&parts),
+    }
+}
+
+/// The f16 scales `d` of the blocks starting at bytes `ats`, as f32: a scalar for one block,
+/// else each block's over four lanes. In integer ops: exponent and mantissa shifted into place
+/// with the sign, then rescaled by 2^112 (which also normalizes subnormals). Exact for finite
+/// scales — quantizing finite weights only produces finite ones, and `compile --quant` refuses
+/// non-finite weights — and 8 instructions where the general conversion (`Cast`, which also
+/// rebuilds infinities and NaNs) takes 16. Reads 4 bytes per block: the scale and the block's
+/// first two code bytes.
+fn block_scales(b: &mut KernelBuilder, w: BufRef, ats: &[Value]) -> Value {
+    let lanes = if ats.len() > 1 {
+        4 * ats.len() as u32
+    } else {
+        1
+    };
+    let int = |b: &mut KernelBuilder, v: i64| {
+        let c = b.constant(Type::scalar(ScalarType::I32), Literal::I(v));
+        if lanes > 1 {
+            b.splat(c, lanes)
+        } else {
+            c
+        }
+    };
+    let words: Vec<Value> = ats
+        .iter()
+        .map(|&at| {
+            let word = b.load_bytes(w, at, Type::scalar(ScalarType::I32));
+            if lanes > 1 {
+                b.splat(word, 4)
+            } else {
+                word
+            }
+        })
+        .collect();
+    let word = match words[..] {
+        [one] => one,
+        _ => b.concat(&words),
+    };
     let (magnitude_mask, sign_mask) = (int(b, 0x7fff), int(b, 0x8000));
     let (thirteen, sixteen) = (int(b, 13), int(b, 16));
     let magnitude = b.binary(BinaryOp::And, word, magnitude_mask);
@@ -494,7 +758,12 @@ fn block_scale(b: &mut KernelBuilder, w: BufRef, at: Value) -> Value {
     let sign = b.binary(BinaryOp::And, word, sign_mask);
     let sign = b.binary(BinaryOp::Shl, sign, sixteen);
     let bits = b.binary(BinaryOp::Or, magnitude, sign);
-    let f = b.bitcast(ScalarType::F32, 1, bits);
+    let f = b.bitcast(ScalarType::F32, lanes, bits);
     let rescale = b.const_f(2f64.powi(112));
+    let rescale = if lanes > 1 {
+        b.splat(rescale, lanes)
+    } else {
+        rescale
+    };
     b.mul(f, rescale)
 }
