@@ -135,6 +135,16 @@ impl<'a> Attention<'a> {
         [batch.clone(), hkv.clone(), s.clone()]
     }
 
+    /// A grid of one group per query row (times `splits` along y) and this launch's group.
+    fn launch(&self, b: &mut KernelBuilder, splits: u32) -> Result<Group, String> {
+        b.grid([
+            self.body.symbols.numel_size(&self.rows())?,
+            SizeExpr::Const(u64::from(splits)),
+            SizeExpr::Const(1),
+        ]);
+        self.group(b)
+    }
+
     /// The group of `GroupId(X)`, its state initialized (accumulators 0, max −∞, sum 0).
     fn group(&self, b: &mut KernelBuilder) -> Result<Group, String> {
         let row = b.special(Special::GroupId(Axis::X));
@@ -395,12 +405,7 @@ fn finite_or_zero(b: &mut KernelBuilder, m: Value) -> Value {
 /// storing to `out`.
 pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(), String> {
     let att = Attention::of(body)?;
-    b.grid([
-        body.symbols.numel_size(&att.rows())?,
-        SizeExpr::Const(1),
-        SizeExpr::Const(1),
-    ]);
-    let g = att.group(b)?;
+    let g = att.launch(b, 1)?;
     let (lo, hi) = att.visible(b, &g)?;
     att.sweep(b, &g, lo, hi)?;
     att.finish(b, &g, out)
@@ -421,11 +426,10 @@ pub(super) fn lower_split(steps: &Steps, splits: u32) -> Result<lir::Program, St
             let rows = body.symbols.numel_size(&att.rows())?;
             let per_row = att.heads * splits * att.partial_len();
             scratch_len = Some(SizeExpr::Mul(
-                Box::new(rows.clone()),
+                Box::new(rows),
                 Box::new(SizeExpr::Const(u64::from(per_row))),
             ));
-            b.grid([rows, SizeExpr::Const(u64::from(splits)), SizeExpr::Const(1)]);
-            let g = att.group(b)?;
+            let g = att.launch(b, splits)?;
             let (lo, hi) = att.visible(b, &g)?;
             // Splits of ⌈len / splits⌉ keys each.
             let zero = b.const_i(0);
@@ -472,12 +476,7 @@ pub(super) fn lower_split(steps: &Steps, splits: u32) -> Result<lir::Program, St
         &[("partials", ScalarType::F32, Access::Read)],
         |b, body, out, scratch| {
             let att = Attention::of(body)?;
-            b.grid([
-                body.symbols.numel_size(&att.rows())?,
-                SizeExpr::Const(1),
-                SizeExpr::Const(1),
-            ]);
-            let g = att.group(b)?;
+            let g = att.launch(b, 1)?;
             let partials = scratch[0];
             let weights = b.local("weights", MemorySpace::Private, ScalarType::F32, splits);
             let (zero, one) = (b.const_i(0), b.const_i(1));

@@ -4,7 +4,7 @@
 //! templates whose epilogue remaps indices (see [`lower_with`]).
 
 use super::expr::{for_each, Body, Hook};
-use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, SizeExpr, Special};
+use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, SizeExpr, Special, Value};
 
 /// Output elements per group: enough work to amortize a group's dispatch on a CPU thread pool.
 pub(super) const CHUNK: u32 = 256;
@@ -36,15 +36,27 @@ pub(super) fn lower_with(
     let zero = b.const_i(0);
     for_each(b, zero, chunk, |b, i| {
         let e = b.add(base, i);
-        let inside = b.cmp(CmpOp::Lt, e, n);
-        let mut failure = Ok(());
-        b.if_then(inside, |b| {
-            failure = body
-                .symbols
-                .unravel(b, e, shape)
-                .and_then(|idx| body.value(b, body.result(), &idx, hook))
-                .map(|v| b.store(out, e, v));
-        });
-        failure
+        store_element(b, body, out, (e, n), hook)
     })
+}
+
+/// Evaluates the body's result at its linear element `e`, when `e < n`, and stores it there.
+pub(super) fn store_element(
+    b: &mut KernelBuilder,
+    body: &Body,
+    out: BufRef,
+    (e, n): (Value, Value),
+    hook: Option<Hook>,
+) -> Result<(), String> {
+    let shape = &body.ty(body.result()).shape;
+    let inside = b.cmp(CmpOp::Lt, e, n);
+    let mut failure = Ok(());
+    b.if_then(inside, |b| {
+        failure = body
+            .symbols
+            .unravel(b, e, shape)
+            .and_then(|idx| body.value(b, body.result(), &idx, hook))
+            .map(|v| b.store(out, e, v));
+    });
+    failure
 }

@@ -82,16 +82,8 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
         SizeExpr::Const(cols as u64).ceil_div(PANEL as u64),
         SizeExpr::Const(1),
     ]);
-    let m_block = b.special(Special::GroupId(Axis::X));
     let panel = b.special(Special::GroupId(Axis::Y));
-    let rows_v = body.symbols.numel(b, g.lead())?;
-    let one = b.const_i(1);
-    let last_row = b.sub(rows_v, one);
-    let mr = b.const_i(MR as i64);
-    let m0 = b.mul(m_block, mr);
-    let rows = (0..MR)
-        .map(|i| row(b, &g, m0, i, last_row))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (rows, rows_v) = block_rows(b, &g)?;
 
     let panel_v = b.const_i(PANEL);
     let n0 = b.mul(panel, panel_v);
@@ -164,15 +156,7 @@ fn whole_rows(b: &mut KernelBuilder, g: &Gemv, out: BufRef) -> Result<(), String
         SizeExpr::Const(1),
     ]);
     let tile = b.local("rows", MemorySpace::Private, ScalarType::F32, len);
-    let m_block = b.special(Special::GroupId(Axis::X));
-    let rows_v = body.symbols.numel(b, g.lead())?;
-    let one = b.const_i(1);
-    let last_row = b.sub(rows_v, one);
-    let mr = b.const_i(MR as i64);
-    let m0 = b.mul(m_block, mr);
-    let rows = (0..MR)
-        .map(|i| row(b, g, m0, i, last_row))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (rows, rows_v) = block_rows(b, g)?;
     let (zero, n_v, k_v) = (b.const_i(0), b.const_i(n), b.const_i(g.k));
     let last_col = b.const_i(n - 1);
     let mut failure = Ok(());
@@ -221,6 +205,20 @@ fn whole_rows(b: &mut KernelBuilder, g: &Gemv, out: BufRef) -> Result<(), String
         stored?;
     }
     Ok(())
+}
+
+/// The MR rows of the block of `GroupId(X)` and the matmul's row count.
+fn block_rows(b: &mut KernelBuilder, g: &Gemv) -> Result<(Vec<Row>, Value), String> {
+    let m_block = b.special(Special::GroupId(Axis::X));
+    let rows_v = g.body.symbols.numel(b, g.lead())?;
+    let one = b.const_i(1);
+    let last_row = b.sub(rows_v, one);
+    let mr = b.const_i(MR as i64);
+    let m0 = b.mul(m_block, mr);
+    let rows = (0..MR)
+        .map(|i| row(b, g, m0, i, last_row))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((rows, rows_v))
 }
 
 /// Row `i` of the block starting at row `m0`: its indices, clamped to `last_row`, and where its

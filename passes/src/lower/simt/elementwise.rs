@@ -3,9 +3,10 @@
 //! evaluating the whole body per element with broadcasting inputs (the tail guarded). Also
 //! serves `Layout` kernels as a gathering copy.
 
+use super::super::elementwise::store_element;
 use super::super::expr::Body;
 use super::WORKGROUP;
-use tessera_ir::lir::{Axis, BufRef, CmpOp, KernelBuilder, SizeExpr, Special};
+use tessera_ir::lir::{Axis, BufRef, KernelBuilder, SizeExpr, Special};
 
 /// Output elements per thread: fewer workgroups (a grid axis holds at most 65,535 on many
 /// devices, so up to 67M elements here) and the index math shared across them.
@@ -29,16 +30,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     for item in 0..ITEMS {
         let offset = b.const_i(i64::from(item * WORKGROUP));
         let e = b.add(first, offset);
-        let inside = b.cmp(CmpOp::Lt, e, n);
-        let mut failure = Ok(());
-        b.if_then(inside, |b| {
-            failure = body
-                .symbols
-                .unravel(b, e, shape)
-                .and_then(|idx| body.value(b, body.result(), &idx, None))
-                .map(|v| b.store(out, e, v));
-        });
-        failure?;
+        store_element(b, body, out, (e, n), None)?;
     }
     Ok(())
 }
