@@ -6,23 +6,19 @@
 //! each vector width this build compiles ([`widths`]): the wide dot products cover runs of
 //! blocks, the 128-bit path the blocks left over.
 
+mod cases;
+
 use std::collections::BTreeMap;
 use tessera_ir::interp::{self, Tensor};
-use tessera_ir::kernel::{body_graph, BodyArg, BodyInput, BodyOp, Kernel, KernelKind};
+use tessera_ir::kernel::{body_graph, BodyArg, BodyInput, BodyOp, KernelKind};
 use tessera_ir::{BinaryOp, DType, Dim, Op, Shape, TensorType, UnaryOp};
 use tessera_passes::lower::{lower_cpu, VectorWidth};
 
+use cases::{kernel, step};
 use BodyArg::{Input as In, Op as At};
 
 fn ty(dtype: DType, dims: &[usize]) -> TensorType {
     TensorType::new(dtype, dims.iter().map(|&d| Dim::from(d)).collect::<Shape>())
-}
-
-fn step(op: Op, args: &[BodyArg]) -> BodyOp {
-    BodyOp {
-        op,
-        args: args.to_vec(),
-    }
 }
 
 /// Deterministic values in [-2, 2).
@@ -84,14 +80,7 @@ fn run(
     round_lhs: bool,
     width: VectorWidth,
 ) -> (Vec<f32>, Vec<f32>) {
-    let k = Kernel {
-        scope: "test".into(),
-        kind,
-        body,
-        inputs: vec![],
-        output: tessera_ir::kernel::BufferId(0),
-        estimate_seconds: 0.0,
-    };
+    let k = kernel(kind, body);
     let symbolic: Vec<BodyInput> = inputs.iter().cloned().map(BodyInput::Value).collect();
     let (g, node) = body_graph(&k.body, &symbolic).unwrap();
     let output = g.ty(node).clone();

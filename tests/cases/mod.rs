@@ -1,4 +1,4 @@
-//! What the template tests share (`mod cases;`, in `lower.rs`):
+//! What the template tests share (`mod cases;`, in `lower.rs` and `lower_quant.rs`):
 //! kernels built by hand, seeded inputs, and the reference interpreter's evaluation of a
 //! kernel's body that every backend's run of its lowering must match.
 #![allow(dead_code)]
