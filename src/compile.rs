@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tessera_codegen_spirv::{vulkan_capabilities, VulkanTarget};
 use tessera_ir::artifact::{self, Manifest};
 use tessera_ir::interp::{self, Tensor};
 use tessera_ir::kernel::{BufferSource, DerivedWeight, Kernel, KernelGraph, BODY_OUTPUT};
@@ -26,8 +27,12 @@ pub enum Target {
     /// The reference interpreter executes the Graph: exact and slow; the oracle for every backend.
     Reference,
     /// Native code for the host CPU: every kernel lowered to LIR (stored in the artifact) and
-    /// JIT-compiled by the runtime at load. Requires the optimizer (kernels) and f32 weights.
+    /// JIT-compiled by the runtime at load. Requires the optimizer (kernels).
     Cpu,
+    /// SIMT code for a Vulkan GPU: every kernel lowered for the device limits of
+    /// [`CompileOptions::vulkan`] (stored as LIR, written as SPIR-V and validated at compile time,
+    /// again for the device the runtime opens). Requires the optimizer.
+    Vulkan,
 }
 
 impl Target {
@@ -35,6 +40,7 @@ impl Target {
         match self {
             Target::Reference => "reference",
             Target::Cpu => "cpu",
+            Target::Vulkan => "vulkan",
         }
     }
 
@@ -43,6 +49,7 @@ impl Target {
     pub fn spec(self) -> TargetSpec {
         match self {
             Target::Reference | Target::Cpu => TargetSpec::cpu_host(),
+            Target::Vulkan => TargetSpec::vulkan_generic(),
         }
     }
 }
@@ -59,6 +66,9 @@ pub struct CompileOptions {
     pub quant: Option<Quant>,
     /// The vector width of the CPU kernels (`--vector-bits`; see [`default_vector_width`]).
     pub vector_width: VectorWidth,
+    /// The Vulkan device the GPU kernels are lowered for (`--device N`: that adapter's limits
+    /// and subgroups; else [`VulkanTarget::baseline`], which every Vulkan device runs).
+    pub vulkan: VulkanTarget,
 }
 
 /// The CPU kernels' default vector width: the host's widest when the runtime compiles them with
@@ -127,8 +137,11 @@ pub fn compile_model(
             model.display()
         );
     }
-    if opts.target == Target::Cpu && !opts.optimize {
-        bail!("--no-opt cannot be used with --target cpu: CPU code is generated from the optimized kernels");
+    if opts.target != Target::Reference && !opts.optimize {
+        bail!(
+            "--no-opt cannot be used with --target {}: its code is generated from the optimized kernels",
+            opts.target.name()
+        );
     }
     let mut imported = tessera_models::import_hf(model)?;
     tracing::info!(architecture = %imported.module.info.architecture, weights = imported.weights.len(), "imported");
@@ -137,7 +150,7 @@ pub fn compile_model(
         quantize_model(&mut imported, quant.dtype())?;
     }
     let optimized = if opts.optimize {
-        optimize_model(&mut imported, opts.target, opts.vector_width)?
+        optimize_model(&mut imported, opts)?
     } else {
         Vec::new()
     };
@@ -256,15 +269,14 @@ pub fn apply_storage(module: &mut Module, stored: &BTreeMap<String, Storage>) ->
     Ok(())
 }
 
-/// Runs the optimizer on every entry point for `target`'s cost model and materializes the
-/// weights the chosen kernels derive (merged projections); for `--target cpu`, then lowers every
-/// kernel to LIR with `width`-wide vectors ([`lower_for_cpu`]).
+/// Runs the optimizer on every entry point for the cost model of `opts.target` and materializes
+/// the weights the chosen kernels derive (merged projections); for `--target cpu` and `vulkan`,
+/// then lowers every kernel to LIR ([`lower_for_cpu`], [`lower_for_vulkan`]).
 pub fn optimize_model(
     model: &mut ImportedModel,
-    target: Target,
-    width: VectorWidth,
+    opts: &CompileOptions,
 ) -> Result<Vec<EntryReport>> {
-    let spec = target.spec();
+    let spec = opts.target.spec();
     let reports = optimize_module(
         &mut model.module,
         &spec,
@@ -277,8 +289,10 @@ pub fn optimize_model(
     }
     materialize_derived_weights(model)?;
     drop_unread_weights(model);
-    if target == Target::Cpu {
-        lower_for_cpu(&mut model.module, width)?;
+    match opts.target {
+        Target::Reference => {}
+        Target::Cpu => lower_for_cpu(&mut model.module, opts.vector_width)?,
+        Target::Vulkan => lower_for_vulkan(&mut model.module, &opts.vulkan)?,
     }
     Ok(reports)
 }
@@ -287,37 +301,68 @@ pub fn optimize_model(
 /// `cpu_code`. A kernel without a CPU template (or reading a dtype the templates cannot read) is
 /// an error naming the entry point, the kernel and the reason.
 pub fn lower_for_cpu(module: &mut Module, width: VectorWidth) -> Result<()> {
+    lower_entries(module, "cpu", |kg, kernel| {
+        lower_kernel_cpu(kg, kernel, width).map_err(|e| lower_reason(e, "CPU"))
+    })
+}
+
+/// Lowers every kernel of every entry point's KernelGraph with [`lower_gpu`] for the device
+/// `target` into the entry's `gpu_code`, and writes each step as SPIR-V (validated by naga) so
+/// that what the device could not run is found now. Errors name the entry point and kernel.
+pub fn lower_for_vulkan(module: &mut Module, target: &VulkanTarget) -> Result<()> {
+    let caps = vulkan_capabilities(target);
+    lower_entries(module, "vulkan", |kg, kernel| {
+        let program = lower_kernel_gpu(kg, kernel, &caps).map_err(|e| lower_reason(e, "SIMT"))?;
+        for step in &program.steps {
+            tessera_codegen_spirv::compile(step, target)
+                .map_err(|e| format!("writing SPIR-V: {e}"))?;
+        }
+        Ok(program)
+    })
+}
+
+/// Why a kernel has no code, for [`lower_entries`]' error.
+fn lower_reason(e: LowerError, templates: &str) -> String {
+    match e {
+        LowerError::Unsupported { what, .. } => {
+            format!("not supported by the {templates} templates yet: {what}")
+        }
+        LowerError::Invalid { message, .. } => format!("invalid body: {message}"),
+    }
+}
+
+/// Sets every entry point's code for `target` (`cpu`, `vulkan`) to what `lower` makes of each
+/// of its kernels; a kernel it refuses is an error naming the entry point and kernel.
+fn lower_entries(
+    module: &mut Module,
+    target: &str,
+    lower: impl Fn(&KernelGraph, &Kernel) -> std::result::Result<tessera_ir::lir::Program, String>,
+) -> Result<()> {
     for entry in &mut module.entries {
         let kg = entry.kernels.as_ref().with_context(|| {
             format!(
-                "entry point `{}` has no kernels: --target cpu needs the optimizer",
+                "entry point `{}` has no kernels: --target {target} needs the optimizer",
                 entry.name
             )
         })?;
-        let fail = |kernel: &Kernel, reason: String| {
-            anyhow::anyhow!(
-                "entry point `{}`: kernel `{}` ({}): {reason}; use --target reference",
-                entry.name,
-                kernel.scope,
-                kernel.kind
-            )
-        };
-        let mut code = Vec::with_capacity(kg.kernels.len());
-        for kernel in &kg.kernels {
-            let lir = lower_kernel_cpu(kg, kernel, width).map_err(|e| {
-                let reason = match e {
-                    LowerError::Unsupported { what, .. } => {
-                        format!("{what} is not supported by the CPU templates yet")
-                    }
-                    LowerError::Invalid { message, .. } => {
-                        format!("invalid body: {message}")
-                    }
-                };
-                fail(kernel, reason)
-            })?;
-            code.push(lir);
+        let code = kg
+            .kernels
+            .iter()
+            .map(|kernel| {
+                lower(kg, kernel).map_err(|reason| {
+                    anyhow::anyhow!(
+                        "entry point `{}`: kernel `{}` ({}): {reason}; use --target reference",
+                        entry.name,
+                        kernel.scope,
+                        kernel.kind
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        match target {
+            "cpu" => entry.cpu_code = code,
+            _ => entry.gpu_code = code,
         }
-        entry.cpu_code = code;
     }
     Ok(())
 }
@@ -610,6 +655,7 @@ mod tests {
             graph: g,
             kernels: Some(kg),
             cpu_code: vec![],
+            gpu_code: vec![],
         }
     }
 

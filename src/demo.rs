@@ -4,6 +4,7 @@
 use crate::compile::{
     default_vector_width, optimize_model, write_artifact, CompileOptions, Target,
 };
+use crate::VulkanTarget;
 use anyhow::Result;
 use serde::Serialize;
 use std::path::Path;
@@ -90,15 +91,15 @@ pub fn run_demo(
     let config = demo_config();
     let start = Instant::now();
     let mut model = random_model(config.clone(), 0)?;
-    let width = default_vector_width();
-    let optimized = optimize_model(&mut model, Target::Reference, width)?;
     let opts = CompileOptions {
         target: Target::Reference,
         output: artifact.to_path_buf(),
         optimize: true,
         quant: None,
-        vector_width: width,
+        vector_width: default_vector_width(),
+        vulkan: VulkanTarget::baseline(),
     };
+    let optimized = optimize_model(&mut model, &opts)?;
     let compiled = write_artifact(&model, "demo", &opts, progress)?;
     let kernels_per_layer = optimized
         .iter()

@@ -6,7 +6,8 @@ pub mod demo;
 
 pub use compile::{
     apply_storage, compile_model, default_vector_width, load_module, lower_for_cpu,
-    lower_kernel_cpu, lower_kernel_gpu, materialize_derived_weights, optimize_model,
-    quantize_model, quantized_weights, transpose_projections, transposed_projections,
-    write_artifact, CompileOptions, CompileReport, Quant, Target,
+    lower_for_vulkan, lower_kernel_cpu, lower_kernel_gpu, materialize_derived_weights,
+    optimize_model, quantize_model, quantized_weights, transpose_projections,
+    transposed_projections, write_artifact, CompileOptions, CompileReport, Quant, Target,
 };
+pub use tessera_codegen_spirv::VulkanTarget;

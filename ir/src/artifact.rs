@@ -340,6 +340,7 @@ mod tests {
                 graph: g,
                 kernels: None,
                 cpu_code: vec![],
+                gpu_code: vec![],
             }],
         };
         let data = vec![

@@ -324,6 +324,11 @@ pub struct EntryPoint {
     /// targets that execute the KernelGraph itself (reference) or for `--no-opt`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpu_code: Vec<crate::lir::Program>,
+    /// For `--target vulkan`, the SIMT LIR program of every kernel of `kernels`, index-aligned
+    /// like `cpu_code`, lowered for the device capabilities the artifact was compiled for; the
+    /// runtime writes it as SPIR-V for the device it opens (naga validates it there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_code: Vec<crate::lir::Program>,
 }
 
 /// What the runtime needs to know about the model beyond its graphs.
@@ -388,14 +393,16 @@ impl Module {
                     .map_err(|m| at(format!("kernels: {m}")))?;
             }
             let kernel_count = entry.kernels.as_ref().map_or(0, |kg| kg.kernels.len());
-            if !entry.cpu_code.is_empty() && entry.cpu_code.len() != kernel_count {
-                return Err(at(format!(
-                    "cpu_code has {} LIR programs for {kernel_count} kernels",
-                    entry.cpu_code.len()
-                )));
-            }
-            for program in &entry.cpu_code {
-                program.check().map_err(|e| at(format!("cpu_code: {e}")))?;
+            for (field, code) in [("cpu_code", &entry.cpu_code), ("gpu_code", &entry.gpu_code)] {
+                if !code.is_empty() && code.len() != kernel_count {
+                    return Err(at(format!(
+                        "{field} has {} LIR programs for {kernel_count} kernels",
+                        code.len()
+                    )));
+                }
+                for program in code {
+                    program.check().map_err(|e| at(format!("{field}: {e}")))?;
+                }
             }
             for s in &self.state {
                 if !entry.graph.inputs().any(|(n, _)| n == s.name) {

@@ -765,6 +765,7 @@ pub(crate) mod tests {
                 graph: sample_graph(),
                 kernels: Some(kernels),
                 cpu_code: vec![],
+                gpu_code: vec![],
             }],
         }
     }

@@ -69,6 +69,7 @@ pub(crate) fn build_module(cfg: &ModelConfig, dtype_of: DTypeOf) -> Result<Modul
             graph: b.g,
             kernels: None,
             cpu_code: vec![],
+            gpu_code: vec![],
         });
     }
     let state = (0..cfg.num_hidden_layers)

@@ -34,6 +34,7 @@ pub(crate) fn single_entry(entry: &str, g: Graph) -> Module {
             graph: g,
             kernels: None,
             cpu_code: vec![],
+            gpu_code: vec![],
         }],
     }
 }

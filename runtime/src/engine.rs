@@ -84,6 +84,9 @@ pub struct LoadOptions {
     /// What compiles the CPU executor's kernels (`--cpu-backend`); the default is the best this
     /// build has. Other targets ignore it.
     pub cpu_backend: Backend,
+    /// The Vulkan adapter a `--target vulkan` artifact runs on (`--device`, as `tessera devices`
+    /// numbers them). Other targets ignore it.
+    pub device: usize,
 }
 
 /// A loaded model ready to generate.
@@ -111,20 +114,30 @@ impl Engine {
         let executor: Box<dyn Executor> = match artifact.manifest().target.as_str() {
             "reference" => Box::new(ReferenceExecutor::new(&artifact)?),
             "cpu" => {
-                let threads = options.threads.unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(1, |n| n.get())
-                });
+                let threads = options
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
                 Box::new(CpuExecutor::new(
                     Arc::clone(&artifact),
                     threads,
                     options.cpu_backend,
                 )?)
             }
+            #[cfg(feature = "vulkan")]
+            "vulkan" => Box::new(crate::vulkan::VulkanExecutor::new(
+                &artifact,
+                options.device,
+            )?),
             other => {
+                let supported = if cfg!(feature = "vulkan") {
+                    "reference, cpu, vulkan"
+                } else {
+                    "reference, cpu; vulkan needs the `vulkan` feature"
+                };
                 return Err(RuntimeError::Unsupported(format!(
-                "{}: target `{other}` cannot be executed by this runtime (supported: reference, cpu)",
-                path.display()
-            )))
+                    "{}: target `{other}` cannot be executed by this runtime (supported: {supported})",
+                    path.display()
+                )));
             }
         };
         Ok(Engine {
@@ -141,7 +154,7 @@ impl Engine {
             Ok(())
         } else {
             Err(RuntimeError::Unsupported(format!(
-                "profiling kernels of target `{}`: only --target cpu artifacts are profiled",
+                "profiling kernels of target `{}`: only --target cpu and vulkan artifacts are profiled",
                 self.artifact.manifest().target
             )))
         }

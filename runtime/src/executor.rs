@@ -127,6 +127,7 @@ mod tests {
             graph: add_graph(),
             kernels,
             cpu_code: vec![],
+            gpu_code: vec![],
         };
         let module = Module {
             info: ModelInfo {

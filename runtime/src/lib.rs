@@ -3,12 +3,15 @@
 //! Later backends replace the executor, not this API.
 
 mod artifact;
+mod bindings;
 mod cpu;
 mod engine;
 mod error;
 mod executor;
 mod profile;
 mod sampler;
+#[cfg(test)]
+mod test_artifact;
 mod tokenizer;
 #[cfg(feature = "vulkan")]
 pub mod vulkan;

@@ -5,7 +5,7 @@
 mod bandwidth;
 mod profile;
 
-use super::{print_json, CpuBackend};
+use super::{print_json, LoadArgs};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tessera_ir::kernel::{BodyArg, BufferSource, KernelGraph};
 use tessera_ir::{Graph, Module, Op};
-use tessera_runtime::{Engine, GenerateOptions, LoadOptions, SplitMix64};
+use tessera_runtime::{Engine, GenerateOptions, SplitMix64};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,13 +29,8 @@ pub struct Args {
     /// Timed runs; medians are reported (an untimed warm-up run comes first).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     runs: u64,
-    /// Threads of the CPU executor and of the bandwidth measurement (default: all available).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    threads: Option<u64>,
-    /// What compiles the CPU kernels on `--target cpu` (default: llvm when built with it,
-    /// else cranelift).
-    #[arg(long, value_enum, value_name = "BACKEND")]
-    cpu_backend: Option<CpuBackend>,
+    #[command(flatten)]
+    load: LoadArgs,
     /// After the timed runs, one more with every kernel launch timed: per entry point, where the
     /// time goes by template and fused body (ms, share, launches, operand GB/s).
     #[arg(long)]
@@ -84,10 +79,7 @@ pub fn run(args: Args) -> Result<()> {
         args.gen as usize,
         args.runs as usize,
     );
-    let options = LoadOptions {
-        threads: args.threads.map(|n| n as usize),
-        cpu_backend: CpuBackend::resolve(args.cpu_backend)?,
-    };
+    let options = args.load.options()?;
     let mut engine =
         Engine::load_with(path, &options).with_context(|| format!("loading {}", path.display()))?;
     let manifest = engine.manifest();
@@ -395,6 +387,7 @@ mod tests {
                 graph,
                 kernels,
                 cpu_code: vec![],
+                gpu_code: vec![],
             }],
         }
     }

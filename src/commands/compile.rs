@@ -2,7 +2,7 @@
 
 use super::{print_json, ByteProgress};
 use std::path::PathBuf;
-use tessera::{compile_model, CompileOptions, Quant, Target};
+use tessera::{compile_model, CompileOptions, Quant, Target, VulkanTarget};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,6 +24,10 @@ pub struct Args {
     /// when built with the `llvm` feature, else 128, the most Cranelift runs).
     #[arg(long, value_name = "BITS")]
     vector_bits: Option<u32>,
+    /// With `--target vulkan`: lower for this Vulkan adapter's limits and subgroups (as
+    /// `tessera devices` numbers them); without it, for a baseline device every Vulkan GPU runs.
+    #[arg(long, value_name = "N")]
+    device: Option<usize>,
     /// Print the report as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -36,6 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         optimize: !args.no_opt,
         quant: args.quant,
         vector_width: super::vector_width(args.vector_bits)?,
+        vulkan: vulkan_target(args.target, args.device)?,
     };
     let bar = ByteProgress::new("importing and optimizing");
     let report = compile_model(&args.model, &opts, &mut |done, total| {
@@ -68,4 +73,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.seconds
     );
     Ok(())
+}
+
+/// The Vulkan device `--device` names (its limits and subgroups), else the baseline.
+fn vulkan_target(target: Target, device: Option<usize>) -> anyhow::Result<VulkanTarget> {
+    let Some(index) = device else {
+        return Ok(VulkanTarget::baseline());
+    };
+    if target != Target::Vulkan {
+        anyhow::bail!("--device {index}: only --target vulkan compiles for a device");
+    }
+    #[cfg(feature = "vulkan")]
+    return Ok(tessera_runtime::vulkan::VulkanDevice::open(index)?.target());
+    #[cfg(not(feature = "vulkan"))]
+    anyhow::bail!("--device {index}: built without the `vulkan` feature, which opens devices");
 }

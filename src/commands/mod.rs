@@ -49,6 +49,33 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How `run` and `bench` load an artifact: the CPU executor's threads and backend, the Vulkan
+/// device.
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// Threads each kernel launch is split across on `--target cpu` (default: all available).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+    /// What compiles the CPU kernels on `--target cpu` (default: llvm when built with it,
+    /// else cranelift).
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    cpu_backend: Option<CpuBackend>,
+    /// The Vulkan adapter a `--target vulkan` artifact runs on, as `tessera devices` numbers
+    /// them.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    device: usize,
+}
+
+impl LoadArgs {
+    pub fn options(&self) -> anyhow::Result<tessera_runtime::LoadOptions> {
+        Ok(tessera_runtime::LoadOptions {
+            threads: self.threads.map(|n| n as usize),
+            cpu_backend: CpuBackend::resolve(self.cpu_backend)?,
+            device: self.device,
+        })
+    }
+}
+
 /// `--cpu-backend`: what compiles the CPU kernels. Both names always parse, so that asking a
 /// build without LLVM for it says how to get it instead of "invalid value".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

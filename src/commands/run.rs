@@ -1,11 +1,11 @@
 //! `tessera run ARTIFACT --prompt TEXT`: generate and print tokens, timings, optionally logits.
 
-use super::{print_json, CpuBackend};
+use super::{print_json, LoadArgs};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
-use tessera_runtime::{Engine, GenerateOptions, Generation, LoadOptions, SamplingParams};
+use tessera_runtime::{Engine, GenerateOptions, Generation, SamplingParams};
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "prompt_ids"])))]
@@ -42,13 +42,8 @@ pub struct Args {
     /// Write the logits behind each generated token as float32 .npy of shape [steps, vocab].
     #[arg(long, value_name = "FILE.npy")]
     dump_logits: Option<PathBuf>,
-    /// Threads each kernel launch is split across on `--target cpu` (default: all available).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    threads: Option<u64>,
-    /// What compiles the CPU kernels on `--target cpu` (default: llvm when built with it,
-    /// else cranelift).
-    #[arg(long, value_enum, value_name = "BACKEND")]
-    cpu_backend: Option<CpuBackend>,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 #[derive(Serialize)]
@@ -67,10 +62,7 @@ struct Report {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let options = LoadOptions {
-        threads: args.threads.map(|n| n as usize),
-        cpu_backend: CpuBackend::resolve(args.cpu_backend)?,
-    };
+    let options = args.load.options()?;
     let mut engine = Engine::load_with(&args.artifact, &options)?;
     let prompt = match (&args.prompt, &args.prompt_ids) {
         (Some(text), _) => engine.encode(text)?,

@@ -2,6 +2,7 @@
 //! dispatch, download.
 
 use super::{VulkanDevice, VulkanError};
+use std::num::NonZeroU64;
 use std::sync::mpsc;
 use tessera_codegen_spirv::SpirvKernel;
 use wgpu::util::DeviceExt;
@@ -13,12 +14,6 @@ pub struct VulkanPipeline {
     pipeline: wgpu::ComputePipeline,
 }
 
-/// One launch's device buffer for a kernel buffer param, and whether to read it back.
-struct Bound {
-    buffer: wgpu::Buffer,
-    read_back: bool,
-}
-
 impl VulkanPipeline {
     /// The kernel this pipeline runs.
     pub fn kernel(&self) -> &SpirvKernel {
@@ -28,7 +23,7 @@ impl VulkanPipeline {
 
 /// Rounds a byte count up to whole 32-bit words, at least one (packed buffers are read as
 /// words, and wgpu binds no empty buffer).
-fn padded(len: usize) -> u64 {
+pub(super) fn padded(len: usize) -> u64 {
     (len.div_ceil(4).max(1) * 4) as u64
 }
 
@@ -80,10 +75,14 @@ impl VulkanDevice {
             },
             count: None,
         };
+        // Every buffer param is declared read-write to wgpu, read-only ones too (their SPIR-V
+        // still says `NonWritable`): an executor binds ranges of one arena buffer as a kernel's
+        // inputs and output, and wgpu refuses one buffer in read-only and read-write use within
+        // a dispatch even when the ranges are disjoint.
         let entries: Vec<_> = kernel
             .buffers
             .iter()
-            .map(|b| storage(b.binding, b.read_only))
+            .map(|b| storage(b.binding, false))
             .chain(kernel.scalars_binding().map(|b| storage(b, true)))
             .collect();
         let layout = self
@@ -130,7 +129,7 @@ impl VulkanDevice {
 
     /// Runs `f` with wgpu's validation and out-of-memory errors captured (wgpu's default
     /// handler would panic on them) and returns the first one.
-    fn captured<T>(&self, f: impl FnOnce() -> T) -> Result<T, wgpu::Error> {
+    pub(super) fn captured<T>(&self, f: impl FnOnce() -> T) -> Result<T, wgpu::Error> {
         let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = f();
@@ -163,115 +162,31 @@ impl VulkanDevice {
         scalars: &[i64],
     ) -> Result<(), VulkanError> {
         let k = &p.kernel;
-        let sizes: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
-        k.check_buffers(&sizes)?;
-        let words = k.scalar_words(scalars)?;
-        let grid = k.grid(scalars)?;
-        let max_groups = u64::from(self.limits.max_compute_workgroups_per_dimension);
-        if let Some(g) = grid.iter().find(|&&g| g > max_groups) {
-            return Err(launch_error(
-                k,
-                format!(
-                    "grid {grid:?}: {g} workgroups along one axis (the device allows {max_groups})"
-                ),
-            ));
-        }
-        if grid.contains(&0) {
-            return Ok(());
-        }
-        let max_binding = self.limits.max_storage_buffer_binding_size;
-        for (b, data) in k.buffers.iter().zip(buffers.iter()) {
-            if padded(data.len()) > max_binding {
-                return Err(launch_error(
-                    k,
-                    format!(
-                        "buffer {} has {} bytes, over the device's storage binding limit of {max_binding}",
-                        b.name,
-                        data.len()
-                    ),
-                ));
-            }
-        }
-        let staging = self
-            .captured(|| self.submit(p, buffers, &words, grid))
-            .map_err(|e| launch_error(k, format!("running: {e}")))?;
-        self.read_back(k, &staging, buffers)
-    }
-
-    /// Uploads the buffers and scalars, dispatches `grid` and queues the copies of the writable
-    /// buffers into mappable staging buffers (`None` for read-only ones), which it returns.
-    fn submit(
-        &self,
-        p: &VulkanPipeline,
-        buffers: &[&mut [u8]],
-        words: &[u32],
-        grid: [u64; 3],
-    ) -> Vec<Option<wgpu::Buffer>> {
-        let k = &p.kernel;
-        let bound: Vec<Bound> = k
+        let uploaded: Vec<wgpu::Buffer> = k
             .buffers
             .iter()
             .zip(buffers.iter())
-            .map(|(b, data)| Bound {
-                buffer: self.upload(&b.name, data),
-                read_back: !b.read_only,
-            })
+            .map(|(b, data)| self.upload(&b.name, data))
             .collect();
-        let scalar_bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let scalar_buffer = k
-            .scalars_binding()
-            .map(|binding| (binding, self.upload("scalars", &scalar_bytes)));
-        let entries: Vec<_> = k
-            .buffers
+        let ranges: Vec<BufferRange> = uploaded
             .iter()
-            .zip(&bound)
-            .map(|(b, d)| (b.binding, &d.buffer))
-            .chain(scalar_buffer.as_ref().map(|(binding, buf)| (*binding, buf)))
-            .map(|(binding, buffer)| wgpu::BindGroupEntry {
-                binding,
-                resource: buffer.as_entire_binding(),
-            })
+            .zip(buffers.iter())
+            .map(|(buffer, data)| BufferRange::whole(buffer, data.len()))
             .collect();
-        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(&k.name),
-            layout: &p.layout,
-            entries: &entries,
-        });
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some(&k.name),
-            });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(&k.name),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&p.pipeline);
-            pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(grid[0] as u32, grid[1] as u32, grid[2] as u32);
+        let mut batch = self.batch(&k.name);
+        batch.dispatch(p, &ranges, scalars)?;
+        let written: Vec<usize> = (0..k.buffers.len())
+            .filter(|&i| !k.buffers[i].read_only)
+            .collect();
+        let read = batch.read_back(&written.iter().map(|&i| ranges[i]).collect::<Vec<_>>())?;
+        for (i, bytes) in written.into_iter().zip(read) {
+            buffers[i].copy_from_slice(&bytes);
         }
-        let staging: Vec<Option<wgpu::Buffer>> = bound
-            .iter()
-            .map(|d| {
-                d.read_back.then(|| {
-                    let s = self.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("read back"),
-                        size: d.buffer.size(),
-                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    });
-                    encoder.copy_buffer_to_buffer(&d.buffer, 0, &s, 0, d.buffer.size());
-                    s
-                })
-            })
-            .collect();
-        self.queue.submit([encoder.finish()]);
-        staging
+        Ok(())
     }
 
     /// A storage buffer holding `data`, padded to whole words.
-    fn upload(&self, name: &str, data: &[u8]) -> wgpu::Buffer {
+    pub(super) fn upload(&self, name: &str, data: &[u8]) -> wgpu::Buffer {
         let mut contents = data.to_vec();
         contents.resize(padded(data.len()) as usize, 0);
         self.device
@@ -284,40 +199,214 @@ impl VulkanDevice {
             })
     }
 
-    /// Waits for the submitted work and copies each staging buffer into its slice.
-    fn read_back(
-        &self,
-        k: &SpirvKernel,
-        staging: &[Option<wgpu::Buffer>],
-        buffers: &mut [&mut [u8]],
+    /// An empty [`Batch`] of dispatches, labelled `label` for the driver's tools.
+    pub(super) fn batch(&self, label: &str) -> Batch<'_> {
+        Batch {
+            device: self,
+            label: label.to_string(),
+            encoder: self.encoder(label),
+            scalars: Vec::new(),
+        }
+    }
+
+    fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+}
+
+/// Where one buffer param is bound: a byte range of a device buffer.
+#[derive(Clone, Copy)]
+pub(super) struct BufferRange<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    /// The bytes of the param as its type says (the bound range is that, in whole words, at least
+    /// one: wgpu binds no empty range).
+    pub bytes: usize,
+}
+
+impl<'a> BufferRange<'a> {
+    /// All of `buffer`, which holds `bytes` bytes (padded to whole words).
+    pub fn whole(buffer: &'a wgpu::Buffer, bytes: usize) -> BufferRange<'a> {
+        BufferRange {
+            buffer,
+            offset: 0,
+            bytes,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        padded(self.bytes)
+    }
+}
+
+/// Kernel launches recorded into one command buffer and submitted together: the steps of a
+/// model's entry point are one submission (wgpu orders the dispatches and the barriers between
+/// them by the buffers each binds).
+pub(super) struct Batch<'d> {
+    device: &'d VulkanDevice,
+    label: String,
+    encoder: wgpu::CommandEncoder,
+    /// The scalar buffers of the recorded dispatches, alive until submitted.
+    scalars: Vec<wgpu::Buffer>,
+}
+
+impl Batch<'_> {
+    /// Records the whole grid of `p` over `args` (one range per buffer param) for `scalars`,
+    /// after checking the sizes, the scalar range, the grid and the bindings against the kernel
+    /// and the device's limits.
+    pub fn dispatch(
+        &mut self,
+        p: &VulkanPipeline,
+        args: &[BufferRange],
+        scalars: &[i64],
     ) -> Result<(), VulkanError> {
-        let (tx, rx) = mpsc::channel();
-        for (i, s) in staging.iter().enumerate() {
-            if let Some(s) = s {
-                let tx = tx.clone();
-                s.map_async(wgpu::MapMode::Read, .., move |r| {
-                    // The receiver outlives every callback: they all run inside `poll` below.
-                    let _ = tx.send((i, r));
-                });
+        let k = &p.kernel;
+        let limits = &self.device.limits;
+        let sizes: Vec<usize> = args.iter().map(|a| a.bytes).collect();
+        k.check_buffers(&sizes)?;
+        let words = k.scalar_words(scalars)?;
+        let grid = k.grid(scalars)?;
+        let max_groups = u64::from(limits.max_compute_workgroups_per_dimension);
+        if let Some(g) = grid.iter().find(|&&g| g > max_groups) {
+            return Err(launch_error(
+                k,
+                format!(
+                    "grid {grid:?}: {g} workgroups along one axis (the device allows {max_groups})"
+                ),
+            ));
+        }
+        if grid.contains(&0) {
+            return Ok(());
+        }
+        let max_binding = limits.max_storage_buffer_binding_size;
+        for (b, a) in k.buffers.iter().zip(args) {
+            if a.size() > max_binding {
+                return Err(launch_error(
+                    k,
+                    format!(
+                        "buffer {} has {} bytes, over the device's storage binding limit of {max_binding}",
+                        b.name, a.bytes
+                    ),
+                ));
             }
         }
-        drop(tx);
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| launch_error(k, format!("waiting for the device: {e}")))?;
-        for (i, result) in rx.try_iter() {
-            result.map_err(|e| launch_error(k, format!("reading back buffer {i}: {e}")))?;
-            let Some(s) = &staging[i] else { continue };
-            let view = s
-                .get_mapped_range(..)
-                .map_err(|e| launch_error(k, format!("reading back buffer {i}: {e}")))?;
-            let out = &mut buffers[i];
-            let len = out.len();
-            out.copy_from_slice(&view[..len]);
-            drop(view);
-            s.unmap();
+        let scalar_bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let scalar_buffer = k
+            .scalars_binding()
+            .map(|binding| (binding, self.device.upload("scalars", &scalar_bytes)));
+        let entries: Vec<_> = k
+            .buffers
+            .iter()
+            .zip(args)
+            .map(|(b, a)| (b.binding, a.buffer, a.offset, a.size()))
+            .chain(
+                scalar_buffer
+                    .as_ref()
+                    .map(|(binding, buf)| (*binding, buf, 0, buf.size())),
+            )
+            .map(|(binding, buffer, offset, size)| wgpu::BindGroupEntry {
+                binding,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset,
+                    size: NonZeroU64::new(size),
+                }),
+            })
+            .collect();
+        let group = self
+            .device
+            .captured(|| {
+                self.device
+                    .device
+                    .create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(&k.name),
+                        layout: &p.layout,
+                        entries: &entries,
+                    })
+            })
+            .map_err(|e| launch_error(k, format!("binding its buffers: {e}")))?;
+        {
+            let mut pass = self
+                .encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(&k.name),
+                    timestamp_writes: None,
+                });
+            pass.set_pipeline(&p.pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(grid[0] as u32, grid[1] as u32, grid[2] as u32);
         }
+        self.scalars.extend(scalar_buffer.map(|(_, b)| b));
         Ok(())
+    }
+
+    /// Submits what was recorded, waits for it, and returns an empty batch.
+    pub fn finish_and_wait(self) -> Result<Self, VulkanError> {
+        let (device, label) = (self.device, self.label.clone());
+        self.read_back(&[])?;
+        Ok(device.batch(&label))
+    }
+
+    /// Records copies of `ranges` into one mappable buffer, submits everything, waits, and
+    /// returns each range's bytes.
+    pub fn read_back(mut self, ranges: &[BufferRange]) -> Result<Vec<Vec<u8>>, VulkanError> {
+        let device = self.device;
+        let fail = |message: String| VulkanError::Launch {
+            kernel: self.label.clone(),
+            message,
+        };
+        let mut at = Vec::with_capacity(ranges.len());
+        let mut total = 0u64;
+        for r in ranges {
+            at.push(total);
+            total += r.size();
+        }
+        let staging = (total > 0).then(|| {
+            device.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("read back"),
+                size: total,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        if let Some(s) = &staging {
+            for (r, &to) in ranges.iter().zip(&at) {
+                self.encoder
+                    .copy_buffer_to_buffer(r.buffer, r.offset, s, to, r.size());
+            }
+        }
+        device
+            .captured(|| device.queue.submit([self.encoder.finish()]))
+            .map_err(|e| fail(format!("running: {e}")))?;
+        let (tx, rx) = mpsc::channel();
+        if let Some(s) = &staging {
+            s.map_async(wgpu::MapMode::Read, .., move |r| {
+                // The receiver outlives the callback: it runs inside `poll` below.
+                let _ = tx.send(r);
+            });
+        }
+        device
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| fail(format!("waiting for the device: {e}")))?;
+        let Some(s) = staging else {
+            return Ok(vec![Vec::new(); ranges.len()]);
+        };
+        rx.try_recv()
+            .map_err(|_| fail("the read-back buffer was not mapped".into()))?
+            .map_err(|e| fail(format!("reading back: {e}")))?;
+        let view = s
+            .get_mapped_range(..)
+            .map_err(|e| fail(format!("reading back: {e}")))?;
+        let out = ranges
+            .iter()
+            .zip(&at)
+            .map(|(r, &from)| view[from as usize..from as usize + r.bytes].to_vec())
+            .collect();
+        drop(view);
+        s.unmap();
+        Ok(out)
     }
 }
 

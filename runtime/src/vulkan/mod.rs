@@ -12,10 +12,12 @@
 
 mod device;
 mod error;
+mod executor;
 mod launch;
 
 pub use device::{AdapterSummary, VulkanDevice};
 pub use error::VulkanError;
+pub use executor::VulkanExecutor;
 pub use launch::VulkanPipeline;
 
 #[cfg(test)]

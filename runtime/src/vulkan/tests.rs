@@ -366,3 +366,33 @@ fn launch_errors_name_the_kernel() {
         "{message}"
     );
 }
+
+/// The executor over the arena/view artifact of the CPU executor's test: each binding (growing
+/// and shrinking the arena) gives `x + 2w`, and a wrong input is refused by name.
+#[test]
+fn the_executor_runs_an_entry_point_through_its_arena() {
+    use crate::executor::Executor;
+    use tessera_ir::interp::Tensor;
+    if device().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("add.tsr");
+    crate::test_artifact::write_add_artifact(&path, "vulkan");
+    let artifact = crate::Artifact::open(&path).unwrap();
+    let mut exec = VulkanExecutor::new(&artifact, 0).unwrap();
+    for past in [5, 40, 3, 300, 1] {
+        let x: Vec<f32> = (0..past).map(|i| i as f32).collect();
+        let inputs = [("x".to_string(), Tensor::f32(vec![past], x))].into();
+        let got = exec.run("decode", &inputs).unwrap()["y"].clone();
+        let want: Vec<f32> = (0..past).map(|i| i as f32 + 20.0).collect();
+        assert_eq!(got.as_f32().unwrap(), want, "past = {past}");
+    }
+    let wrong = [("x".to_string(), Tensor::i32(vec![2], vec![1, 2]))].into();
+    let err = exec.run("decode", &wrong).unwrap_err().to_string();
+    assert!(err.contains("input `x` is i32"), "{err}");
+    crate::test_artifact::write_add_artifact(&path, "cpu");
+    let cpu_only = crate::Artifact::open(&path).unwrap();
+    let err = VulkanExecutor::new(&cpu_only, 0).err().unwrap().to_string();
+    assert!(err.contains("recompile with --target vulkan"), "{err}");
+}
