@@ -366,6 +366,31 @@ fn explain_works_from_a_config_alone() {
     let listed = wgsl.lines().filter(|l| l.starts_with("kernel ")).count();
     assert!(listed >= 10, "{listed} kernels listed:\n{wgsl}");
     assert!(fails(&["explain", dir, "--emit", "wgsl"]).contains("--target vulkan"));
+    // The same kernels as binary SPIR-V files, one per program step.
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().to_str().unwrap();
+    let spirv = ok(&[
+        "explain",
+        dir,
+        "--target",
+        "vulkan",
+        "--emit",
+        "spirv",
+        "--entry",
+        "decode",
+        "--out-dir",
+        out_dir,
+    ]);
+    let files: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+    assert_eq!(files.len(), spirv.matches(".spv (").count(), "{spirv}");
+    assert!(!files.is_empty(), "{spirv}");
+    for file in files {
+        let bytes = std::fs::read(file.unwrap().path()).unwrap();
+        assert_eq!(bytes[..4], 0x0723_0203u32.to_le_bytes(), "SPIR-V magic");
+    }
+    assert!(
+        fails(&["explain", dir, "--target", "vulkan", "--emit", "spirv"]).contains("--out-dir")
+    );
     assert!(fails(&["explain", dir, "--target", "tpu"]).contains("valid targets"));
     assert!(fails(&["explain", dir, "--bucket", "seq"]).contains("SYM=N"));
 }

@@ -161,15 +161,11 @@ impl EntryBuffers {
         })
     }
 
-    /// Binds the dims from the inputs' shapes and places the arena for them (cached per
-    /// binding: [`placement`](Self::placement)).
-    pub fn bind(&mut self, inputs: &BTreeMap<String, Tensor>) -> Result<DimEnv, RuntimeError> {
-        let shapes = inputs
-            .iter()
-            .map(|(name, t)| (name.clone(), t.shape.clone()))
-            .collect();
+    /// Binds the dims from the inputs' shapes (by input name) and places the arena for them
+    /// (cached per binding: [`placement`](Self::placement)).
+    pub fn bind(&mut self, shapes: &BTreeMap<String, Vec<usize>>) -> Result<DimEnv, RuntimeError> {
         // The KernelGraph's input buffers have the Graph's input types (`Module::validate`).
-        let env = self.graph.bind_dims(&shapes)?;
+        let env = self.graph.bind_dims(shapes)?;
         if !self.placements.contains_key(&env) {
             if self.placements.len() >= PLACEMENTS_KEPT {
                 self.placements.clear();
@@ -281,17 +277,19 @@ impl EntryBuffers {
         ))
     }
 
-    /// The entry's outputs under `env`, each decoded from the bytes `bytes` gives for its
-    /// buffer index and length.
+    /// The entry's outputs under `env` whose names `wanted` accepts, each decoded from the
+    /// bytes `bytes` gives for its buffer index and length.
     pub fn outputs<'b>(
         &self,
         entry: &str,
         env: &DimEnv,
+        wanted: impl Fn(&str) -> bool,
         mut bytes: impl FnMut(usize, usize) -> Result<&'b [u8], RuntimeError>,
     ) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
         let kg = &self.kernels;
         kg.outputs
             .iter()
+            .filter(|(name, _)| wanted(name))
             .map(|(name, b)| {
                 let i = b.0 as usize;
                 let buffer = kg.buffer(*b);
@@ -306,6 +304,14 @@ impl EntryBuffers {
             })
             .collect()
     }
+}
+
+/// The shape of every tensor of `inputs`, by name.
+pub(crate) fn shapes(inputs: &BTreeMap<String, Tensor>) -> BTreeMap<String, Vec<usize>> {
+    inputs
+        .iter()
+        .map(|(name, t)| (name.clone(), t.shape.clone()))
+        .collect()
 }
 
 /// The bytes of `t` as a kernel reads them: in place for f32/i32 on a little-endian host, else

@@ -94,6 +94,9 @@ pub struct Engine {
     artifact: Arc<Artifact>,
     tokenizer: Option<Arc<Tokenizer>>,
     executor: Box<dyn Executor>,
+    /// Whether the executor keeps the KV cache itself (on its device) for this generation;
+    /// otherwise the engine holds it and passes it in and out of every run.
+    resident_state: bool,
 }
 
 impl Engine {
@@ -144,6 +147,7 @@ impl Engine {
             artifact,
             tokenizer,
             executor,
+            resident_state: false,
         })
     }
 
@@ -198,7 +202,12 @@ impl Engine {
     ) -> Result<Generation, RuntimeError> {
         self.check_request(prompt, opts.max_tokens)?;
         let mut sampler = Sampler::new(opts.sampling.clone())?;
-        let mut state = self.initial_state()?;
+        self.resident_state = self.executor.reset_state(1)?;
+        let mut state = if self.resident_state {
+            BTreeMap::new()
+        } else {
+            self.initial_state()?
+        };
         let mut gen = Generation {
             generated: Vec::new(),
             logits: Vec::new(),
@@ -297,7 +306,12 @@ impl Engine {
             Tensor::i32(vec![1, n], (past..past + n).map(|p| p as i32).collect()),
         );
         let mut outputs = self.executor.run(entry, &inputs)?;
-        for spec in &self.artifact.manifest().module.state {
+        let kept_outside = if self.resident_state {
+            &[][..]
+        } else {
+            &self.artifact.manifest().module.state[..]
+        };
+        for spec in kept_outside {
             let t = outputs.remove(&spec.name).ok_or_else(|| {
                 RuntimeError::Unsupported(format!(
                     "entry point `{entry}` did not return state `{}`",

@@ -17,6 +17,14 @@ pub trait Executor {
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, RuntimeError>;
 
+    /// Starts a new sequence of `batch` rows in state (the KV cache) the executor keeps on its
+    /// device, if it can; returns whether it does. From then on `run` neither takes the module's
+    /// state tensors nor returns them: each run reads the state the previous one left (no copy
+    /// through the host per step).
+    fn reset_state(&mut self, _batch: usize) -> Result<bool, RuntimeError> {
+        Ok(false)
+    }
+
     /// Starts (`true`) or stops timing every kernel launch; returns whether this executor can.
     fn set_profiling(&mut self, _on: bool) -> bool {
         false

@@ -90,9 +90,10 @@ pub fn run(args: Args) -> Result<()> {
         )
     })?;
     let (model, target) = (manifest.source.clone(), manifest.target.clone());
-    if args.profile && target != "cpu" {
+    if args.profile && target == "reference" {
         bail!(
-            "--profile: {} is compiled for target `{target}`: only --target cpu artifacts are profiled",
+            "--profile: {} is compiled for target `{target}`: only --target cpu and vulkan \
+             artifacts are profiled",
             path.display()
         );
     }
@@ -158,9 +159,16 @@ pub fn run(args: Args) -> Result<()> {
         kernel_profile = profile::rows(&engine.take_profile());
         engine.set_profiling(false)?;
     }
-    bar.set_message("host read bandwidth");
-    let bandwidth_gb_s =
-        bandwidth::measure_gb_s(threads, bandwidth::BUFFER_BYTES, bandwidth::PASSES);
+    let bandwidth_gb_s = match target.as_str() {
+        "vulkan" => {
+            bar.set_message("device copy bandwidth");
+            device_bandwidth_gb_s(options.device)?
+        }
+        _ => {
+            bar.set_message("host read bandwidth");
+            bandwidth::measure_gb_s(threads, bandwidth::BUFFER_BYTES, bandwidth::PASSES)
+        }
+    };
     bar.finish_and_clear();
 
     let prefill_tok_s_runs: Vec<f64> = timed.iter().map(|g| g.prefill_tokens_per_s()).collect();
@@ -195,6 +203,15 @@ pub fn run(args: Args) -> Result<()> {
     print_table(path, &report);
     profile::print(&report.profile);
     Ok(())
+}
+
+/// The copy bandwidth of Vulkan adapter `device` (a buffer as large as the host measurement's).
+fn device_bandwidth_gb_s(device: usize) -> Result<f64> {
+    #[cfg(feature = "vulkan")]
+    return Ok(tessera_runtime::vulkan::VulkanDevice::open(device)?
+        .copy_bandwidth_gb_s(bandwidth::BUFFER_BYTES as u64, bandwidth::PASSES)?);
+    #[cfg(not(feature = "vulkan"))]
+    bail!("device {device}: built without the `vulkan` feature")
 }
 
 fn print_table(path: &Path, r: &Report) {
@@ -236,7 +253,11 @@ fn print_table(path: &Path, r: &Report) {
         r.weight_bytes_per_token as f64 / 1e6,
         r.weight_bytes_per_token
     );
-    println!("  {:<22} {:>12.1}", "host read GB/s", r.bandwidth_gb_s);
+    let bandwidth = match r.target.as_str() {
+        "vulkan" => "device copy GB/s",
+        _ => "host read GB/s",
+    };
+    println!("  {:<22} {:>12.1}", bandwidth, r.bandwidth_gb_s);
     println!(
         "  {:<22} {:>12.1}",
         "roofline decode tok/s", r.roofline_tok_s

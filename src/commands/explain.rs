@@ -1,4 +1,4 @@
-//! `tessera explain MODEL --target T --emit graph|egraph|kernels|lir|clif|llvm|asm|wgsl`: what
+//! `tessera explain MODEL --target T --emit graph|egraph|kernels|lir|clif|llvm|asm|wgsl|spirv`: what
 //! the optimizer sees and chooses, per entry point, and the CPU or SIMT code of its kernels. MODEL may be a
 //! folder with only config.json (shapes, no weights).
 
@@ -6,7 +6,7 @@ use super::{print_json, CpuBackend};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tessera_codegen_cpu::Backend;
 use tessera_ir::kernel::KernelGraph;
 use tessera_ir::DimEnv;
@@ -35,6 +35,9 @@ enum Emit {
     /// will produce) for a baseline Vulkan device: 256 threads, 16 KiB shared memory, no
     /// subgroups (`--target vulkan`); kernels without a SIMT template yet are listed as such.
     Wgsl,
+    /// Each kernel's SPIR-V for the same baseline device, written as binary `.spv` files into
+    /// `--out-dir` (for `spirv-dis`, `spirv-val`, RenderDoc), one line per file printed.
+    Spirv,
 }
 
 #[derive(clap::Args)]
@@ -67,6 +70,9 @@ pub struct Args {
     /// Explain the model with its projection weights block-quantized, as `compile --quant` stores them.
     #[arg(long, value_enum)]
     quant: Option<tessera::Quant>,
+    /// With --emit spirv: the folder the `.spv` files are written to (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
     /// Print one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -145,8 +151,15 @@ pub fn run(args: Args) -> Result<()> {
             if matches!(args.emit, Emit::Lir | Emit::Clif | Emit::Llvm | Emit::Asm) {
                 print_code(&kg, args.emit, args.kernel, &args.target, backend, width)?;
             }
-            if args.emit == Emit::Wgsl {
-                print_wgsl(&kg, args.kernel, &args.target)?;
+            if matches!(args.emit, Emit::Wgsl | Emit::Spirv) {
+                let out_dir =
+                    match args.emit {
+                        Emit::Spirv => Some(args.out_dir.as_deref().context(
+                            "--emit spirv writes binary .spv files: give --out-dir DIR",
+                        )?),
+                        _ => None,
+                    };
+                print_simt(&kg, &entry.name, args.kernel, &args.target, out_dir)?;
             }
         }
         explanation.entries.push(report);
@@ -205,7 +218,13 @@ fn print_entry(report: &EntryReport, kg: &KernelGraph, emit: Emit) {
             }
         }
         Emit::Kernels => print!("{kg}"),
-        Emit::Graph | Emit::Lir | Emit::Clif | Emit::Llvm | Emit::Asm | Emit::Wgsl => {}
+        Emit::Graph
+        | Emit::Lir
+        | Emit::Clif
+        | Emit::Llvm
+        | Emit::Asm
+        | Emit::Wgsl
+        | Emit::Spirv => {}
     }
 }
 
@@ -227,29 +246,61 @@ fn launched(
         .filter(move |(i, k)| only.is_none_or(|n| n == *i) && k.kind.launches(&k.body)))
 }
 
-/// Prints the WGSL of `kg`'s launched kernels (or of kernel `only`) for a baseline Vulkan
-/// device; a kernel the SIMT templates do not cover yet is named with the reason.
-fn print_wgsl(kg: &KernelGraph, only: Option<usize>, target: &str) -> Result<()> {
+/// Shows the SIMT code of `kg`'s launched kernels (or of kernel `only`) of entry point `entry`
+/// for a baseline Vulkan device: as WGSL on stdout, or with `out_dir` as SPIR-V files there (one
+/// per program step, named `entry.kernel.step.spv`); a kernel the SIMT templates do not cover
+/// yet is named with the reason.
+fn print_simt(
+    kg: &KernelGraph,
+    entry: &str,
+    only: Option<usize>,
+    target: &str,
+    out_dir: Option<&Path>,
+) -> Result<()> {
     if target != "vulkan" {
-        bail!("--emit wgsl shows Vulkan code: use --target vulkan (the cost model was {target})");
+        bail!(
+            "--emit wgsl|spirv shows Vulkan code: use --target vulkan (the cost model was {target})"
+        );
+    }
+    if let Some(dir) = out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let device = tessera_codegen_spirv::VulkanTarget::baseline();
     let caps = tessera_codegen_spirv::vulkan_capabilities(&device);
     for (i, kernel) in launched(kg, only)? {
-        match tessera::lower_kernel_gpu(kg, kernel, &caps) {
-            Ok(program) => {
-                for step in &program.steps {
-                    let text = tessera_codegen_spirv::wgsl_text(step, &device)?;
-                    println!(
-                        "kernel {i} `{}` ({}): {}\n{text}",
-                        kernel.scope, kernel.kind, step.name
-                    );
-                }
+        let program = match tessera::lower_kernel_gpu(kg, kernel, &caps) {
+            Ok(program) => program,
+            Err(e) => {
+                println!(
+                    "kernel {i} `{}` ({}): no SIMT code: {e}\n",
+                    kernel.scope, kernel.kind
+                );
+                continue;
             }
-            Err(e) => println!(
-                "kernel {i} `{}` ({}): no SIMT code: {e}\n",
-                kernel.scope, kernel.kind
-            ),
+        };
+        for (s, step) in program.steps.iter().enumerate() {
+            let Some(dir) = out_dir else {
+                let text = tessera_codegen_spirv::wgsl_text(step, &device)?;
+                println!(
+                    "kernel {i} `{}` ({}): {}\n{text}",
+                    kernel.scope, kernel.kind, step.name
+                );
+                continue;
+            };
+            let spirv = tessera_codegen_spirv::compile(step, &device)?;
+            let path = dir.join(format!("{entry}.{i}.{s}.spv"));
+            let bytes: Vec<u8> = spirv.words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            println!(
+                "kernel {i} `{}` ({}): {} → {} ({} words, workgroup {:?}, {} buffers)",
+                kernel.scope,
+                kernel.kind,
+                step.name,
+                path.display(),
+                spirv.words.len(),
+                spirv.workgroup_size,
+                spirv.buffers.len()
+            );
         }
     }
     Ok(())

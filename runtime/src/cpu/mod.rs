@@ -9,7 +9,7 @@
 
 mod pool;
 
-use crate::bindings::{input_bytes, weight_index, CodeCache, EntryBuffers, Home, Profile};
+use crate::bindings::{input_bytes, shapes, weight_index, CodeCache, EntryBuffers, Home, Profile};
 use crate::executor::Executor;
 use crate::{Artifact, KernelProfile, RuntimeError};
 use pool::Pool;
@@ -156,7 +156,7 @@ impl Executor for CpuExecutor {
         let ep = self.entries.get_mut(entry).ok_or_else(|| {
             RuntimeError::Unsupported(format!("the artifact has no entry point `{entry}`"))
         })?;
-        let env = ep.buffers.bind(inputs)?;
+        let env = ep.buffers.bind(&shapes(inputs))?;
         let placement = ep.buffers.placement(&env);
         let lines = placement.bytes / ARENA_ALIGN;
         if ep.arena.len() < lines {
@@ -235,9 +235,12 @@ impl Executor for CpuExecutor {
         }
         // SAFETY: each output's base points at `len` bytes (an input checked above or the arena
         // as placed), no kernel is running, and the slices die before the next run.
-        buffers.outputs(entry, &env, |i, len| {
-            Ok(unsafe { std::slice::from_raw_parts(bases[i], len) })
-        })
+        buffers.outputs(
+            entry,
+            &env,
+            |_| true,
+            |i, len| Ok(unsafe { std::slice::from_raw_parts(bases[i], len) }),
+        )
     }
 }
 

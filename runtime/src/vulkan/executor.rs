@@ -10,7 +10,7 @@
 use super::launch::{padded, BufferRange};
 use super::{VulkanDevice, VulkanError, VulkanPipeline};
 use crate::bindings::{
-    buffer_bytes, input_bytes, weight_index, CodeCache, EntryBuffers, Home, Profile,
+    buffer_bytes, input_bytes, shapes, weight_index, CodeCache, EntryBuffers, Home, Profile,
 };
 use crate::executor::Executor;
 use crate::{Artifact, KernelProfile, RuntimeError};
@@ -21,6 +21,7 @@ use tessera_codegen_spirv::VulkanTarget;
 use tessera_ir::interp::Tensor;
 use tessera_ir::lir;
 use tessera_ir::memory_plan::ARENA_ALIGN;
+use tessera_ir::{eval_shape, DimEnv, StateSpec};
 
 /// One launched kernel's program on the device: its steps' pipelines and its scratch.
 struct DeviceProgram {
@@ -39,12 +40,24 @@ struct VulkanEntry {
     scratch: Option<wgpu::Buffer>,
 }
 
+/// One state tensor (a KV cache) kept on the device between runs.
+struct DeviceState {
+    shape: Vec<usize>,
+    /// Holds at least the tensor's bytes (more, so that a growing cache is rarely reallocated).
+    buffer: wgpu::Buffer,
+}
+
 /// Executes entry points on a Vulkan device; see the module doc.
 pub struct VulkanExecutor {
     device: VulkanDevice,
     /// One device buffer per module weight, in the module's order.
     weights: Vec<wgpu::Buffer>,
     entries: HashMap<String, VulkanEntry>,
+    /// The module's state tensors.
+    state_specs: Vec<StateSpec>,
+    /// The state by name once [`Executor::reset_state`] made it resident: each run reads it in
+    /// place of its state inputs and leaves its state outputs in it.
+    state: Option<BTreeMap<String, DeviceState>>,
     profile: Option<Profile>,
 }
 
@@ -131,6 +144,8 @@ impl VulkanExecutor {
             device,
             weights,
             entries,
+            state_specs: module.state.clone(),
+            state: None,
             profile: None,
         })
     }
@@ -162,7 +177,7 @@ fn aligned(n: u64) -> u64 {
 
 impl VulkanDevice {
     /// A device storage buffer of at least `bytes` bytes (whole words), uninitialized.
-    fn storage(&self, name: &str, bytes: u64) -> wgpu::Buffer {
+    pub(super) fn storage_buffer(&self, name: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(name),
             size: padded(bytes as usize),
@@ -191,7 +206,7 @@ impl VulkanDevice {
                         self.limits.max_buffer_size
                     ));
                 }
-                self.captured(|| self.storage(name, size))
+                self.captured(|| self.storage_buffer(name, size))
                     .map_err(|e| format!("allocating the {name} ({size} bytes): {e}"))
             }
         }
@@ -199,6 +214,23 @@ impl VulkanDevice {
 }
 
 impl Executor for VulkanExecutor {
+    fn reset_state(&mut self, batch: usize) -> Result<bool, RuntimeError> {
+        let env: DimEnv = [("batch".to_string(), batch), ("past".to_string(), 0)].into();
+        let state = self
+            .state_specs
+            .iter()
+            .map(|s| {
+                let at = |e: String| RuntimeError::Unsupported(format!("state `{}`: {e}", s.name));
+                let shape = eval_shape(&s.shape, &env).map_err(at)?;
+                let bytes = s.dtype.storage_bytes(&shape).map_err(at)?;
+                let buffer = self.device.storage_buffer(&s.name, bytes as u64);
+                Ok((s.name.clone(), DeviceState { shape, buffer }))
+            })
+            .collect::<Result<_, RuntimeError>>()?;
+        self.state = Some(state);
+        Ok(true)
+    }
+
     fn set_profiling(&mut self, on: bool) -> bool {
         self.profile = on.then(Profile::default);
         true
@@ -218,7 +250,11 @@ impl Executor for VulkanExecutor {
             RuntimeError::Unsupported(format!("the artifact has no entry point `{entry}`"))
         })?;
         let at = |msg: String| RuntimeError::Kernel(format!("entry point `{entry}`: {msg}"));
-        let env = ep.buffers.bind(inputs)?;
+        let mut shapes = shapes(inputs);
+        if let Some(state) = &self.state {
+            shapes.extend(state.iter().map(|(n, s)| (n.clone(), s.shape.clone())));
+        }
+        let env = ep.buffers.bind(&shapes)?;
         let placement = ep.buffers.placement(&env);
         // A buffer of no bytes is still bound as one word past its offset.
         let arena_bytes = placement.bytes as u64 + ARENA_ALIGN as u64;
@@ -250,8 +286,12 @@ impl Executor for VulkanExecutor {
         };
         let mut encoded = Vec::new();
         let mut uploaded: HashMap<usize, wgpu::Buffer> = HashMap::new();
+        let resident = |name: &str| self.state.as_ref().and_then(|s| s.get(name));
         for (i, home) in buffers.homes.iter().enumerate() {
             if let Home::Input(name) = home {
+                if resident(name).is_some() {
+                    continue;
+                }
                 let t = buffers.input(entry, i, name, inputs, &env)?;
                 let bytes = input_bytes(t, &mut encoded)?;
                 uploaded.insert(i, device.upload(name, bytes));
@@ -260,7 +300,10 @@ impl Executor for VulkanExecutor {
         let range = |i: usize| -> Result<BufferRange<'_>, RuntimeError> {
             let bytes = buffer_bytes(&buffers.kernels, i, &env)?;
             let (buffer, offset) = match &buffers.homes[i] {
-                Home::Input(_) => (&uploaded[&i], 0),
+                Home::Input(name) => match resident(name) {
+                    Some(state) => (&state.buffer, 0),
+                    None => (&uploaded[&i], 0),
+                },
                 Home::Weight(w) => (&self.weights[*w], 0),
                 Home::Arena => (&arena, placement.offsets[i] as u64),
                 Home::View(_) => unreachable!("launch arguments are resolved to their roots"),
@@ -306,27 +349,56 @@ impl Executor for VulkanExecutor {
                 )?;
             }
         }
-        let outputs: Vec<(usize, BufferRange)> = buffers
-            .kernels
-            .outputs
-            .iter()
-            .map(|(_, b)| {
-                let i = match buffers.homes[b.0 as usize] {
-                    Home::View(root) => root,
-                    _ => b.0 as usize,
-                };
-                Ok((b.0 as usize, range(i)?))
-            })
-            .collect::<Result<_, RuntimeError>>()?;
-        let read = batch
-            .read_back(&outputs.iter().map(|(_, r)| *r).collect::<Vec<_>>())
+        // Outputs by buffer, roots resolved; the resident state's stay on the device.
+        let mut read = Vec::new();
+        let mut kept = Vec::new();
+        for (name, b) in &buffers.kernels.outputs {
+            let i = b.0 as usize;
+            let root = match buffers.homes[i] {
+                Home::View(root) => root,
+                _ => i,
+            };
+            match resident(name) {
+                Some(_) => kept.push((name.clone(), i, range(root)?)),
+                None => read.push((i, range(root)?)),
+            }
+        }
+        // The state's new shapes, and a larger buffer where the old one is too small.
+        let mut updates: Vec<(String, Vec<usize>, Option<wgpu::Buffer>)> = Vec::new();
+        for (name, i, from) in &kept {
+            let state = resident(name).expect("kept outputs are resident");
+            let larger = (state.buffer.size() < padded(from.bytes))
+                .then(|| device.grown(None, name, from.bytes as u64))
+                .transpose()
+                .map_err(at)?;
+            batch.copy(*from, larger.as_ref().unwrap_or(&state.buffer));
+            let shape = eval_shape(&buffers.kernels.buffers[*i].ty.shape, &env)
+                .map_err(RuntimeError::Request)?;
+            updates.push((name.clone(), shape, larger));
+        }
+        let bytes = batch
+            .read_back(&read.iter().map(|(_, r)| *r).collect::<Vec<_>>())
             .map_err(|e| at(e.to_string()))?;
-        let by_buffer: HashMap<usize, &[u8]> = outputs
+        let by_buffer: HashMap<usize, &[u8]> = read
             .iter()
-            .zip(&read)
+            .zip(&bytes)
             .map(|((i, _), bytes)| (*i, bytes.as_slice()))
             .collect();
-        let result = buffers.outputs(entry, &env, |i, len| Ok(&by_buffer[&i][..len]));
+        let result = buffers.outputs(
+            entry,
+            &env,
+            |name| resident(name).is_none(),
+            |i, len| Ok(&by_buffer[&i][..len]),
+        );
+        if let Some(state) = self.state.as_mut() {
+            for (name, shape, larger) in updates {
+                let s = state.get_mut(&name).expect("kept outputs are resident");
+                s.shape = shape;
+                if let Some(buffer) = larger {
+                    s.buffer = buffer;
+                }
+            }
+        }
         ep.arena = Some(arena);
         if scratch.is_some() {
             ep.scratch = scratch;

@@ -341,6 +341,12 @@ impl Batch<'_> {
         Ok(())
     }
 
+    /// Records a copy of `from` to the start of `to` (after the dispatches recorded so far).
+    pub fn copy(&mut self, from: BufferRange, to: &wgpu::Buffer) {
+        self.encoder
+            .copy_buffer_to_buffer(from.buffer, from.offset, to, 0, from.size());
+    }
+
     /// Submits what was recorded, waits for it, and returns an empty batch.
     pub fn finish_and_wait(self) -> Result<Self, VulkanError> {
         let (device, label) = (self.device, self.label.clone());

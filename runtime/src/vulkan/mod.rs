@@ -10,6 +10,7 @@
 //! passthrough module carries no reflection. wgpu is a large dependency (a few minutes of build),
 //! hence the feature; lavapipe (Mesa's CPU driver) is enough to run everything in CI.
 
+mod bandwidth;
 mod device;
 mod error;
 mod executor;
