@@ -71,6 +71,19 @@ pub struct CompileOptions {
     pub vulkan: VulkanTarget,
 }
 
+impl CompileOptions {
+    /// The machine description the cost model chooses kernels for: the target's, with a Vulkan
+    /// device's shared memory and workgroup limits when compiling for one.
+    pub fn spec(&self) -> TargetSpec {
+        let mut spec = self.target.spec();
+        if self.target == Target::Vulkan {
+            spec.onchip_bytes = self.vulkan.shared_bytes as usize;
+            spec.max_threads_per_block = self.vulkan.max_workgroup_size as usize;
+        }
+        spec
+    }
+}
+
 /// The CPU kernels' default vector width: the host's widest when the runtime compiles them with
 /// LLVM (the default backend of an `llvm` build), else 128 bits, Cranelift's registers.
 pub fn default_vector_width() -> VectorWidth {
@@ -276,7 +289,7 @@ pub fn optimize_model(
     model: &mut ImportedModel,
     opts: &CompileOptions,
 ) -> Result<Vec<EntryReport>> {
-    let spec = opts.target.spec();
+    let spec = opts.spec();
     let reports = optimize_module(
         &mut model.module,
         &spec,
