@@ -27,6 +27,8 @@ pub struct VulkanDevice {
     pub(super) limits: wgpu::Limits,
     summary: AdapterSummary,
     subgroups: bool,
+    /// Whether compute passes can write timestamps (kernel profiling).
+    pub(super) timestamps: bool,
 }
 
 /// A wgpu instance restricted to the Vulkan backend.
@@ -78,9 +80,13 @@ impl VulkanDevice {
             .ok_or(VulkanError::NoAdapter { index, found })?;
         let summary = summary(index, &adapter);
         let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP);
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let mut required_features = wgpu::Features::PASSTHROUGH_SHADERS;
         if subgroups {
             required_features |= wgpu::Features::SUBGROUP;
+        }
+        if timestamps {
+            required_features |= wgpu::Features::TIMESTAMP_QUERY;
         }
         let desc = wgpu::DeviceDescriptor {
             label: Some("tessera"),
@@ -100,6 +106,7 @@ impl VulkanDevice {
             limits,
             summary,
             subgroups,
+            timestamps,
         })
     }
 

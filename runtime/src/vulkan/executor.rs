@@ -314,7 +314,17 @@ impl Executor for VulkanExecutor {
                 bytes,
             })
         };
-        let mut batch = device.batch(entry);
+        // Profiling times each dispatch with timestamp queries where the device has them, else
+        // waits for each launch.
+        let dispatches = ep.code.iter().map(|c| c.steps.len()).sum();
+        let timed = self.profile.is_some();
+        let (mut batch, timestamps) = match timed
+            .then(|| device.timed_batch(entry, dispatches))
+            .flatten()
+        {
+            Some(batch) => (batch, true),
+            None => (device.batch(entry), false),
+        };
         for (((launch, code), values), offsets) in buffers
             .launched
             .iter()
@@ -334,7 +344,7 @@ impl Executor for VulkanExecutor {
                 offset,
                 bytes,
             }));
-            let started = self.profile.is_some().then(Instant::now);
+            let started = (timed && !timestamps).then(Instant::now);
             for step in &code.steps {
                 batch.dispatch(step, &args, values).map_err(fail)?;
             }
@@ -376,9 +386,17 @@ impl Executor for VulkanExecutor {
                 .map_err(RuntimeError::Request)?;
             updates.push((name.clone(), shape, larger));
         }
-        let bytes = batch
-            .read_back(&read.iter().map(|(_, r)| *r).collect::<Vec<_>>())
+        let (bytes, seconds) = batch
+            .read_back_timed(&read.iter().map(|(_, r)| *r).collect::<Vec<_>>())
             .map_err(|e| at(e.to_string()))?;
+        if let (Some(profile), true) = (self.profile.as_mut(), timestamps) {
+            let mut at = 0;
+            for (launch, code) in buffers.launched.iter().zip(&ep.code) {
+                let took = seconds[at..at + code.steps.len()].iter().sum();
+                at += code.steps.len();
+                profile.record(entry, buffers, launch.index, &env, took)?;
+            }
+        }
         let by_buffer: HashMap<usize, &[u8]> = read
             .iter()
             .zip(&bytes)

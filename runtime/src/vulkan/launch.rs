@@ -206,7 +206,27 @@ impl VulkanDevice {
             label: label.to_string(),
             encoder: self.encoder(label),
             scalars: Vec::new(),
+            timestamps: None,
+            dispatches: 0,
         }
+    }
+
+    /// A [`batch`](Self::batch) that times each of its first `dispatches` dispatches on the
+    /// device with timestamp queries, when the device has them (else `None`).
+    pub(super) fn timed_batch(&self, label: &str, dispatches: usize) -> Option<Batch<'_>> {
+        let count = u32::try_from(2 * dispatches.max(1)).ok()?;
+        if !self.timestamps || count > wgpu::QUERY_SET_MAX_QUERIES {
+            return None;
+        }
+        let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("kernel timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        Some(Batch {
+            timestamps: Some(set),
+            ..self.batch(label)
+        })
     }
 
     fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
@@ -249,6 +269,10 @@ pub(super) struct Batch<'d> {
     encoder: wgpu::CommandEncoder,
     /// The scalar buffers of the recorded dispatches, alive until submitted.
     scalars: Vec<wgpu::Buffer>,
+    /// Where each dispatch writes its start and end times, in a timed batch.
+    timestamps: Option<wgpu::QuerySet>,
+    /// Dispatches recorded so far.
+    dispatches: u32,
 }
 
 impl Batch<'_> {
@@ -276,7 +300,25 @@ impl Batch<'_> {
                 ),
             ));
         }
+        let index = self.dispatches;
+        self.dispatches += 1;
+        let timestamp_writes =
+            self.timestamps
+                .as_ref()
+                .map(|query_set| wgpu::ComputePassTimestampWrites {
+                    query_set,
+                    beginning_of_pass_write_index: Some(2 * index),
+                    end_of_pass_write_index: Some(2 * index + 1),
+                });
         if grid.contains(&0) {
+            // An empty pass still writes the dispatch's timestamps.
+            if timestamp_writes.is_some() {
+                self.encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(&k.name),
+                        timestamp_writes,
+                    });
+            }
             return Ok(());
         }
         let max_binding = limits.max_storage_buffer_binding_size;
@@ -331,7 +373,7 @@ impl Batch<'_> {
                 .encoder
                 .begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(&k.name),
-                    timestamp_writes: None,
+                    timestamp_writes,
                 });
             pass.set_pipeline(&p.pipeline);
             pass.set_bind_group(0, &group, &[]);
@@ -352,6 +394,45 @@ impl Batch<'_> {
         let (device, label) = (self.device, self.label.clone());
         self.read_back(&[])?;
         Ok(device.batch(&label))
+    }
+
+    /// [`read_back`](Self::read_back), and in a timed batch the seconds each dispatch took on
+    /// the device, in the order they were recorded (empty in an untimed one).
+    pub fn read_back_timed(
+        mut self,
+        ranges: &[BufferRange],
+    ) -> Result<(Vec<Vec<u8>>, Vec<f64>), VulkanError> {
+        let Some(set) = self.timestamps.take() else {
+            return Ok((self.read_back(ranges)?, Vec::new()));
+        };
+        let device = self.device;
+        let queries = 2 * self.dispatches;
+        let times = device.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kernel timestamps"),
+            size: u64::from(queries.max(1)) * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE
+                | wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if queries > 0 {
+            self.encoder.resolve_query_set(&set, 0..queries, &times, 0);
+        }
+        let mut all = ranges.to_vec();
+        all.push(BufferRange::whole(&times, queries as usize * 8));
+        let mut bytes = self.read_back(&all)?;
+        let ticks: Vec<u64> = bytes
+            .pop()
+            .expect("the timestamps were read back")
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let period = f64::from(device.queue.get_timestamp_period()) * 1e-9;
+        let seconds = ticks
+            .chunks_exact(2)
+            .map(|t| t[1].saturating_sub(t[0]) as f64 * period)
+            .collect();
+        Ok((bytes, seconds))
     }
 
     /// Records copies of `ranges` into one mappable buffer, submits everything, waits, and

@@ -391,6 +391,16 @@ fn the_executor_runs_an_entry_point_through_its_arena() {
     let wrong = [("x".to_string(), Tensor::i32(vec![2], vec![1, 2]))].into();
     let err = exec.run("decode", &wrong).unwrap_err().to_string();
     assert!(err.contains("input `x` is i32"), "{err}");
+    // Profiled (timestamp queries on lavapipe): one row per launched kernel, the view none.
+    assert!(exec.set_profiling(true));
+    let x = [("x".to_string(), Tensor::f32(vec![7], vec![1.0; 7]))].into();
+    let profiled = exec.run("decode", &x).unwrap()["y"].clone();
+    assert_eq!(profiled.as_f32().unwrap(), [21.0; 7]);
+    let rows = exec.take_profile();
+    assert_eq!(rows.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 2]);
+    assert!(rows
+        .iter()
+        .all(|r| r.launches == 1 && r.seconds >= 0.0 && r.bytes == 60));
     crate::test_artifact::write_add_artifact(&path, "cpu");
     let cpu_only = crate::Artifact::open(&path).unwrap();
     let err = VulkanExecutor::new(&cpu_only, 0).err().unwrap().to_string();
