@@ -32,6 +32,12 @@ pub(crate) fn add_w_kernel() -> lir::Kernel {
 /// entry point computes `y = reshape(x + w) + w` on `x: [past]`: two launches through the arena
 /// and a view that launches nothing.
 pub(crate) fn write_add_artifact(path: &std::path::Path, target: &str) {
+    write_artifact_with(path, target, 0);
+}
+
+/// [`write_add_artifact`] with one more weight, `unread`, of `unread_bytes` bytes (none when 0)
+/// that no kernel reads: for a model too large for a device.
+pub(crate) fn write_artifact_with(path: &std::path::Path, target: &str, unread_bytes: usize) {
     let code = || vec![lir::Program::single(add_w_kernel()); 3];
     let past = || vec![Dim::sym("past")];
     let mut g = Graph::new();
@@ -102,11 +108,15 @@ pub(crate) fn write_add_artifact(path: &std::path::Path, target: &str) {
             num_layers: 0,
             hidden_size: 1,
         },
-        weights: vec![WeightSpec {
-            name: "w".into(),
-            dtype: DType::F32,
-            shape: vec![1],
-        }],
+        weights: [("w", 1), ("unread", unread_bytes / 4)]
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(name, n)| WeightSpec {
+                name: name.into(),
+                dtype: DType::F32,
+                shape: vec![n],
+            })
+            .collect(),
         state: vec![],
         entries: vec![EntryPoint {
             name: "decode".into(),
@@ -117,15 +127,20 @@ pub(crate) fn write_add_artifact(path: &std::path::Path, target: &str) {
         }],
     };
     let w = 10.0f32.to_le_bytes();
+    let unread = vec![0u8; unread_bytes / 4 * 4];
     let manifest = Manifest {
         producer: "test".into(),
         target: target.into(),
         source: "unit".into(),
         config: serde_json::Value::Null,
-        weight_slots: artifact::layout_weights([("w", w.len() as u64)]),
+        weight_slots: artifact::layout_weights(
+            [("w", w.len() as u64), ("unread", unread.len() as u64)]
+                .into_iter()
+                .filter(|&(_, n)| n > 0),
+        ),
         module,
     };
     let mut file = std::fs::File::create(path).unwrap();
-    let mut weights = [&w[..]].into_iter();
+    let mut weights = [&w[..], &unread[..]].into_iter().filter(|b| !b.is_empty());
     artifact::write(&mut file, &manifest, None, &mut weights, &mut |_| {}).unwrap();
 }

@@ -406,3 +406,26 @@ fn the_executor_runs_an_entry_point_through_its_arena() {
     let err = VulkanExecutor::new(&cpu_only, 0).err().unwrap().to_string();
     assert!(err.contains("recompile with --target vulkan"), "{err}");
 }
+
+/// A weight larger than the device binds as one storage buffer is refused at load, by name
+/// (run where that limit is small enough to write such a weight: lavapipe's 128 MiB).
+#[test]
+fn a_model_too_large_for_the_device_is_named() {
+    let Some(dev) = device() else {
+        return;
+    };
+    let limit = dev.limits.max_storage_buffer_binding_size;
+    if limit > 256 << 20 {
+        eprintln!("skipped: the device binds {limit} bytes");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("large.tsr");
+    crate::test_artifact::write_artifact_with(&path, "vulkan", limit as usize + 4);
+    let artifact = crate::Artifact::open(&path).unwrap();
+    let err = VulkanExecutor::new(&artifact, 0).err().unwrap().to_string();
+    assert!(
+        err.contains("does not fit") && err.contains("weight `unread`"),
+        "{err}"
+    );
+}
