@@ -9,11 +9,12 @@
 
 mod cases;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use tessera_ir::interp::{self, Tensor};
 use tessera_ir::kernel::{body_graph, BodyArg, BodyInput, BodyOp, KernelKind};
+use tessera_ir::lir::Capabilities;
 use tessera_ir::{BinaryOp, DType, Dim, Op, Shape, TensorType, UnaryOp};
-use tessera_passes::lower::{lower_cpu, VectorWidth};
+use tessera_passes::lower::{lower_cpu, lower_gpu, VectorWidth};
 
 use cases::{kernel, step};
 use BodyArg::{Input as In, Op as At};
@@ -306,4 +307,27 @@ fn quantized_matmul_with_a_head_split_epilogue() {
         let inputs = [ty(DType::F32, &[1, seq, k]), ty(format, &[heads * dim, k])];
         check(qgemm(format), body, &inputs, true, 1e-5);
     }
+}
+
+/// A device without `Dot4I8Packed` gets no SIMT quantized matmul (there is no float fallback):
+/// the error names the intrinsic and the kernel.
+#[test]
+fn simt_quantized_matmul_without_packed_dot_products_is_named() {
+    let body = vec![step(Op::QuantMatMul { transpose_b: true }, &[In(0), In(1)])];
+    let k = kernel(qgemv(DType::Q8_0), body);
+    let inputs = [ty(DType::F32, &[1, 64]), ty(DType::Q8_0, &[3, 64])];
+    let caps = Capabilities {
+        subgroup_sizes: vec![],
+        intrinsics: BTreeSet::new(),
+        max_workgroup_size: 256,
+        shared_bytes: 16384,
+        f16: false,
+    };
+    let err = lower_gpu(&k, &inputs, &ty(DType::F32, &[1, 3]), &caps)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Dot4I8Packed") && err.contains("qgemv") && err.contains("SIMT"),
+        "{err}"
+    );
 }
