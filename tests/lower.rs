@@ -722,51 +722,16 @@ fn every_llama_kernel_lowers_or_is_unsupported() {
 #[cfg(feature = "vulkan")]
 mod vulkan {
     use super::*;
-    use std::sync::OnceLock;
-    use tessera_codegen_spirv::{compile, vulkan_capabilities};
     use tessera_passes::lower::lower_gpu;
-    use tessera_runtime::vulkan::VulkanDevice;
 
-    fn device() -> Option<&'static VulkanDevice> {
-        static DEVICE: OnceLock<Option<VulkanDevice>> = OnceLock::new();
-        DEVICE
-            .get_or_init(|| {
-                if VulkanDevice::list().is_empty() {
-                    let required = std::env::var("TESSERA_REQUIRE_VULKAN").is_ok_and(|v| v == "1");
-                    assert!(
-                        !required,
-                        "TESSERA_REQUIRE_VULKAN=1 but no Vulkan adapter was found"
-                    );
-                    return None;
-                }
-                Some(VulkanDevice::open(0).unwrap_or_else(|e| panic!("{e}")))
-            })
-            .as_ref()
-    }
-
-    /// Lowers `k` for the device, runs each step (scratch buffers after the output) and
-    /// compares the output with the interpreter.
+    /// Lowers `k` for the Vulkan device, runs it and compares the output with the interpreter.
     pub fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
-        let Some(device) = device() else {
-            eprintln!("skipped on Vulkan: no adapter (install mesa-vulkan-drivers for lavapipe)");
-            return;
-        };
-        let target = device.target();
         let case = Case::new(k, inputs, env);
-        let program = lower_gpu(k, inputs, &case.output, &vulkan_capabilities(&target))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut buffers = case.buffers.clone();
-        for bytes in program.scratch_bytes(&case.scalars).unwrap() {
-            buffers.push(vec![0; bytes]);
+        if let Some((got, program)) =
+            cases::vulkan::run(k, inputs, &case.output, &case.buffers, &case.scalars)
+        {
+            case.assert_matches(&got, &program);
         }
-        for step in &program.steps {
-            let spirv = compile(step, &target).unwrap_or_else(|e| panic!("{e}\n{step}"));
-            let mut views: Vec<&mut [u8]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
-            device
-                .launch(&spirv, &mut views, &case.scalars)
-                .unwrap_or_else(|e| panic!("{e}\n{step}"));
-        }
-        case.assert_matches(&buffers[inputs.len()], &program);
     }
 
     #[test]

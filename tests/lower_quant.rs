@@ -1,5 +1,6 @@
 //! Quantized matmul kernels (QGemv/QGemm over Q8_0 and Q4_0 weights) lowered for the CPU,
-//! JIT-compiled and run, against the reference interpreter on the same quantized weights. The
+//! JIT-compiled and run, and lowered by `lower_gpu` and run on the Vulkan device (lavapipe in
+//! CI), against the reference interpreter on the same quantized weights. The
 //! kernel rounds its activations to 8 bits per block (as llama.cpp does), so a plain lhs is
 //! checked against the interpreter fed that rounding of it (only float reassociation differs),
 //! and kernels with prologues and epilogues within the rounding's bound. Every kernel is run at
@@ -8,11 +9,12 @@
 
 mod cases;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use tessera_ir::interp::{self, Tensor};
 use tessera_ir::kernel::{body_graph, BodyArg, BodyInput, BodyOp, KernelKind};
+use tessera_ir::lir::Capabilities;
 use tessera_ir::{BinaryOp, DType, Dim, Op, Shape, TensorType, UnaryOp};
-use tessera_passes::lower::{lower_cpu, VectorWidth};
+use tessera_passes::lower::{lower_cpu, lower_gpu, VectorWidth};
 
 use cases::{kernel, step};
 use BodyArg::{Input as In, Op as At};
@@ -56,11 +58,24 @@ fn widths() -> Vec<VectorWidth> {
     }
 }
 
-/// Runs `body` (its matmul weight is input 1, of `format`) at every width of [`widths`] and
-/// checks each against the interpreter within `tol` (relative to the largest result).
+/// Runs `body` (its matmul weight is input 1) at every width of [`widths`] and, with the
+/// `vulkan` feature, on the Vulkan device, and checks each against the interpreter within `tol`
+/// (relative to the largest result); `round_lhs` feeds the interpreter input 0 rounded as the
+/// kernel rounds it.
 fn check(kind: KernelKind, body: Vec<BodyOp>, inputs: &[TensorType], round_lhs: bool, tol: f32) {
+    let k = kernel(kind.clone(), body);
+    let symbolic: Vec<BodyInput> = inputs.iter().cloned().map(BodyInput::Value).collect();
+    let (g, node) = body_graph(&k.body, &symbolic).unwrap();
+    let output = g.ty(node).clone();
+    let (buffers, want) = case(&g, inputs, round_lhs);
     for width in widths() {
-        let (got, want) = run(kind.clone(), body.clone(), inputs, round_lhs, width);
+        let lir = lower_cpu(&k, inputs, &output, width).unwrap();
+        let compiled = tessera_codegen_cpu::compile_program(&lir, Default::default())
+            .unwrap_or_else(|e| panic!("{e}\n{lir}"));
+        let mut buffers = buffers.clone();
+        let mut views: Vec<&mut [u8]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
+        compiled.launch(&mut views, &[]).unwrap();
+        let got = floats(buffers.last().unwrap());
         assert_close(
             &got,
             &want,
@@ -68,25 +83,21 @@ fn check(kind: KernelKind, body: Vec<BodyOp>, inputs: &[TensorType], round_lhs: 
             &format!("{kind} at {} bits", width.bits()),
         );
     }
+    #[cfg(feature = "vulkan")]
+    if let Some((got, program)) = cases::vulkan::run(&k, inputs, &output, &buffers, &[]) {
+        assert_close(
+            &floats(&got),
+            &want,
+            tol,
+            &format!("{kind} on Vulkan\n{program}"),
+        );
+    }
 }
 
-/// Runs `body` (its matmul weight is input 1, of `format`) through lower at `width` → JIT →
-/// launch and through the interpreter; `round_lhs` feeds the interpreter input 0 rounded as the
-/// kernel rounds it. Returns (got, want).
-fn run(
-    kind: KernelKind,
-    body: Vec<BodyOp>,
-    inputs: &[TensorType],
-    round_lhs: bool,
-    width: VectorWidth,
-) -> (Vec<f32>, Vec<f32>) {
-    let k = kernel(kind, body);
-    let symbolic: Vec<BodyInput> = inputs.iter().cloned().map(BodyInput::Value).collect();
-    let (g, node) = body_graph(&k.body, &symbolic).unwrap();
-    let output = g.ty(node).clone();
-    let lir = lower_cpu(&k, inputs, &output, width).unwrap();
-    let compiled = tessera_codegen_cpu::compile_program(&lir, Default::default())
-        .unwrap_or_else(|e| panic!("{e}\n{lir}"));
+/// The buffers of a run of the kernel body `g` (seeded inputs, quantized weights as their GGUF
+/// bytes, a zeroed output last) and what the interpreter computes from them; `round_lhs` feeds
+/// the interpreter input 0 rounded as the kernel rounds it.
+fn case(g: &tessera_ir::Graph, inputs: &[TensorType], round_lhs: bool) -> (Vec<Vec<u8>>, Vec<f32>) {
     let mut feed = BTreeMap::new();
     let mut buffers: Vec<Vec<u8>> = Vec::new();
     for (i, t) in inputs.iter().enumerate() {
@@ -113,20 +124,20 @@ fn run(
         }
         feed.insert(i.to_string(), tensor);
     }
-    let want = interp::run(&g, &BTreeMap::new(), &feed).unwrap()["out"]
+    let want = interp::run(g, &BTreeMap::new(), &feed).unwrap()["out"]
         .as_f32()
         .unwrap()
         .to_vec();
     buffers.push(vec![0; want.len() * 4]);
-    let mut views: Vec<&mut [u8]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
-    compiled.launch(&mut views, &[]).unwrap();
-    let got = buffers
-        .last()
-        .unwrap()
+    (buffers, want)
+}
+
+/// Little-endian f32 bytes as floats.
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (got, want)
+        .collect()
 }
 
 fn qgemv(format: DType) -> KernelKind {
@@ -134,6 +145,15 @@ fn qgemv(format: DType) -> KernelKind {
         format,
         tile_n: 4,
         split_k: 1,
+    }
+}
+
+fn qgemm(format: DType) -> KernelKind {
+    KernelKind::QGemm {
+        format,
+        tile_m: 4,
+        tile_n: 4,
+        tile_k: 32,
     }
 }
 
@@ -150,7 +170,8 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
 
 /// A plain lhs: rows M = 1…9, 16 and 17 (QGemm groups full and partial), N odd (a partial tile,
 /// and a lone column), K of 1 to 5, 8, 9 and 13 blocks (runs of 4 or 2 blocks with and without
-/// blocks left over), both formats; exact up to float reassociation once the activations are
+/// blocks left over) and of 257 and 300 (more blocks than a SIMT workgroup has threads, so
+/// some take two), both formats; exact up to float reassociation once the activations are
 /// rounded as the kernel rounds them.
 #[test]
 fn quantized_matmul_matches_the_interpreter_on_the_same_weights() {
@@ -169,21 +190,14 @@ fn quantized_matmul_matches_the_interpreter_on_the_same_weights() {
         (1, 21, 288),
         (1, 7, 416),
         (17, 5, 160),
+        (1, 5, 300 * 32),
+        (5, 3, 257 * 32),
     ];
     for format in [DType::Q8_0, DType::Q4_0] {
         for (m, n, k) in shapes {
             let body = vec![step(Op::QuantMatMul { transpose_b: true }, &[In(0), In(1)])];
             let inputs = [ty(DType::F32, &[m, k]), ty(format, &[n, k])];
-            let kind = if m == 1 {
-                qgemv(format)
-            } else {
-                KernelKind::QGemm {
-                    format,
-                    tile_m: 4,
-                    tile_n: 4,
-                    tile_k: 32,
-                }
-            };
+            let kind = if m == 1 { qgemv(format) } else { qgemm(format) };
             check(kind, body, &inputs, true, 1e-5);
         }
     }
@@ -191,7 +205,8 @@ fn quantized_matmul_matches_the_interpreter_on_the_same_weights() {
 
 /// The decode block's quantized kernels: RmsNorm read in place, a residual add + RmsNorm
 /// prologue evaluated into a private row with the merged gate/up SwiGLU epilogue reading two
-/// columns per output, GPT-2's LayerNorm prologue, and a residual epilogue — within the 8-bit rounding of the activations.
+/// columns per output (also as a QGemm of 5 rows: on a SIMT target more partial sums than one
+/// reduction pass takes), GPT-2's LayerNorm prologue (also as a QGemm), and a residual epilogue — within the 8-bit rounding of the activations.
 #[test]
 fn quantized_matmul_with_prologues_and_epilogues() {
     for format in [DType::Q8_0, DType::Q4_0] {
@@ -231,25 +246,29 @@ fn quantized_matmul_with_prologues_and_epilogues() {
             step(Op::Unary(UnaryOp::Silu), &[At(3)]),
             step(Op::Binary(BinaryOp::Mul), &[At(5), At(4)]),
         ];
-        let inputs = [
-            ty(DType::F32, &[1, k]),
-            ty(format, &[n, k]),
-            ty(DType::F32, &[k]),
-            ty(DType::F32, &[1, k]),
-        ];
-        check(qgemv(format), swiglu, &inputs, false, 2e-2);
+        for (kind, m) in [(qgemv(format), 1), (qgemm(format), 5)] {
+            let inputs = [
+                ty(DType::F32, &[m, k]),
+                ty(format, &[n, k]),
+                ty(DType::F32, &[k]),
+                ty(DType::F32, &[m, k]),
+            ];
+            check(kind, swiglu.clone(), &inputs, false, 2e-2);
+        }
 
         let layer_norm = vec![
             step(Op::LayerNorm { eps: 1e-5 }, &[In(0), In(2), In(3)]),
             step(Op::QuantMatMul { transpose_b: true }, &[At(0), In(1)]),
         ];
-        let inputs = [
-            ty(DType::F32, &[2, k]),
-            ty(format, &[n, k]),
-            ty(DType::F32, &[k]),
-            ty(DType::F32, &[k]),
-        ];
-        check(qgemv(format), layer_norm, &inputs, false, 2e-2);
+        for (kind, m) in [(qgemv(format), 2), (qgemm(format), 5)] {
+            let inputs = [
+                ty(DType::F32, &[m, k]),
+                ty(format, &[n, k]),
+                ty(DType::F32, &[k]),
+                ty(DType::F32, &[k]),
+            ];
+            check(kind, layer_norm.clone(), &inputs, false, 2e-2);
+        }
 
         let residual = vec![
             step(Op::QuantMatMul { transpose_b: true }, &[In(0), In(1)]),
@@ -286,12 +305,29 @@ fn quantized_matmul_with_a_head_split_epilogue() {
             ),
         ];
         let inputs = [ty(DType::F32, &[1, seq, k]), ty(format, &[heads * dim, k])];
-        let kind = KernelKind::QGemm {
-            format,
-            tile_m: 4,
-            tile_n: 4,
-            tile_k: 32,
-        };
-        check(kind, body, &inputs, true, 1e-5);
+        check(qgemm(format), body, &inputs, true, 1e-5);
     }
+}
+
+/// A device without `Dot4I8Packed` gets no SIMT quantized matmul (there is no float fallback):
+/// the error names the intrinsic and the kernel.
+#[test]
+fn simt_quantized_matmul_without_packed_dot_products_is_named() {
+    let body = vec![step(Op::QuantMatMul { transpose_b: true }, &[In(0), In(1)])];
+    let k = kernel(qgemv(DType::Q8_0), body);
+    let inputs = [ty(DType::F32, &[1, 64]), ty(DType::Q8_0, &[3, 64])];
+    let caps = Capabilities {
+        subgroup_sizes: vec![],
+        intrinsics: BTreeSet::new(),
+        max_workgroup_size: 256,
+        shared_bytes: 16384,
+        f16: false,
+    };
+    let err = lower_gpu(&k, &inputs, &ty(DType::F32, &[1, 3]), &caps)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Dot4I8Packed") && err.contains("qgemv") && err.contains("SIMT"),
+        "{err}"
+    );
 }

@@ -1,7 +1,11 @@
 //! What the template tests share (`mod cases;`, in `lower.rs` and `lower_quant.rs`):
-//! kernels built by hand, seeded inputs, and the reference interpreter's evaluation of a
-//! kernel's body that every backend's run of its lowering must match.
+//! kernels built by hand, seeded inputs, the reference interpreter's evaluation of a kernel's
+//! body that every backend's run of its lowering must match, and the Vulkan device the SIMT
+//! lowerings run on ([`vulkan`]).
 #![allow(dead_code)]
+
+#[cfg(feature = "vulkan")]
+pub mod vulkan;
 
 use std::collections::BTreeMap;
 use std::fmt::Display;

@@ -49,9 +49,14 @@ pub(super) fn fold_lanes(
     Ok(workgroup_reduce(b, body.threads, &[partial], op)[0])
 }
 
+/// Values a [`workgroup_reduce`] combines per pass: more take turns in the same shared array,
+/// so a reduction holds at most this many floats per thread (8 KiB at 256 threads) in shared
+/// memory, whatever its count.
+const REDUCE_CHUNK: usize = 8;
+
 /// `op` over every thread's `values` (each position separately; a power-of-two workgroup of
 /// `threads`), returned to all of them: a tree through a Shared array, halving the active
-/// threads each level. Must be reached by the whole workgroup.
+/// threads each level, [`REDUCE_CHUNK`] values per pass. Must be reached by the whole workgroup.
 pub(super) fn workgroup_reduce(
     b: &mut KernelBuilder,
     threads: u32,
@@ -63,47 +68,50 @@ pub(super) fn workgroup_reduce(
         ReduceOp::Max => BinaryOp::Max,
         ReduceOp::Min => BinaryOp::Min,
     };
-    let n = values.len() as u32;
+    let width = values.len().min(REDUCE_CHUNK) as u32;
     let partials = b.local(
         "partials",
         MemorySpace::Shared,
         ScalarType::F32,
-        n * threads,
+        width * threads,
     );
     let lane = b.special(Special::LocalId(Axis::X));
     let slot = |b: &mut KernelBuilder, v: u32, thread: Value| {
         let base = b.const_i(i64::from(v * threads));
         b.add(base, thread)
     };
-    for (v, &value) in (0..n).zip(values) {
-        let at = slot(b, v, lane);
-        b.store(partials, at, value);
-    }
-    b.barrier();
-    let mut half = threads / 2;
-    while half > 0 {
-        let h = b.const_i(i64::from(half));
-        let active = b.cmp(CmpOp::Lt, lane, h);
-        b.if_then(active, |b| {
-            let other = b.add(lane, h);
-            for v in 0..n {
-                let (mine, theirs) = (slot(b, v, lane), slot(b, v, other));
-                let (x, y) = (b.load(partials, mine, 1), b.load(partials, theirs, 1));
-                let r = b.binary(combine, x, y);
-                b.store(partials, mine, r);
-            }
-        });
+    let mut totals = Vec::with_capacity(values.len());
+    for chunk in values.chunks(REDUCE_CHUNK) {
+        let n = chunk.len() as u32;
+        for (v, &value) in (0..n).zip(chunk) {
+            let at = slot(b, v, lane);
+            b.store(partials, at, value);
+        }
         b.barrier();
-        half /= 2;
-    }
-    let zero = b.const_i(0);
-    let totals = (0..n)
-        .map(|v| {
+        let mut half = threads / 2;
+        while half > 0 {
+            let h = b.const_i(i64::from(half));
+            let active = b.cmp(CmpOp::Lt, lane, h);
+            b.if_then(active, |b| {
+                let other = b.add(lane, h);
+                for v in 0..n {
+                    let (mine, theirs) = (slot(b, v, lane), slot(b, v, other));
+                    let (x, y) = (b.load(partials, mine, 1), b.load(partials, theirs, 1));
+                    let r = b.binary(combine, x, y);
+                    b.store(partials, mine, r);
+                }
+            });
+            b.barrier();
+            half /= 2;
+        }
+        let zero = b.const_i(0);
+        for v in 0..n {
             let at = slot(b, v, zero);
-            b.load(partials, at, 1)
-        })
-        .collect();
-    // Every thread has read the totals before a later reduction reuses shared memory.
-    b.barrier();
+            totals.push(b.load(partials, at, 1));
+        }
+        // Every thread has read the totals before the next pass (or a later reduction) reuses
+        // shared memory.
+        b.barrier();
+    }
     totals
 }

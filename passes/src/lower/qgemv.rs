@@ -24,12 +24,16 @@
 //!    in that one pass; an epilogue that moves elements to other rows (a head split) is written
 //!    where [`Body::forward`] maps each element; any other gets each column it asks for alone.
 //!
+//! The weight and epilogue parsing ([`Format::weight`], [`Epilogue::of`]), the block quantizer
+//! ([`BlockQuantizer`]) and the scales' decoding ([`block_scales`]) are shared with the SIMT
+//! template (`simt/qgemv.rs`).
+//!
 //! Rounding the activations to 8 bits is the approximation llama.cpp's quantized kernels make;
 //! the weights are exact. The tile is chosen so a row splits into about [`GROUPS_PER_ROW`]
 //! groups: enough for a thread pool to balance, few enough that quantizing the row once per
 //! group is a small fraction of the group's work.
 
-use super::expr::{fold_many, for_each, load_f32, Body};
+use super::expr::{fold_many, for_each, Body};
 use super::gemv::{
     column_offsets, row_source, store_output, transposed_matmul, RowSource, GROUPS_PER_ROW,
 };
@@ -38,7 +42,7 @@ use tessera_ir::lir::{
     Axis, BinaryOp, BufRef, CmpOp, Intrinsic, KernelBuilder, Literal, MemorySpace, ReduceOp,
     ScalarType, SizeExpr, Special, Type, UnaryOp, Value,
 };
-use tessera_ir::{DType, QK};
+use tessera_ir::{DType, Dim, QK};
 
 /// Rows of a QGemm group: each decoded weight block feeds this many rows' dot products.
 pub(super) const GEMM_ROWS: i64 = 4;
@@ -48,22 +52,32 @@ pub(super) const GEMM_ROWS: i64 = 4;
 const Q8_OFFSET: i64 = 128;
 
 /// Packed `u32` code words (four codes each) per block of 32 values.
-const WORDS_PER_BLOCK: i64 = QK as i64 / 4;
+pub(super) const WORDS_PER_BLOCK: i64 = QK as i64 / 4;
 
 /// Code words per half block: also the dot product lanes one block takes, its low half in one
 /// dot product and its high half in the next.
-const HALF_WORDS: i64 = WORDS_PER_BLOCK / 2;
+pub(super) const HALF_WORDS: i64 = WORDS_PER_BLOCK / 2;
 
 /// The byte layout of a weight block format.
 #[derive(Clone, Copy)]
-struct Format {
+pub(super) struct Format {
     /// Bytes per block of 32 values (f16 scale + codes).
-    block_bytes: i64,
+    pub block_bytes: i64,
     /// Q4_0: unsigned 4-bit codes with an offset of 8; Q8_0: signed bytes.
-    nibbles: bool,
+    pub nibbles: bool,
 }
 
 impl Format {
+    /// The quantized weight of the matmul at `m` (an input, read as bytes): its buffer and format.
+    pub(super) fn weight(body: &Body, m: usize) -> Result<(BufRef, Format), String> {
+        let arg = body.ops[m].args[1];
+        let format = Format::of(body.ty(arg).dtype)?;
+        match arg {
+            BodyArg::Input(i) => Ok((body.buffers[i], format)),
+            BodyArg::Op(_) => Err("a computed quantized weight".into()),
+        }
+    }
+
     fn of(dtype: DType) -> Result<Format, String> {
         match (dtype, dtype.quant_block()) {
             (DType::Q8_0 | DType::Q4_0, Some(block)) if block.elems == QK => Ok(Format {
@@ -117,15 +131,56 @@ impl Layout {
     }
 }
 
-/// The private buffers holding a group's quantized lhs row.
-struct QuantizedRow {
+/// The buffers holding a group's quantized lhs row (private on a CPU, one block per thread on
+/// a SIMT target).
+pub(super) struct QuantizedRow {
     /// The 8-bit codes, four per `u32`, in the [`Layout`]'s order.
-    codes: BufRef,
+    pub codes: BufRef,
     /// `d_x` per block, [`Layout::scale_stride`] times.
-    scales: BufRef,
-    /// Q4_0's offset correction as the integer dot products' starting value: `[−8·Σq, 0, 0, 0]`
-    /// per block.
-    offsets: BufRef,
+    pub scales: BufRef,
+    /// Q4_0 on a CPU: the offset correction as the integer dot products' starting value:
+    /// `[−8·Σq, 0, 0, 0]` per block.
+    pub offsets: Option<BufRef>,
+}
+
+/// What a quantized matmul's epilogue needs of the template, given the matmul at `m` and its
+/// leading dims `lead`.
+pub(super) struct Epilogue {
+    /// The epilogue moves elements to other rows (a head split: reshape + permute): each matmul
+    /// element is written where [`Body::forward`] maps it.
+    pub scatter: bool,
+    /// Columns a group tiles: the output's last axis, or the matmul's N when scattering.
+    pub cols: i64,
+    /// The matmul columns an output column reads, as offsets from it: known for the scatter
+    /// path and for epilogues of elementwise ops and last-axis slices (SwiGLU reads j and j + H);
+    /// `None` for any other.
+    pub offsets: Option<Vec<i64>>,
+}
+
+impl Epilogue {
+    /// The epilogue of the matmul at `m` of `n` columns, its leading dims `lead`.
+    pub(super) fn of(body: &Body, m: usize, n: i64, lead: &[Dim]) -> Result<Epilogue, String> {
+        let out_shape = &body.ty(body.result()).shape;
+        let (out_cols, out_lead) = out_shape.split_last().ok_or("a matmul of a scalar")?;
+        // An epilogue that keeps the rows is evaluated per output column (it may read several
+        // matmul columns); one that moves elements to other rows must map each matmul element
+        // to one output element.
+        let scatter = out_lead != lead;
+        if scatter {
+            return Ok(Epilogue {
+                scatter,
+                cols: n,
+                offsets: Some(vec![0]),
+            });
+        }
+        Ok(Epilogue {
+            scatter,
+            cols: out_cols
+                .as_const()
+                .ok_or("an output with a symbolic last axis")?,
+            offsets: column_offsets(body, body.result(), m),
+        })
+    }
 }
 
 /// Writes the quantized matmul kernel of `body` into `b`, storing to `out`.
@@ -137,27 +192,15 @@ pub(super) fn lower(
     rows_per_group: i64,
 ) -> Result<(), String> {
     let (m, n, k) = transposed_matmul(body, true)?;
-    let mm = &body.ops[m];
-    let format = Format::of(body.ty(mm.args[1]).dtype)?;
-    let w = match mm.args[1] {
-        BodyArg::Input(i) => body.buffers[i],
-        BodyArg::Op(_) => return Err("a computed quantized weight".into()),
-    };
+    let (w, format) = Format::weight(body, m)?;
     let mm_shape = &body.types[m].shape;
     let lead = &mm_shape[..mm_shape.len() - 1];
     let out_shape = &body.ty(body.result()).shape;
-    let (out_cols, out_lead) = out_shape.split_last().ok_or("a matmul of a scalar")?;
-    // An epilogue that keeps the rows is evaluated per output column (it may read several
-    // matmul columns); one that moves elements to other rows (a head split: reshape + permute)
-    // must map each matmul element to one output element, which is written where it lands.
-    let scatter = out_lead != lead;
-    let cols = if scatter {
-        n
-    } else {
-        out_cols
-            .as_const()
-            .ok_or("an output with a symbolic last axis")?
-    };
+    let Epilogue {
+        scatter,
+        cols,
+        offsets,
+    } = Epilogue::of(body, m, n, lead)?;
     let tile = (cols + GROUPS_PER_ROW - 1) / GROUPS_PER_ROW;
     let tile = ((tile + 3) / 4 * 4).max(4);
     b.grid([
@@ -188,15 +231,9 @@ pub(super) fn lower(
     }
     let quantized: Vec<&QuantizedRow> = rows.iter().map(|(_, _, q)| q).collect();
     let weight = (w, format, layout);
-    // The matmul columns an output column reads, as offsets from it: known for the scatter
-    // path and for epilogues of elementwise ops and last-axis slices (SwiGLU reads j and j + H).
-    // Their dot products share the row's loads in one pass over the blocks; a lone column is
-    // paired with the next output column for the same reason.
-    let offsets = if scatter {
-        Some(vec![0])
-    } else {
-        column_offsets(body, body.result(), m)
-    };
+    // The dot products of the matmul columns an output column reads share the row's loads in
+    // one pass over the blocks; a lone column is paired with the next output column for the
+    // same reason.
     let step = match &offsets {
         Some(o) if o.len() == 1 => 2,
         _ => 1,
@@ -283,7 +320,7 @@ fn for_rows(
 
 /// Emits `f` under `condition`, or unconditionally without one; a loop or branch body cannot
 /// return an error, so `f`'s is returned after it.
-fn when(
+pub(super) fn when(
     b: &mut KernelBuilder,
     condition: Option<Value>,
     f: impl FnOnce(&mut KernelBuilder) -> Result<(), String>,
@@ -320,14 +357,30 @@ fn quantize_row(
             ScalarType::F32,
             len(blocks * layout.scale_stride())?,
         ),
-        offsets: b.local(
-            "x_offsets",
-            MemorySpace::Private,
-            ScalarType::I32,
-            len(blocks * 4)?,
-        ),
+        offsets: if format.nibbles {
+            Some(b.local(
+                "x_offsets",
+                MemorySpace::Private,
+                ScalarType::I32,
+                len(blocks * 4)?,
+            ))
+        } else {
+            None
+        },
     };
-    let quantize = BlockQuantizer::new(b, src, &row, layout, format, lanes);
+    let quantize = BlockQuantizer::new(b, &row, layout.scale_stride(), !format.nibbles, lanes);
+    let qk = b.const_i(QK as i64);
+    let block = |b: &mut KernelBuilder, j: Value, lo: Value, hi: Value| {
+        let first = b.mul(j, qk);
+        let values: Vec<Value> = (0..QK as u32 / lanes)
+            .map(|v| {
+                let off = b.const_i(i64::from(v * lanes));
+                let i = b.add(first, off);
+                src.load(b, i, lanes)
+            })
+            .collect();
+        quantize.block(b, &values, j, lo, hi);
+    };
     let run = layout.run;
     let (zero, runs) = (b.const_i(0), b.const_i(layout.runs));
     let run_words = b.const_i(WORDS_PER_BLOCK * run);
@@ -339,7 +392,7 @@ fn quantize_row(
             let lo = plus(b, words, 1, HALF_WORDS * s);
             let hi = b.const_i(HALF_WORDS * run);
             let hi = b.add(lo, hi);
-            quantize.block(b, j, lo, hi);
+            block(b, j, lo, hi);
         }
         Ok(())
     })?;
@@ -349,7 +402,7 @@ fn quantize_row(
         for_each(b, first, end, |b, j| {
             let lo = b.mul(j, words);
             let hi = b.add(lo, half);
-            quantize.block(b, j, lo, hi);
+            block(b, j, lo, hi);
             Ok(())
         })?;
     }
@@ -375,18 +428,15 @@ fn plus(b: &mut KernelBuilder, v: Value, scale: i64, offset: i64) -> Value {
 }
 
 /// Quantizes one block of a row (llama.cpp's `quantize_row_q8_0` rule) in vectors of `lanes`,
-/// with the constants it needs made once.
-struct BlockQuantizer {
-    src_buf: BufRef,
-    src_base: Value,
-    norm: Option<(Value, BufRef)>,
+/// with the constants it needs made once. The codes are signed, or offset by [`Q8_OFFSET`]
+/// (`unsigned`) for the CPU's unsigned × signed Q8_0 dot products; Q4_0's offset corrections
+/// are stored when the row has a buffer for them.
+pub(super) struct BlockQuantizer {
     codes: BufRef,
     scales: BufRef,
-    offsets: BufRef,
-    nibbles: bool,
+    offsets: Option<BufRef>,
     lanes: u32,
     scale_stride: i64,
-    qk: Value,
     fzero: Value,
     f127: Value,
     minus_eight: Value,
@@ -394,19 +444,19 @@ struct BlockQuantizer {
     half: Value,
     neg_half: Value,
     fzero_v: Value,
-    offset: Value,
+    offset: Option<Value>,
     /// 128-bit vectors only: the byte mask and lane shifts that pack four lanes into a word
     /// (Cranelift has no 32-bit `u8x4` to narrow into).
     pack: Option<(Value, Vec<Value>)>,
 }
 
 impl BlockQuantizer {
-    fn new(
+    /// A quantizer into `row`, storing each block's scale `scale_stride` times.
+    pub(super) fn new(
         b: &mut KernelBuilder,
-        src: &RowSource,
         row: &QuantizedRow,
-        layout: Layout,
-        format: Format,
+        scale_stride: i64,
+        unsigned: bool,
         lanes: u32,
     ) -> BlockQuantizer {
         let int = |b: &mut KernelBuilder, v: i64| {
@@ -414,7 +464,10 @@ impl BlockQuantizer {
         };
         let (fzero, f127) = (b.const_f(0.0), b.const_f(127.0));
         let (half, neg_half) = (b.const_f(0.5), b.const_f(-0.5));
-        let offset = int(b, Q8_OFFSET);
+        let offset = unsigned.then(|| {
+            let offset = int(b, Q8_OFFSET);
+            b.splat(offset, lanes)
+        });
         let pack = (lanes == 4).then(|| {
             let byte = int(b, 0xff);
             let byte = b.splat(byte, 4);
@@ -422,16 +475,11 @@ impl BlockQuantizer {
             (byte, shifts)
         });
         BlockQuantizer {
-            src_buf: src.buf,
-            src_base: src.base,
-            norm: src.norm,
             codes: row.codes,
             scales: row.scales,
             offsets: row.offsets,
-            nibbles: format.nibbles,
             lanes,
-            scale_stride: layout.scale_stride(),
-            qk: b.const_i(QK as i64),
+            scale_stride,
             fzero,
             f127,
             minus_eight: int(b, -8),
@@ -439,33 +487,22 @@ impl BlockQuantizer {
             half: b.splat(half, lanes),
             neg_half: b.splat(neg_half, lanes),
             fzero_v: b.splat(fzero, lanes),
-            offset: b.splat(offset, lanes),
+            offset,
             pack,
         }
     }
 
-    /// Quantizes block `j`, storing its low-half code words from word `lo` and its high-half
-    /// ones from word `hi`.
-    fn block(&self, b: &mut KernelBuilder, j: Value, lo: Value, hi: Value) {
+    /// Quantizes block `j` of the row, whose 32 values are `values` (vectors of `lanes`),
+    /// storing its low-half code words from word `lo` and its high-half ones from word `hi`.
+    pub(super) fn block(
+        &self,
+        b: &mut KernelBuilder,
+        values: &[Value],
+        j: Value,
+        lo: Value,
+        hi: Value,
+    ) {
         let lanes = self.lanes;
-        let first = b.mul(j, self.qk);
-        let values: Vec<Value> = (0..QK as u32 / lanes)
-            .map(|v| {
-                let off = b.const_i(i64::from(v * lanes));
-                let i = b.add(first, off);
-                let at = b.add(self.src_base, i);
-                let x = load_f32(b, self.src_buf, at, lanes);
-                match self.norm {
-                    Some((r, g)) => {
-                        let r = b.splat(r, lanes);
-                        let xr = b.mul(x, r);
-                        let gv = load_f32(b, g, i, lanes);
-                        b.mul(xr, gv)
-                    }
-                    None => x,
-                }
-            })
-            .collect();
         let amax = values
             .iter()
             .map(|&v| b.unary(UnaryOp::Abs, v))
@@ -499,10 +536,9 @@ impl BlockQuantizer {
                 None => q,
                 Some(s) => b.add(s, q),
             });
-            let code = if self.nibbles {
-                q
-            } else {
-                b.add(q, self.offset)
+            let code = match self.offset {
+                Some(offset) => b.add(q, offset),
+                None => q,
             };
             let packed = match &self.pack {
                 Some((byte, shifts)) => {
@@ -529,16 +565,16 @@ impl BlockQuantizer {
             let at = b.add(half, within);
             b.store(self.codes, at, packed);
         }
-        if self.nibbles {
+        if let Some(offsets) = self.offsets {
             let total = b.reduce_lanes(ReduceOp::Add, sum.expect("a block has vectors"));
             let offset = b.mul(total, self.minus_eight);
             let four = b.const_i(4);
             let at = b.mul(j, four);
-            b.store(self.offsets, at, offset);
+            b.store(offsets, at, offset);
             for lane in 1..4 {
                 let l = b.const_i(lane);
                 let at = b.add(at, l);
-                b.store(self.offsets, at, self.izero);
+                b.store(offsets, at, self.izero);
             }
         }
     }
@@ -652,7 +688,7 @@ impl RunStep {
                     };
                     let lo = b.load(q.codes, x_at, lanes);
                     let hi = b.load(q.codes, x_hi_at, lanes);
-                    let offset = format.nibbles.then(|| b.load(q.offsets, offset_at, lanes));
+                    let offset = q.offsets.map(|o| b.load(o, offset_at, lanes));
                     (dx, lo, hi, offset)
                 })
                 .collect();
@@ -722,7 +758,7 @@ fn gather(b: &mut KernelBuilder, w: BufRef, ats: &[Value], ty: Type) -> Value {
 /// non-finite weights — and 8 instructions where the general conversion (`Cast`, which also
 /// rebuilds infinities and NaNs) takes 16. Reads 4 bytes per block: the scale and the block's
 /// first two code bytes.
-fn block_scales(b: &mut KernelBuilder, w: BufRef, ats: &[Value]) -> Value {
+pub(super) fn block_scales(b: &mut KernelBuilder, w: BufRef, ats: &[Value]) -> Value {
     let lanes = if ats.len() > 1 {
         4 * ats.len() as u32
     } else {

@@ -7,7 +7,7 @@
 //! ([`column_offsets`]: SwiGLU over merged gate/up reads `j` and `j + H`); the partials are
 //! summed across the workgroup and the first thread applies the epilogue.
 
-use super::super::expr::{fold_many, load_f32, Body};
+use super::super::expr::{fold_many, load_f32, Body, HookFn};
 use super::super::gemv::{prologue_norm, store_output, Gemv};
 use super::super::lanes::workgroup_reduce;
 use super::super::row_reduce::{norm_at, norm_stats};
@@ -35,16 +35,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let lead_idx = body.symbols.unravel(b, row, g.lead())?;
     let at_k = |k: Value| -> Vec<Value> { lead_idx.iter().copied().chain([k]).collect() };
     let k_v = b.const_i(g.k);
-    let hook = match prologue_norm(body, g.m)? {
-        Some(r) => {
-            let x = body.ops[r].args[0];
-            let stats = norm_stats(b, body, &body.ops[r].op, k_v, |b, k| {
-                body.value(b, x, &at_k(k), None)
-            })?;
-            Some((r, norm_at(body, &body.ops[r], stats)))
-        }
-        None => None,
-    };
+    let hook = prologue_hook(b, body, g.m, k_v, &lead_idx)?;
     // Columns past the last (in the last group) are computed on the last column, not stored.
     let columns_v = b.const_i(COLUMNS);
     let col0 = b.mul(col_group, columns_v);
@@ -98,4 +89,25 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
         });
     });
     failure
+}
+
+/// The prologue's norm (ops before the matmul at `m`) at the lhs row `lead_idx` of `k` values,
+/// as the hook [`Body::value`] evaluates the lhs with — its statistics computed by the whole
+/// workgroup, so this must be reached by all of it — or `None` without a norm.
+pub(super) fn prologue_hook<'a>(
+    b: &mut KernelBuilder,
+    body: &'a Body,
+    m: usize,
+    k: Value,
+    lead_idx: &[Value],
+) -> Result<Option<(usize, Box<HookFn<'a>>)>, String> {
+    let Some(r) = prologue_norm(body, m)? else {
+        return Ok(None);
+    };
+    let x = body.ops[r].args[0];
+    let stats = norm_stats(b, body, &body.ops[r].op, k, |b, i| {
+        let at: Vec<Value> = lead_idx.iter().copied().chain([i]).collect();
+        body.value(b, x, &at, None)
+    })?;
+    Ok(Some((r, norm_at(body, &body.ops[r], stats))))
 }

@@ -6,6 +6,7 @@
 
 mod elementwise;
 mod gemv;
+mod qgemv;
 
 use super::expr::Body;
 use tessera_ir::kernel::KernelKind;
@@ -35,6 +36,8 @@ pub(super) fn lower(
         KernelKind::RowReduce => super::row_reduce::lower(b, body, out),
         KernelKind::Gemv { .. } => gemv::lower(b, body, out),
         KernelKind::KvAppend => super::kv_append::lower(b, body, out),
+        KernelKind::QGemv { .. } => qgemv::lower(b, body, out, caps, qgemv::GEMV_TILE),
+        KernelKind::QGemm { .. } => qgemv::lower(b, body, out, caps, qgemv::GEMM_TILE),
         other => Err(format!("a {} kernel (no SIMT template yet)", other.name())),
     }
 }
