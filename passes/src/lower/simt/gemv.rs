@@ -5,25 +5,25 @@
 //! evaluating the prologue at its own elements — the norm's statistics first, shared by the
 //! workgroup — and carrying one partial dot product per matmul column the epilogue reads
 //! ([`column_offsets`]: SwiGLU over merged gate/up reads `j` and `j + H`); the partials are
-//! summed across the workgroup and the first thread applies the epilogue.
+//! summed across the workgroup and the first thread stores through the [`Sink`] (applying the
+//! epilogue, or storing the plain matmul for an epilogue that moves rows).
 
 use super::super::expr::{fold_many, load_f32, Body};
-use super::super::gemv::{prologue_norm, store_output, Gemv};
+use super::super::gemv::{prologue_norm, Gemv};
+use super::matmul_store::Sink;
 use super::super::lanes::workgroup_reduce;
 use super::super::row_reduce::{norm_at, norm_stats};
 use tessera_ir::lir::{
-    Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value,
+    Axis, BinaryOp, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value,
 };
 
 /// Output columns per workgroup.
 const COLUMNS: i64 = 4;
 
-/// Writes the SIMT gemv kernel of `body` into `b`, storing to `out`.
-pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(), String> {
+/// Writes the SIMT gemv kernel of `body` into `b`, storing to `sink`.
+pub(super) fn lower(b: &mut KernelBuilder, body: &Body, sink: &Sink) -> Result<(), String> {
     let g = Gemv::parse(body)?;
-    let (offsets, cols) = g
-        .epilogue_columns()
-        .ok_or("a gemv epilogue that moves elements to other rows (no SIMT path yet)")?;
+    let (offsets, cols) = sink.columns();
     b.grid([
         SizeExpr::Const(cols as u64).ceil_div(COLUMNS as u64),
         body.symbols.numel_size(g.lead())?,
@@ -58,7 +58,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
         .collect();
     let mut mm_cols = Vec::with_capacity(outs.len() * offsets.len());
     for &col in &outs {
-        for &o in &offsets {
+        for &o in offsets {
             let o = b.const_i(o);
             mm_cols.push(b.add(col, o));
         }
@@ -85,14 +85,14 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let first = b.cmp(CmpOp::Eq, lane, zero);
     let mut failure = Ok(());
     b.if_then(first, |b| {
-        failure = (0..COLUMNS).zip(&outs).try_for_each(|(c, &col)| {
+        let per_col = mm_cols.chunks(offsets.len()).zip(dots.chunks(offsets.len()));
+        failure = (0..COLUMNS).zip(&outs).zip(per_col).try_for_each(|((c, &col), found)| {
             let c = b.const_i(c);
             let raw = b.add(col0, c);
             let inside = b.cmp(CmpOp::Lt, raw, cols_v);
             let mut stored = Ok(());
             b.if_then(inside, |b| {
-                let idx = at_k(col);
-                stored = store_output(b, body, g.m, (false, &mm_cols, &dots), &idx, out);
+                stored = sink.store(b, body, g.m, (row, &lead_idx, col), found);
             });
             stored
         });
