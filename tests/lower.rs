@@ -236,7 +236,11 @@ fn gemm_shapes_past_the_tiles_with_f32_and_f16_weights() {
             for &m in ms {
                 for kind in [GEMM, flat.clone()] {
                     let env = [("seq", m)];
-                    check(&kernel(kind.clone(), plain.body.clone()), &plain_inputs, &env);
+                    check(
+                        &kernel(kind.clone(), plain.body.clone()),
+                        &plain_inputs,
+                        &env,
+                    );
                     check(&kernel(kind, normed.body.clone()), &normed_inputs, &env);
                 }
             }
@@ -792,11 +796,23 @@ mod vulkan {
     /// Lowers `k` for the device, runs each step (scratch buffers after the output) and
     /// compares the output with the interpreter.
     pub fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
+        check_within(k, inputs, env, None);
+    }
+
+    /// [`check`] for a device with at most `shared_bytes` of shared memory, when given.
+    fn check_within(
+        k: &Kernel,
+        inputs: &[TensorType],
+        env: &[(&str, usize)],
+        shared_bytes: Option<u32>,
+    ) {
         let Some(device) = device() else {
             eprintln!("skipped on Vulkan: no adapter (install mesa-vulkan-drivers for lavapipe)");
             return;
         };
-        let target = device.target();
+        let mut target = device.target();
+        target.shared_bytes =
+            shared_bytes.map_or(target.shared_bytes, |s| s.min(target.shared_bytes));
         let case = Case::new(k, inputs, env);
         let program = lower_gpu(k, inputs, &case.output, &vulkan_capabilities(&target))
             .unwrap_or_else(|e| panic!("{e}"));
@@ -812,6 +828,41 @@ mod vulkan {
                 .unwrap_or_else(|e| panic!("{e}\n{step}"));
         }
         case.assert_matches(&buffers[inputs.len()], &program);
+    }
+
+    /// The GEMM tiles with the most shared memory — `FlatGemm`'s 128 columns, each reading two
+    /// weight rows (SwiGLU over merged gate/up), with a LayerNorm's statistics — shrink their k
+    /// chunk to fit the baseline's 16 KiB, and still match.
+    #[test]
+    fn gemm_tiles_fit_the_baseline_shared_memory() {
+        let slice = |start: usize, end: usize| Op::Slice {
+            axis: 1,
+            start: Dim::from(start),
+            end: Dim::from(end),
+        };
+        let body = vec![
+            step(Op::LayerNorm { eps: 1e-5 }, &[In(0), In(2), In(3)]),
+            step(Op::MatMul { transpose_b: true }, &[At(0), In(1)]),
+            step(slice(0, 13), &[At(1)]),
+            step(slice(13, 26), &[At(1)]),
+            step(Op::Unary(UnaryOp::Silu), &[At(2)]),
+            step(Op::Binary(BinaryOp::Mul), &[At(4), At(3)]),
+        ];
+        let flat = KernelKind::FlatGemm {
+            tile_n: 64,
+            tile_k: 32,
+        };
+        let inputs = [
+            f32_(&["seq", "70"]),
+            f32_(&["26", "70"]),
+            f32_(&["70"]),
+            f32_(&["70"]),
+        ];
+        let baseline = tessera_codegen_spirv::VulkanTarget::baseline().shared_bytes;
+        for kind in [GEMM, flat] {
+            let k = kernel(kind, body.clone());
+            check_within(&k, &inputs, &[("seq", 9)], Some(baseline));
+        }
     }
 
     /// A body a SIMT template refuses (a matmul whose weight is not transposed) is an

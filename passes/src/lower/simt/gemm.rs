@@ -78,7 +78,10 @@ pub(super) fn lower(
     ]);
     let lane = b.special(Special::LocalId(Axis::X));
     let threads_x = b.const_i(i64::from(tile.threads_x));
-    let (ty, tx) = (b.div(lane, threads_x), b.binary(BinaryOp::Rem, lane, threads_x));
+    let (ty, tx) = (
+        b.div(lane, threads_x),
+        b.binary(BinaryOp::Rem, lane, threads_x),
+    );
     let (row_group, col_group) = (
         b.special(Special::GroupId(Axis::Y)),
         b.special(Special::GroupId(Axis::X)),
@@ -215,7 +218,11 @@ pub(super) fn lower(
 fn chunk_k(caps: &Capabilities, (tm, nw): (u32, u32), norm: bool) -> Result<u32, String> {
     let f32_bytes = ScalarType::F32.bytes();
     // Per row a factor and a mean; LayerNorm's two reductions of one value per thread.
-    let reserved = if norm { (2 * tm + 2 * WORKGROUP) * f32_bytes } else { 0 };
+    let reserved = if norm {
+        (2 * tm + 2 * WORKGROUP) * f32_bytes
+    } else {
+        0
+    };
     let fits = |tk: u32| reserved + tk * (tm + nw) * f32_bytes <= caps.shared_bytes;
     let mut tk = TK;
     while tk > 1 && !fits(tk) {

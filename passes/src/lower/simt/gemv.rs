@@ -10,12 +10,10 @@
 
 use super::super::expr::{fold_many, load_f32, Body};
 use super::super::gemv::{prologue_norm, Gemv};
-use super::matmul_store::Sink;
 use super::super::lanes::workgroup_reduce;
 use super::super::row_reduce::{norm_at, norm_stats};
-use tessera_ir::lir::{
-    Axis, BinaryOp, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value,
-};
+use super::matmul_store::Sink;
+use tessera_ir::lir::{Axis, BinaryOp, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value};
 
 /// Output columns per workgroup.
 const COLUMNS: i64 = 4;
@@ -85,17 +83,22 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, sink: &Sink) -> Result<(
     let first = b.cmp(CmpOp::Eq, lane, zero);
     let mut failure = Ok(());
     b.if_then(first, |b| {
-        let per_col = mm_cols.chunks(offsets.len()).zip(dots.chunks(offsets.len()));
-        failure = (0..COLUMNS).zip(&outs).zip(per_col).try_for_each(|((c, &col), found)| {
-            let c = b.const_i(c);
-            let raw = b.add(col0, c);
-            let inside = b.cmp(CmpOp::Lt, raw, cols_v);
-            let mut stored = Ok(());
-            b.if_then(inside, |b| {
-                stored = sink.store(b, body, g.m, (row, &lead_idx, col), found);
+        let per_col = mm_cols
+            .chunks(offsets.len())
+            .zip(dots.chunks(offsets.len()));
+        failure = (0..COLUMNS)
+            .zip(&outs)
+            .zip(per_col)
+            .try_for_each(|((c, &col), found)| {
+                let c = b.const_i(c);
+                let raw = b.add(col0, c);
+                let inside = b.cmp(CmpOp::Lt, raw, cols_v);
+                let mut stored = Ok(());
+                b.if_then(inside, |b| {
+                    stored = sink.store(b, body, g.m, (row, &lead_idx, col), found);
+                });
+                stored
             });
-            stored
-        });
     });
     failure
 }

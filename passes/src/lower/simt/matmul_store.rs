@@ -17,8 +17,7 @@ use super::elementwise;
 use tessera_ir::lir::{self, Access, BufRef, KernelBuilder, ScalarType, SizeExpr, Value};
 
 /// A SIMT matmul template: writes its kernel of the body into the builder, storing to the sink.
-pub(super) type Template<'t> =
-    dyn Fn(&mut KernelBuilder, &Body, &Sink) -> Result<(), String> + 't;
+pub(super) type Template<'t> = dyn Fn(&mut KernelBuilder, &Body, &Sink) -> Result<(), String> + 't;
 
 /// Where a matmul template stores.
 pub(super) enum Sink {
@@ -100,7 +99,14 @@ fn staged(steps: &Steps, template: &Template) -> Result<lir::Program, String> {
                 Box::new(rows),
                 Box::new(SizeExpr::Const(g.n as u64)),
             ));
-            template(b, body, &Sink::Matmul { buf: scratch[0], n: g.n })
+            template(
+                b,
+                body,
+                &Sink::Matmul {
+                    buf: scratch[0],
+                    n: g.n,
+                },
+            )
         },
     )?;
     let epilogue = steps.build(
