@@ -296,7 +296,6 @@ impl VulkanDevice {
             if let Some(s) = s {
                 let tx = tx.clone();
                 s.map_async(wgpu::MapMode::Read, .., move |r| {
-                    // The receiver outlives every callback: they all run inside `poll` below.
                     let _ = tx.send((i, r));
                 });
             }
@@ -305,7 +304,10 @@ impl VulkanDevice {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| launch_error(k, format!("waiting for the device: {e}")))?;
-        for (i, result) in rx.try_iter() {
+        // A callback runs inside a `poll`: the one above, or another thread's on this device,
+        // which may still be running it after ours returned; each sender is dropped once its
+        // callback has run (or been dropped), ending the loop.
+        for (i, result) in rx.iter() {
             result.map_err(|e| launch_error(k, format!("reading back buffer {i}: {e}")))?;
             let Some(s) = &staging[i] else { continue };
             let view = s
