@@ -1,6 +1,6 @@
 //! The SIMT gemv template (decode): `[elementwise prologue, at most one RmsNorm or LayerNorm]
-//! MatMul{transpose_b} [epilogue that keeps the rows]` with a float weight `[N, K]` (f16/bf16
-//! widened as loaded). A workgroup computes [`COLUMNS`] output columns of one lhs row: its
+//! MatMul{transpose_b} [epilogue]` with a float weight `[N, K]` (f16/bf16 widened as loaded).
+//! A workgroup computes [`COLUMNS`] output columns of one lhs row: its
 //! threads split K lane-strided (adjacent threads read adjacent weights: coalesced), each
 //! evaluating the prologue at its own elements — the norm's statistics first, shared by the
 //! workgroup — and carrying one partial dot product per matmul column the epilogue reads
