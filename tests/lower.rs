@@ -41,12 +41,14 @@ fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
             | KernelKind::KvAppend
             | KernelKind::RowReduce
             | KernelKind::Gemv { .. }
+            | KernelKind::Gemm { .. }
+            | KernelKind::FlatGemm { .. }
     ) {
         vulkan::check(k, inputs, env);
     }
 }
 
-/// [`check`] on the CPU only: for a body the SIMT template of its kind does not take yet.
+/// [`check`] on the CPU only.
 fn check_cpu(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
     for width in widths() {
         check_width(k, inputs, env, width);
@@ -194,6 +196,53 @@ fn gemm_tails_with_and_without_rms_norm_prologue() {
             ];
             for m in [1, 2, 3, 4, 5, 7, 8, 16, 17, 33] {
                 check(&k, &inputs, &[("seq", m)]);
+            }
+        }
+    }
+}
+
+/// M, N and K that are not multiples of the SIMT tiles (64×64 for `Gemm`, 8×128 for
+/// `FlatGemm`, k chunks of 16) nor of the CPU register block, with f32 and f16 weights: a
+/// residual epilogue on a direct lhs, and an RmsNorm prologue with a SiLU epilogue.
+#[test]
+fn gemm_shapes_past_the_tiles_with_f32_and_f16_weights() {
+    let flat = KernelKind::FlatGemm {
+        tile_n: 64,
+        tile_k: 32,
+    };
+    let plain = kernel(
+        GEMM,
+        vec![
+            step(Op::MatMul { transpose_b: true }, &[In(0), In(1)]),
+            step(Op::Binary(BinaryOp::Add), &[At(0), In(2)]),
+        ],
+    );
+    let normed = kernel(
+        GEMM,
+        vec![
+            step(Op::RmsNorm { eps: 1e-5 }, &[In(0), In(2)]),
+            step(Op::MatMul { transpose_b: true }, &[At(0), In(1)]),
+            step(Op::Unary(UnaryOp::Silu), &[At(1)]),
+        ],
+    );
+    for (n, kk, ms) in [
+        ("3", "5", &[1, 7, 65][..]),
+        ("67", "257", &[7, 130][..]),
+        ("200", "64", &[1, 65][..]),
+    ] {
+        for weight in [f32_(&[n, kk]), f16_(&[n, kk])] {
+            let plain_inputs = [f32_(&["seq", kk]), weight.clone(), f32_(&["seq", n])];
+            let normed_inputs = [f32_(&["seq", kk]), weight, f32_(&[kk])];
+            for &m in ms {
+                for kind in [GEMM, flat.clone()] {
+                    let env = [("seq", m)];
+                    check(
+                        &kernel(kind.clone(), plain.body.clone()),
+                        &plain_inputs,
+                        &env,
+                    );
+                    check(&kernel(kind, normed.body.clone()), &normed_inputs, &env);
+                }
             }
         }
     }
@@ -601,7 +650,8 @@ fn attention_with_rope_and_permute_prologue_and_reshape_epilogue() {
 fn matmul_with_reshape_permute_rope_epilogue() {
     // rms_norm → matmul [seq, H·D] → reshape [1, seq, H, D] → permute → rope: per element on
     // the gemv template; on the gemm template whole rows into a tile, then the epilogue (rows
-    // in blocks of 4 with a tail, H·D = 20 not a multiple of the 3-column register block).
+    // in blocks of 4 with a tail, H·D = 20 not a multiple of the 3-column register block). The
+    // SIMT templates store the matmul, then apply the epilogue in a second step.
     let gemm = KernelKind::Gemm {
         tile_m: 32,
         tile_n: 64,
@@ -652,8 +702,7 @@ fn matmul_with_reshape_permute_rope_epilogue() {
             i32_(&["1", "seq"]),
             f32_(&["2"]),
         ];
-        // The SIMT gemv does not take an epilogue that moves elements yet.
-        check_cpu(&k, &inputs, &[("seq", seq)]);
+        check(&k, &inputs, &[("seq", seq)]);
     }
 }
 
@@ -726,32 +775,83 @@ mod vulkan {
 
     /// Lowers `k` for the Vulkan device, runs it and compares the output with the interpreter.
     pub fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
+        check_within(k, inputs, env, None);
+    }
+
+    /// [`check`] for a device with at most `shared_bytes` of shared memory, when given.
+    fn check_within(
+        k: &Kernel,
+        inputs: &[TensorType],
+        env: &[(&str, usize)],
+        shared_bytes: Option<u32>,
+    ) {
         let case = Case::new(k, inputs, env);
-        if let Some((got, program)) =
-            cases::vulkan::run(k, inputs, &case.output, &case.buffers, &case.scalars)
-        {
+        if let Some((got, program)) = cases::vulkan::run(
+            k,
+            inputs,
+            &case.output,
+            (&case.buffers, &case.scalars),
+            shared_bytes,
+        ) {
             case.assert_matches(&got, &program);
         }
     }
 
+    /// The GEMM tiles with the most shared memory — `FlatGemm`'s 128 columns, each reading two
+    /// weight rows (SwiGLU over merged gate/up), with a LayerNorm's statistics — shrink their k
+    /// chunk to fit the baseline's 16 KiB, and still match.
     #[test]
-    fn kinds_without_a_simt_template_are_named() {
+    fn gemm_tiles_fit_the_baseline_shared_memory() {
+        let slice = |start: usize, end: usize| Op::Slice {
+            axis: 1,
+            start: Dim::from(start),
+            end: Dim::from(end),
+        };
+        let body = vec![
+            step(Op::LayerNorm { eps: 1e-5 }, &[In(0), In(2), In(3)]),
+            step(Op::MatMul { transpose_b: true }, &[At(0), In(1)]),
+            step(slice(0, 13), &[At(1)]),
+            step(slice(13, 26), &[At(1)]),
+            step(Op::Unary(UnaryOp::Silu), &[At(2)]),
+            step(Op::Binary(BinaryOp::Mul), &[At(4), At(3)]),
+        ];
+        let flat = KernelKind::FlatGemm {
+            tile_n: 64,
+            tile_k: 32,
+        };
+        let inputs = [
+            f32_(&["seq", "70"]),
+            f32_(&["26", "70"]),
+            f32_(&["70"]),
+            f32_(&["70"]),
+        ];
+        let baseline = tessera_codegen_spirv::VulkanTarget::baseline().shared_bytes;
+        for kind in [GEMM, flat] {
+            let k = kernel(kind, body.clone());
+            check_within(&k, &inputs, &[("seq", 9)], Some(baseline));
+        }
+    }
+
+    /// A body a SIMT template refuses (a matmul whose weight is not transposed) is an
+    /// `Unsupported` error naming the kernel, the templates and the reason.
+    #[test]
+    fn bodies_a_simt_template_refuses_are_named() {
         let k = kernel(
-            KernelKind::Gemm {
-                tile_m: 32,
-                tile_n: 32,
-                tile_k: 32,
-                stages: 2,
-            },
-            vec![step(Op::MatMul { transpose_b: true }, &[In(0), In(1)])],
+            GEMM,
+            vec![step(Op::MatMul { transpose_b: false }, &[In(0), In(1)])],
         );
-        let (x, w, y) = (f32_(&["1", "8"]), f32_(&["3", "8"]), f32_(&["1", "3"]));
+        let (x, w, y) = (f32_(&["1", "8"]), f32_(&["8", "3"]), f32_(&["1", "3"]));
         let caps = tessera_codegen_spirv::vulkan_capabilities(
             &tessera_codegen_spirv::VulkanTarget::baseline(),
         );
-        let err = lower_gpu(&k, &[x, w], &y, &caps).unwrap_err().to_string();
+        let err = lower_gpu(&k, &[x, w], &y, &caps).unwrap_err();
+        assert!(matches!(err, LowerError::Unsupported { .. }), "{err}");
+        let err = err.to_string();
         assert!(
-            err.contains("SIMT") && err.contains("gemm") && err.contains("test"),
+            err.contains("SIMT")
+                && err.contains("gemm")
+                && err.contains("test")
+                && err.contains("without transpose_b"),
             "{err}"
         );
     }

@@ -84,7 +84,7 @@ fn check(kind: KernelKind, body: Vec<BodyOp>, inputs: &[TensorType], round_lhs: 
         );
     }
     #[cfg(feature = "vulkan")]
-    if let Some((got, program)) = cases::vulkan::run(&k, inputs, &output, &buffers, &[]) {
+    if let Some((got, program)) = cases::vulkan::run(&k, inputs, &output, (&buffers, &[]), None) {
         assert_close(
             &floats(&got),
             &want,

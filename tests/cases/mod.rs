@@ -21,6 +21,11 @@ pub fn f32_(dims: &[&str]) -> TensorType {
     TensorType::new(DType::F32, shape(dims))
 }
 
+/// A half-precision weight: its [`random`] values rounded to f16 in memory.
+pub fn f16_(dims: &[&str]) -> TensorType {
+    TensorType::new(DType::F16, shape(dims))
+}
+
 pub fn step(op: Op, args: &[BodyArg]) -> BodyOp {
     BodyOp {
         op,
@@ -92,9 +97,9 @@ pub fn i32_(dims: &[&str]) -> TensorType {
     TensorType::new(DType::I32, shape(dims))
 }
 
-/// One run of a kernel: its inputs' bytes (seeded: f32 from [`random`], i32 from [`ints`]) and a
-/// zeroed output buffer last, the scalar params (the symbols' values, sorted by name), the
-/// output's type and what the interpreter computes.
+/// One run of a kernel: its inputs' bytes (seeded: f32 and f16 from [`random`], i32 from
+/// [`ints`]) and a zeroed output buffer last, the scalar params (the symbols' values, sorted by
+/// name), the output's type and what the interpreter computes.
 pub struct Case {
     pub buffers: Vec<Vec<u8>>,
     pub scalars: Vec<i64>,
@@ -119,6 +124,13 @@ impl Case {
                 let data = ints(i as u64 + 1, n);
                 buffers.push(data.iter().flat_map(|x| x.to_le_bytes()).collect());
                 Tensor::i32(dims.clone(), data)
+            } else if t.dtype == DType::F16 {
+                let data: Vec<u8> = random(i as u64 + 1, n)
+                    .into_iter()
+                    .flat_map(|x| half::f16::from_f32(x).to_le_bytes())
+                    .collect();
+                buffers.push(data.clone());
+                Tensor::from_le_bytes(DType::F16, dims.clone(), &data, "an f16 input").unwrap()
             } else {
                 let data = random(i as u64 + 1, n);
                 buffers.push(bytes(&data));

@@ -31,19 +31,21 @@ fn device() -> Option<&'static VulkanDevice> {
 /// Lowers `k` (inputs of types `inputs`, output of type `output`) for the device and runs each
 /// step of its program on a copy of `buffers` (the inputs' bytes, then the output's) with
 /// `scalars`, scratch buffers after the output: the output's bytes and the program (to show on
-/// a mismatch), or `None` without a device.
+/// a mismatch), or `None` without a device. `shared_bytes` caps the device's shared memory (to
+/// lower as for a smaller device).
 pub fn run(
     k: &Kernel,
     inputs: &[TensorType],
     output: &TensorType,
-    buffers: &[Vec<u8>],
-    scalars: &[i64],
+    (buffers, scalars): (&[Vec<u8>], &[i64]),
+    shared_bytes: Option<u32>,
 ) -> Option<(Vec<u8>, Program)> {
     let Some(device) = device() else {
         eprintln!("skipped on Vulkan: no adapter (install mesa-vulkan-drivers for lavapipe)");
         return None;
     };
-    let target = device.target();
+    let mut target = device.target();
+    target.shared_bytes = shared_bytes.map_or(target.shared_bytes, |s| s.min(target.shared_bytes));
     let program = lower_gpu(k, inputs, output, &vulkan_capabilities(&target))
         .unwrap_or_else(|e| panic!("{e}"));
     let mut buffers = buffers.to_vec();

@@ -115,6 +115,7 @@ pub(super) struct Gemv<'a> {
     pub m: usize,
     pub w: BufRef,
     pub lhs: Lhs,
+    pub n: i64,
     pub k: i64,
 }
 
@@ -122,12 +123,19 @@ impl<'a> Gemv<'a> {
     /// Parses a matmul kernel's body: its matmul must be `transpose_b` with a constant-shaped
     /// f32 weight `[N, K]`.
     pub(super) fn parse(body: &'a Body<'a>) -> Result<Gemv<'a>, String> {
-        let (m, _, k) = transposed_matmul(body, false)?;
+        let (m, n, k) = transposed_matmul(body, false)?;
         let mm = &body.ops[m];
         let w = float_input(body, mm.args[1])?;
         let norm = prologue_norm(body, m)?;
         let lhs = lhs_of(body, m, norm)?;
-        Ok(Gemv { body, m, w, lhs, k })
+        Ok(Gemv {
+            body,
+            m,
+            w,
+            lhs,
+            n,
+            k,
+        })
     }
 
     /// The matmul columns each output column of an epilogue that keeps the rows reads, as

@@ -139,12 +139,7 @@ pub fn lower_gpu(
     caps: &Capabilities,
 ) -> Result<lir::Program, LowerError> {
     let steps = Steps::new(kernel, inputs, output, (1, simt::WORKGROUP))?;
-    steps
-        .build("", &[], |b, body, out, _| {
-            simt::lower(b, &kernel.kind, body, out, caps)
-        })
-        .map(lir::Program::single)
-        .map_err(|what| steps.unsupported("SIMT", what))
+    simt::program(&steps, &kernel.kind, caps).map_err(|what| steps.unsupported("SIMT", what))
 }
 
 /// What every step of a kernel's program is built from: the kernel, its operand types and the
@@ -220,15 +215,36 @@ impl<'a> Steps<'a> {
     ) -> Result<lir::Kernel, String> {
         let kernel = self.kernel;
         let mut b = KernelBuilder::new(&format!("{}.{}{suffix}", kernel.scope, kernel.kind.name()));
-        let mut buffers = Vec::with_capacity(self.inputs.len());
-        for (i, t) in self.inputs.iter().enumerate() {
-            buffers.push(b.buffer(&format!("in{i}"), buffer_type(t)?, Access::Read));
-        }
+        let buffers = self.input_buffers(&mut b)?;
         let out = b.buffer("out", buffer_type(self.output)?, Access::Write);
         let scratch: Vec<BufRef> = scratch
             .iter()
             .map(|&(name, elem, access)| b.buffer(name, elem, access))
             .collect();
+        let body = self.body(&mut b, buffers);
+        b.workgroup_size([self.threads, 1, 1]);
+        write(&mut b, &body, out, &scratch)?;
+        Ok(b.finish())
+    }
+
+    /// What `f` finds in the body (its symbols declared on a builder that is dropped): for a
+    /// template to choose its program's steps before building them.
+    fn inspect<T>(&self, f: impl FnOnce(&Body) -> Result<T, String>) -> Result<T, String> {
+        let mut b = KernelBuilder::new(&self.kernel.scope);
+        let buffers = self.input_buffers(&mut b)?;
+        f(&self.body(&mut b, buffers))
+    }
+
+    /// The kernel's input buffer params (`in0`, `in1`, …), declared on `b`.
+    fn input_buffers(&self, b: &mut KernelBuilder) -> Result<Vec<BufRef>, String> {
+        (self.inputs.iter().enumerate())
+            .map(|(i, t)| Ok(b.buffer(&format!("in{i}"), buffer_type(t)?, Access::Read)))
+            .collect()
+    }
+
+    /// The body over the kernel's input `buffers`, its shape symbols declared as `b`'s scalar
+    /// params.
+    fn body(&self, b: &mut KernelBuilder, buffers: Vec<BufRef>) -> Body<'a> {
         let names: BTreeSet<String> = self
             .inputs
             .iter()
@@ -236,18 +252,15 @@ impl<'a> Steps<'a> {
             .flat_map(|t| t.shape.iter().flat_map(|d| d.symbols().map(str::to_string)))
             .collect();
         let names: Vec<String> = names.into_iter().collect();
-        let body = Body {
-            ops: &kernel.body,
+        Body {
+            ops: &self.kernel.body,
             types: self.types.clone(),
             inputs: self.inputs,
             buffers,
-            symbols: Symbols::declare(&mut b, &names),
+            symbols: Symbols::declare(b, &names),
             lanes: self.lanes,
             threads: self.threads,
-        };
-        b.workgroup_size([self.threads, 1, 1]);
-        write(&mut b, &body, out, &scratch)?;
-        Ok(b.finish())
+        }
     }
 }
 

@@ -480,7 +480,8 @@ impl Batch<'_> {
         let Some(s) = staging else {
             return Ok(vec![Vec::new(); ranges.len()]);
         };
-        rx.try_recv()
+        // Waits for the callback: another thread's `poll` of the same device may be running it.
+        rx.recv()
             .map_err(|_| fail("the read-back buffer was not mapped".into()))?
             .map_err(|e| fail(format!("reading back: {e}")))?;
         let view = s

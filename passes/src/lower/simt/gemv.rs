@@ -1,29 +1,27 @@
 //! The SIMT gemv template (decode): `[elementwise prologue, at most one RmsNorm or LayerNorm]
-//! MatMul{transpose_b} [epilogue that keeps the rows]` with a float weight `[N, K]` (f16/bf16
-//! widened as loaded). A workgroup computes [`COLUMNS`] output columns of one lhs row: its
+//! MatMul{transpose_b} [epilogue]` with a float weight `[N, K]` (f16/bf16 widened as loaded).
+//! A workgroup computes [`COLUMNS`] output columns of one lhs row: its
 //! threads split K lane-strided (adjacent threads read adjacent weights: coalesced), each
 //! evaluating the prologue at its own elements — the norm's statistics first, shared by the
 //! workgroup — and carrying one partial dot product per matmul column the epilogue reads
 //! ([`column_offsets`]: SwiGLU over merged gate/up reads `j` and `j + H`); the partials are
-//! summed across the workgroup and the first thread applies the epilogue.
+//! summed across the workgroup and the first thread stores through the [`Sink`] (applying the
+//! epilogue, or storing the plain matmul for an epilogue that moves rows).
 
 use super::super::expr::{fold_many, load_f32, Body, HookFn};
-use super::super::gemv::{prologue_norm, store_output, Gemv};
+use super::super::gemv::{prologue_norm, Gemv};
 use super::super::lanes::workgroup_reduce;
 use super::super::row_reduce::{norm_at, norm_stats};
-use tessera_ir::lir::{
-    Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value,
-};
+use super::matmul_store::Sink;
+use tessera_ir::lir::{Axis, BinaryOp, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value};
 
 /// Output columns per workgroup.
 const COLUMNS: i64 = 4;
 
-/// Writes the SIMT gemv kernel of `body` into `b`, storing to `out`.
-pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(), String> {
+/// Writes the SIMT gemv kernel of `body` into `b`, storing to `sink`.
+pub(super) fn lower(b: &mut KernelBuilder, body: &Body, sink: &Sink) -> Result<(), String> {
     let g = Gemv::parse(body)?;
-    let (offsets, cols) = g
-        .epilogue_columns()
-        .ok_or("a gemv epilogue that moves elements to other rows (no SIMT path yet)")?;
+    let (offsets, cols) = sink.columns();
     b.grid([
         SizeExpr::Const(cols as u64).ceil_div(COLUMNS as u64),
         body.symbols.numel_size(g.lead())?,
@@ -49,7 +47,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
         .collect();
     let mut mm_cols = Vec::with_capacity(outs.len() * offsets.len());
     for &col in &outs {
-        for &o in &offsets {
+        for &o in offsets {
             let o = b.const_i(o);
             mm_cols.push(b.add(col, o));
         }
@@ -76,17 +74,22 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
     let first = b.cmp(CmpOp::Eq, lane, zero);
     let mut failure = Ok(());
     b.if_then(first, |b| {
-        failure = (0..COLUMNS).zip(&outs).try_for_each(|(c, &col)| {
-            let c = b.const_i(c);
-            let raw = b.add(col0, c);
-            let inside = b.cmp(CmpOp::Lt, raw, cols_v);
-            let mut stored = Ok(());
-            b.if_then(inside, |b| {
-                let idx = at_k(col);
-                stored = store_output(b, body, g.m, (false, &mm_cols, &dots), &idx, out);
+        let per_col = mm_cols
+            .chunks(offsets.len())
+            .zip(dots.chunks(offsets.len()));
+        failure = (0..COLUMNS)
+            .zip(&outs)
+            .zip(per_col)
+            .try_for_each(|((c, &col), found)| {
+                let c = b.const_i(c);
+                let raw = b.add(col0, c);
+                let inside = b.cmp(CmpOp::Lt, raw, cols_v);
+                let mut stored = Ok(());
+                b.if_then(inside, |b| {
+                    stored = sink.store(b, body, g.m, (row, &lead_idx, col), found);
+                });
+                stored
             });
-            stored
-        });
     });
     failure
 }

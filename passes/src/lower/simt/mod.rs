@@ -5,39 +5,56 @@
 //! `Unsupported` error naming it.
 
 mod elementwise;
+mod gemm;
 mod gemv;
+mod matmul_store;
 mod qgemv;
 
 use super::expr::Body;
+use super::Steps;
+use matmul_store::Sink;
 use tessera_ir::kernel::KernelKind;
-use tessera_ir::lir::{BufRef, Capabilities, KernelBuilder};
+use tessera_ir::lir::{self, BufRef, Capabilities, KernelBuilder};
 
 /// Threads per workgroup of the templates that use a fixed size: every Vulkan device runs 256
 /// (`maxComputeWorkGroupInvocations` ≥ 128 is the guaranteed minimum, 256 the common one).
 pub(super) const WORKGROUP: u32 = 256;
 
-/// Writes the SIMT kernel of `kind` over `body` into `b`, storing to `out`.
-pub(super) fn lower(
-    b: &mut KernelBuilder,
+/// The SIMT program of a kernel of `kind` for a device with `caps`: one step, or two for a
+/// matmul whose epilogue moves elements between rows ([`matmul_store`]).
+pub(super) fn program(
+    steps: &Steps,
     kind: &KernelKind,
-    body: &Body,
-    out: BufRef,
     caps: &Capabilities,
-) -> Result<(), String> {
+) -> Result<lir::Program, String> {
     if caps.max_workgroup_size < WORKGROUP {
         return Err(format!(
             "a device with workgroups of at most {} threads (the SIMT templates use {WORKGROUP})",
             caps.max_workgroup_size
         ));
     }
+    let single = |write: &dyn Fn(&mut KernelBuilder, &Body, BufRef) -> Result<(), String>| {
+        let step = steps.build("", &[], |b, body, out, _| write(b, body, out))?;
+        Ok(lir::Program::single(step))
+    };
     match kind {
-        KernelKind::Elementwise | KernelKind::Layout => elementwise::lower(b, body, out),
-        KernelKind::Gather => super::gather::lower(b, body, out),
-        KernelKind::RowReduce => super::row_reduce::lower(b, body, out),
-        KernelKind::Gemv { .. } => gemv::lower(b, body, out),
-        KernelKind::KvAppend => super::kv_append::lower(b, body, out),
-        KernelKind::QGemv { .. } => qgemv::lower(b, body, out, caps, qgemv::GEMV_TILE),
-        KernelKind::QGemm { .. } => qgemv::lower(b, body, out, caps, qgemv::GEMM_TILE),
+        KernelKind::Elementwise | KernelKind::Layout => single(&elementwise::lower),
+        KernelKind::Gather => single(&super::gather::lower),
+        KernelKind::RowReduce => single(&super::row_reduce::lower),
+        KernelKind::KvAppend => single(&super::kv_append::lower),
+        KernelKind::Gemv { .. } => matmul_store::program(steps, &gemv::lower),
+        KernelKind::Gemm { .. } => matmul_store::program(steps, &|b, body, sink: &Sink| {
+            gemm::lower(b, body, sink, gemm::SQUARE, caps)
+        }),
+        KernelKind::FlatGemm { .. } => matmul_store::program(steps, &|b, body, sink: &Sink| {
+            gemm::lower(b, body, sink, gemm::FLAT, caps)
+        }),
+        KernelKind::QGemv { .. } => {
+            single(&|b, body, out| qgemv::lower(b, body, out, caps, qgemv::GEMV_TILE))
+        }
+        KernelKind::QGemm { .. } => {
+            single(&|b, body, out| qgemv::lower(b, body, out, caps, qgemv::GEMM_TILE))
+        }
         other => Err(format!("a {} kernel (no SIMT template yet)", other.name())),
     }
 }
