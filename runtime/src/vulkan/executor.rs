@@ -323,7 +323,7 @@ impl Executor for VulkanExecutor {
             .flatten()
         {
             Some(batch) => (batch, true),
-            None => (device.batch(entry), false),
+            None => (device.batch(entry, dispatches), false),
         };
         for (((launch, code), values), offsets) in buffers
             .launched

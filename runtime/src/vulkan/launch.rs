@@ -173,7 +173,7 @@ impl VulkanDevice {
             .zip(buffers.iter())
             .map(|(buffer, data)| BufferRange::whole(buffer, data.len()))
             .collect();
-        let mut batch = self.batch(&k.name);
+        let mut batch = self.batch(&k.name, 1);
         batch.dispatch(p, &ranges, scalars)?;
         let written: Vec<usize> = (0..k.buffers.len())
             .filter(|&i| !k.buffers[i].read_only)
@@ -199,13 +199,22 @@ impl VulkanDevice {
             })
     }
 
-    /// An empty [`Batch`] of dispatches, labelled `label` for the driver's tools.
-    pub(super) fn batch(&self, label: &str) -> Batch<'_> {
+    /// An empty [`Batch`] for up to `dispatches` dispatches, labelled `label` for the driver's
+    /// tools.
+    pub(super) fn batch(&self, label: &str, dispatches: usize) -> Batch<'_> {
+        let scalars = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("scalars"),
+            size: (dispatches.max(1) * SCALAR_STRIDE) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         Batch {
             device: self,
             label: label.to_string(),
             encoder: self.encoder(label),
-            scalars: Vec::new(),
+            scalars,
+            scalar_bytes: Vec::new(),
+            capacity: dispatches.max(1),
             timestamps: None,
             dispatches: 0,
         }
@@ -225,7 +234,7 @@ impl VulkanDevice {
         });
         Some(Batch {
             timestamps: Some(set),
-            ..self.batch(label)
+            ..self.batch(label, dispatches)
         })
     }
 
@@ -260,6 +269,10 @@ impl<'a> BufferRange<'a> {
     }
 }
 
+/// Bytes between two dispatches' scalar params in a batch's scalar buffer: room for 64 params,
+/// and a multiple of every device's storage-buffer offset alignment (wgpu allows at most 256).
+const SCALAR_STRIDE: usize = 256;
+
 /// Kernel launches recorded into one command buffer and submitted together: the steps of a
 /// model's entry point are one submission (wgpu orders the dispatches and the barriers between
 /// them by the buffers each binds).
@@ -267,8 +280,12 @@ pub(super) struct Batch<'d> {
     device: &'d VulkanDevice,
     label: String,
     encoder: wgpu::CommandEncoder,
-    /// The scalar buffers of the recorded dispatches, alive until submitted.
-    scalars: Vec<wgpu::Buffer>,
+    /// The scalar params of every dispatch, each at its index × [`SCALAR_STRIDE`]; written from
+    /// `scalar_bytes` when the batch is submitted.
+    scalars: wgpu::Buffer,
+    scalar_bytes: Vec<u8>,
+    /// Dispatches the scalar buffer has room for.
+    capacity: usize,
     /// Where each dispatch writes its start and end times, in a timed batch.
     timestamps: Option<wgpu::QuerySet>,
     /// Dispatches recorded so far.
@@ -301,6 +318,18 @@ impl Batch<'_> {
             ));
         }
         let index = self.dispatches;
+        if index as usize >= self.capacity || 4 * words.len() > SCALAR_STRIDE {
+            return Err(launch_error(
+                k,
+                format!(
+                    "dispatch {index} with {} scalar params: the batch holds {} dispatches of at \
+                     most {} params",
+                    words.len(),
+                    self.capacity,
+                    SCALAR_STRIDE / 4
+                ),
+            ));
+        }
         self.dispatches += 1;
         let timestamp_writes =
             self.timestamps
@@ -333,20 +362,20 @@ impl Batch<'_> {
                 ));
             }
         }
-        let scalar_bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let scalar_buffer = k
-            .scalars_binding()
-            .map(|binding| (binding, self.device.upload("scalars", &scalar_bytes)));
+        let at = index as usize * SCALAR_STRIDE;
+        self.scalar_bytes.resize(at, 0);
+        self.scalar_bytes
+            .extend(words.iter().flat_map(|w| w.to_le_bytes()));
+        let scalars = k.scalars_binding().map(|binding| {
+            let size = padded(4 * words.len());
+            (binding, &self.scalars, at as u64, size)
+        });
         let entries: Vec<_> = k
             .buffers
             .iter()
             .zip(args)
             .map(|(b, a)| (b.binding, a.buffer, a.offset, a.size()))
-            .chain(
-                scalar_buffer
-                    .as_ref()
-                    .map(|(binding, buf)| (*binding, buf, 0, buf.size())),
-            )
+            .chain(scalars)
             .map(|(binding, buffer, offset, size)| wgpu::BindGroupEntry {
                 binding,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -379,7 +408,6 @@ impl Batch<'_> {
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(grid[0] as u32, grid[1] as u32, grid[2] as u32);
         }
-        self.scalars.extend(scalar_buffer.map(|(_, b)| b));
         Ok(())
     }
 
@@ -391,9 +419,9 @@ impl Batch<'_> {
 
     /// Submits what was recorded, waits for it, and returns an empty batch.
     pub fn finish_and_wait(self) -> Result<Self, VulkanError> {
-        let (device, label) = (self.device, self.label.clone());
+        let (device, label, capacity) = (self.device, self.label.clone(), self.capacity);
         self.read_back(&[])?;
-        Ok(device.batch(&label))
+        Ok(device.batch(&label, capacity))
     }
 
     /// [`read_back`](Self::read_back), and in a timed batch the seconds each dispatch took on
@@ -464,7 +492,14 @@ impl Batch<'_> {
             }
         }
         device
-            .captured(|| device.queue.submit([self.encoder.finish()]))
+            .captured(|| {
+                if !self.scalar_bytes.is_empty() {
+                    device
+                        .queue
+                        .write_buffer(&self.scalars, 0, &self.scalar_bytes);
+                }
+                device.queue.submit([self.encoder.finish()])
+            })
             .map_err(|e| fail(format!("running: {e}")))?;
         let (tx, rx) = mpsc::channel();
         if let Some(s) = &staging {
