@@ -41,6 +41,8 @@ fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
             | KernelKind::KvAppend
             | KernelKind::RowReduce
             | KernelKind::Gemv { .. }
+            | KernelKind::FlashDecoding { .. }
+            | KernelKind::FlashAttention { .. }
     ) {
         vulkan::check(k, inputs, env);
     }
@@ -543,6 +545,36 @@ fn split_decoding_with_a_window_a_mask_and_an_epilogue() {
 }
 
 #[test]
+fn decode_attention_with_real_head_dims_over_several_key_blocks() {
+    // 300 and 700 keys: blocks of 256 keys on a GPU with a tail, splits of 75 and 234.
+    for (d, keys, splits) in [
+        ("64", 300, 1),
+        ("64", 300, 4),
+        ("128", 700, 1),
+        ("128", 700, 3),
+    ] {
+        let k = decoding(splits, vec![attention(true, None, &[In(0), In(1), In(2)])]);
+        let kv = f32_(&["1", "2", "past + 1", d]);
+        let inputs = [f32_(&["1", "4", "1", d]), kv.clone(), kv];
+        check(&k, &inputs, &[("past", keys - 1)]);
+    }
+}
+
+#[test]
+fn prefill_attention_with_real_head_dims_over_a_long_past() {
+    // 37 and 45 new rows over 300 and 700 keys (chunked prefill): several query-row blocks and
+    // key tiles, both with tails; the window starts inside a tile.
+    let causal = flash(vec![attention(true, None, &[In(0), In(1), In(2)])]);
+    let q = f32_(&["1", "4", "37", "128"]);
+    let kv = f32_(&["1", "2", "300", "128"]);
+    check(&causal, &[q, kv.clone(), kv], &[]);
+    let windowed = flash(vec![attention(true, Some(333), &[In(0), In(1), In(2)])]);
+    let q = f32_(&["1", "2", "45", "64"]);
+    let kv = f32_(&["1", "1", "700", "64"]);
+    check(&windowed, &[q, kv.clone(), kv], &[]);
+}
+
+#[test]
 fn sliding_window_and_masked_attention() {
     let kv = f32_(&["1", "2", "7", "6"]);
     let q = f32_(&["1", "4", "5", "6"]);
@@ -723,7 +755,7 @@ fn every_llama_kernel_lowers_or_is_unsupported() {
 mod vulkan {
     use super::*;
     use std::sync::OnceLock;
-    use tessera_codegen_spirv::{compile, vulkan_capabilities};
+    use tessera_codegen_spirv::{compile, vulkan_capabilities, VulkanTarget};
     use tessera_passes::lower::lower_gpu;
     use tessera_runtime::vulkan::VulkanDevice;
 
@@ -747,26 +779,52 @@ mod vulkan {
     /// Lowers `k` for the device, runs each step (scratch buffers after the output) and
     /// compares the output with the interpreter.
     pub fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
+        check_for(k, inputs, env, None);
+    }
+
+    /// [`check`] with `k` lowered and compiled for `target` when given, a device the adapter
+    /// can stand in for (its limits within the adapter's), else for the adapter itself.
+    fn check_for(
+        k: &Kernel,
+        inputs: &[TensorType],
+        env: &[(&str, usize)],
+        target: Option<&VulkanTarget>,
+    ) {
         let Some(device) = device() else {
             eprintln!("skipped on Vulkan: no adapter (install mesa-vulkan-drivers for lavapipe)");
             return;
         };
-        let target = device.target();
+        let own = device.target();
+        let target = target.unwrap_or(&own);
         let case = Case::new(k, inputs, env);
-        let program = lower_gpu(k, inputs, &case.output, &vulkan_capabilities(&target))
+        let program = lower_gpu(k, inputs, &case.output, &vulkan_capabilities(target))
             .unwrap_or_else(|e| panic!("{e}"));
         let mut buffers = case.buffers.clone();
         for bytes in program.scratch_bytes(&case.scalars).unwrap() {
             buffers.push(vec![0; bytes]);
         }
         for step in &program.steps {
-            let spirv = compile(step, &target).unwrap_or_else(|e| panic!("{e}\n{step}"));
+            let spirv = compile(step, target).unwrap_or_else(|e| panic!("{e}\n{step}"));
             let mut views: Vec<&mut [u8]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
             device
                 .launch(&spirv, &mut views, &case.scalars)
                 .unwrap_or_else(|e| panic!("{e}\n{step}"));
         }
         case.assert_matches(&buffers[inputs.len()], &program);
+    }
+
+    #[test]
+    fn prefill_tiles_fit_a_baseline_device() {
+        // 16 KiB of shared memory: 8 query rows and 16 keys per tile for head dims of 128.
+        let k = flash(vec![attention(true, None, &[In(0), In(1), In(2)])]);
+        let q = f32_(&["1", "2", "21", "128"]);
+        let kv = f32_(&["1", "1", "40", "128"]);
+        check_for(
+            &k,
+            &[q, kv.clone(), kv],
+            &[],
+            Some(&VulkanTarget::baseline()),
+        );
     }
 
     #[test]
@@ -790,4 +848,38 @@ mod vulkan {
             "{err}"
         );
     }
+}
+
+#[cfg(feature = "vulkan")]
+mod tmp_debug {
+    use super::*;
+    fn body(rope: bool, epi: bool) -> (Kernel, Vec<TensorType>) {
+        let mut ops = vec![step(Op::Permute { perm: vec![0, 2, 1, 3] }, &[In(0)])];
+        if rope {
+            ops.push(step(Op::Rope { layout: RopeLayout::Half }, &[At(0), In(3), In(4)]));
+        } else {
+            ops.push(step(Op::Unary(UnaryOp::Neg), &[At(0)]));
+        }
+        ops.push(attention(true, None, &[At(1), In(1), In(2)]));
+        if epi {
+            ops.push(step(Op::Permute { perm: vec![0, 2, 1, 3] }, &[At(2)]));
+            ops.push(step(Op::Reshape { shape: shape(&["2", "seq", "20"]) }, &[At(3)]));
+        }
+        let mut inputs = vec![
+            f32_(&["2", "seq", "4", "6"]),
+            f32_(&["2", "2", "seq", "6"]),
+            f32_(&["2", "2", "seq", "5"]),
+        ];
+        if rope {
+            inputs.push(i32_(&["2", "seq"]));
+            inputs.push(f32_(&["3"]));
+        }
+        (flash(ops), inputs)
+    }
+    #[test]
+    fn dbg_rope_noepi() { let (k, i) = body(true, false); check(&k, &i, &[("seq", 5)]); }
+    #[test]
+    fn dbg_norope_epi() { let (k, i) = body(false, true); check(&k, &i, &[("seq", 5)]); }
+    #[test]
+    fn dbg_norope_noepi() { let (k, i) = body(false, false); check(&k, &i, &[("seq", 5)]); }
 }

@@ -131,7 +131,8 @@ pub fn lower_cpu(
 }
 
 /// Lowers `kernel` (inputs of types `inputs`, output of type `output`) to a SIMT LIR program
-/// for a GPU with capabilities `caps`, with the ABI of the module doc ([`simt`]).
+/// for a GPU with capabilities `caps`, with the ABI of the module doc ([`simt`]): one step,
+/// except FlashDecoding with more than one split, as [`lower_cpu`].
 pub fn lower_gpu(
     kernel: &Kernel,
     inputs: &[TensorType],
@@ -139,12 +140,7 @@ pub fn lower_gpu(
     caps: &Capabilities,
 ) -> Result<lir::Program, LowerError> {
     let steps = Steps::new(kernel, inputs, output, (1, simt::WORKGROUP))?;
-    steps
-        .build("", &[], |b, body, out, _| {
-            simt::lower(b, &kernel.kind, body, out, caps)
-        })
-        .map(lir::Program::single)
-        .map_err(|what| steps.unsupported("SIMT", what))
+    simt::lower(&steps, &kernel.kind, caps).map_err(|what| steps.unsupported("SIMT", what))
 }
 
 /// What every step of a kernel's program is built from: the kernel, its operand types and the
