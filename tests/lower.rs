@@ -849,37 +849,3 @@ mod vulkan {
         );
     }
 }
-
-#[cfg(feature = "vulkan")]
-mod tmp_debug {
-    use super::*;
-    fn body(rope: bool, epi: bool) -> (Kernel, Vec<TensorType>) {
-        let mut ops = vec![step(Op::Permute { perm: vec![0, 2, 1, 3] }, &[In(0)])];
-        if rope {
-            ops.push(step(Op::Rope { layout: RopeLayout::Half }, &[At(0), In(3), In(4)]));
-        } else {
-            ops.push(step(Op::Unary(UnaryOp::Neg), &[At(0)]));
-        }
-        ops.push(attention(true, None, &[At(1), In(1), In(2)]));
-        if epi {
-            ops.push(step(Op::Permute { perm: vec![0, 2, 1, 3] }, &[At(2)]));
-            ops.push(step(Op::Reshape { shape: shape(&["2", "seq", "20"]) }, &[At(3)]));
-        }
-        let mut inputs = vec![
-            f32_(&["2", "seq", "4", "6"]),
-            f32_(&["2", "2", "seq", "6"]),
-            f32_(&["2", "2", "seq", "5"]),
-        ];
-        if rope {
-            inputs.push(i32_(&["2", "seq"]));
-            inputs.push(f32_(&["3"]));
-        }
-        (flash(ops), inputs)
-    }
-    #[test]
-    fn dbg_rope_noepi() { let (k, i) = body(true, false); check(&k, &i, &[("seq", 5)]); }
-    #[test]
-    fn dbg_norope_epi() { let (k, i) = body(false, true); check(&k, &i, &[("seq", 5)]); }
-    #[test]
-    fn dbg_norope_noepi() { let (k, i) = body(false, false); check(&k, &i, &[("seq", 5)]); }
-}

@@ -296,7 +296,7 @@ impl VulkanDevice {
             if let Some(s) = s {
                 let tx = tx.clone();
                 s.map_async(wgpu::MapMode::Read, .., move |r| {
-                    // The receiver outlives every callback: they all run inside `poll` below.
+                    // The receiver outlives every callback (it waits for them all below).
                     let _ = tx.send((i, r));
                 });
             }
@@ -305,7 +305,9 @@ impl VulkanDevice {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| launch_error(k, format!("waiting for the device: {e}")))?;
-        for (i, result) in rx.try_iter() {
+        // Blocks until every callback has run: another thread's `poll` may run ours after
+        // this one returns (tests launch from several threads at once).
+        for (i, result) in rx.iter() {
             result.map_err(|e| launch_error(k, format!("reading back buffer {i}: {e}")))?;
             let Some(s) = &staging[i] else { continue };
             let view = s
