@@ -43,6 +43,8 @@ fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
             | KernelKind::Gemv { .. }
             | KernelKind::Gemm { .. }
             | KernelKind::FlatGemm { .. }
+            | KernelKind::FlashDecoding { .. }
+            | KernelKind::FlashAttention { .. }
     ) {
         vulkan::check(k, inputs, env);
     }
@@ -592,6 +594,36 @@ fn split_decoding_with_a_window_a_mask_and_an_epilogue() {
 }
 
 #[test]
+fn decode_attention_with_real_head_dims_over_several_key_blocks() {
+    // 300 and 700 keys: blocks of 256 keys on a GPU with a tail, splits of 75 and 234.
+    for (d, keys, splits) in [
+        ("64", 300, 1),
+        ("64", 300, 4),
+        ("128", 700, 1),
+        ("128", 700, 3),
+    ] {
+        let k = decoding(splits, vec![attention(true, None, &[In(0), In(1), In(2)])]);
+        let kv = f32_(&["1", "2", "past + 1", d]);
+        let inputs = [f32_(&["1", "4", "1", d]), kv.clone(), kv];
+        check(&k, &inputs, &[("past", keys - 1)]);
+    }
+}
+
+#[test]
+fn prefill_attention_with_real_head_dims_over_a_long_past() {
+    // 37 and 45 new rows over 300 and 700 keys (chunked prefill): several query-row blocks and
+    // key tiles, both with tails; the window starts inside a tile.
+    let causal = flash(vec![attention(true, None, &[In(0), In(1), In(2)])]);
+    let q = f32_(&["1", "4", "37", "128"]);
+    let kv = f32_(&["1", "2", "300", "128"]);
+    check(&causal, &[q, kv.clone(), kv], &[]);
+    let windowed = flash(vec![attention(true, Some(333), &[In(0), In(1), In(2)])]);
+    let q = f32_(&["1", "2", "45", "64"]);
+    let kv = f32_(&["1", "1", "700", "64"]);
+    check(&windowed, &[q, kv.clone(), kv], &[]);
+}
+
+#[test]
 fn sliding_window_and_masked_attention() {
     let kv = f32_(&["1", "2", "7", "6"]);
     let q = f32_(&["1", "4", "5", "6"]);
@@ -771,19 +803,21 @@ fn every_llama_kernel_lowers_or_is_unsupported() {
 #[cfg(feature = "vulkan")]
 mod vulkan {
     use super::*;
+    use tessera_codegen_spirv::VulkanTarget;
     use tessera_passes::lower::lower_gpu;
 
     /// Lowers `k` for the Vulkan device, runs it and compares the output with the interpreter.
     pub fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
-        check_within(k, inputs, env, None);
+        check_for(k, inputs, env, None);
     }
 
-    /// [`check`] for a device with at most `shared_bytes` of shared memory, when given.
-    fn check_within(
+    /// [`check`] with `k` lowered and compiled for `target` when given, a device the adapter
+    /// can stand in for (its limits within the adapter's), else for the adapter itself.
+    fn check_for(
         k: &Kernel,
         inputs: &[TensorType],
         env: &[(&str, usize)],
-        shared_bytes: Option<u32>,
+        target: Option<&VulkanTarget>,
     ) {
         let case = Case::new(k, inputs, env);
         if let Some((got, program)) = cases::vulkan::run(
@@ -791,7 +825,7 @@ mod vulkan {
             inputs,
             &case.output,
             (&case.buffers, &case.scalars),
-            shared_bytes,
+            target,
         ) {
             case.assert_matches(&got, &program);
         }
@@ -825,11 +859,25 @@ mod vulkan {
             f32_(&["70"]),
             f32_(&["70"]),
         ];
-        let baseline = tessera_codegen_spirv::VulkanTarget::baseline().shared_bytes;
         for kind in [GEMM, flat] {
             let k = kernel(kind, body.clone());
-            check_within(&k, &inputs, &[("seq", 9)], Some(baseline));
+            check_for(&k, &inputs, &[("seq", 9)], Some(&VulkanTarget::baseline()));
         }
+    }
+
+    /// FlashAttention's tiles for head dims of 128 on a device with 16 KiB of shared memory:
+    /// 8 query rows and 16 keys per tile.
+    #[test]
+    fn prefill_tiles_fit_a_baseline_device() {
+        let k = flash(vec![attention(true, None, &[In(0), In(1), In(2)])]);
+        let q = f32_(&["1", "2", "21", "128"]);
+        let kv = f32_(&["1", "1", "40", "128"]);
+        check_for(
+            &k,
+            &[q, kv.clone(), kv],
+            &[],
+            Some(&VulkanTarget::baseline()),
+        );
     }
 
     /// A body a SIMT template refuses (a matmul whose weight is not transposed) is an

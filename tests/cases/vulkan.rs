@@ -2,7 +2,7 @@
 //! CI) and how a lowered kernel is launched there.
 
 use std::sync::OnceLock;
-use tessera_codegen_spirv::{compile, vulkan_capabilities};
+use tessera_codegen_spirv::{compile, vulkan_capabilities, VulkanTarget};
 use tessera_ir::kernel::Kernel;
 use tessera_ir::lir::Program;
 use tessera_ir::TensorType;
@@ -31,29 +31,29 @@ fn device() -> Option<&'static VulkanDevice> {
 /// Lowers `k` (inputs of types `inputs`, output of type `output`) for the device and runs each
 /// step of its program on a copy of `buffers` (the inputs' bytes, then the output's) with
 /// `scalars`, scratch buffers after the output: the output's bytes and the program (to show on
-/// a mismatch), or `None` without a device. `shared_bytes` caps the device's shared memory (to
-/// lower as for a smaller device).
+/// a mismatch), or `None` without a device. With `target`, the kernel is lowered and compiled
+/// for that device instead (one the adapter can stand in for: its limits within the adapter's).
 pub fn run(
     k: &Kernel,
     inputs: &[TensorType],
     output: &TensorType,
     (buffers, scalars): (&[Vec<u8>], &[i64]),
-    shared_bytes: Option<u32>,
+    target: Option<&VulkanTarget>,
 ) -> Option<(Vec<u8>, Program)> {
     let Some(device) = device() else {
         eprintln!("skipped on Vulkan: no adapter (install mesa-vulkan-drivers for lavapipe)");
         return None;
     };
-    let mut target = device.target();
-    target.shared_bytes = shared_bytes.map_or(target.shared_bytes, |s| s.min(target.shared_bytes));
-    let program = lower_gpu(k, inputs, output, &vulkan_capabilities(&target))
+    let own = device.target();
+    let target = target.unwrap_or(&own);
+    let program = lower_gpu(k, inputs, output, &vulkan_capabilities(target))
         .unwrap_or_else(|e| panic!("{e}"));
     let mut buffers = buffers.to_vec();
     for bytes in program.scratch_bytes(scalars).unwrap() {
         buffers.push(vec![0; bytes]);
     }
     for step in &program.steps {
-        let spirv = compile(step, &target).unwrap_or_else(|e| panic!("{e}\n{step}"));
+        let spirv = compile(step, target).unwrap_or_else(|e| panic!("{e}\n{step}"));
         let mut views: Vec<&mut [u8]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
         device
             .launch(&spirv, &mut views, scalars)

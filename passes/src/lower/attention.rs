@@ -44,23 +44,23 @@ fn head_dim(d: &Dim, what: &str) -> Result<u32, String> {
 }
 
 /// An attention body: its operands, sizes and flags.
-struct Attention<'a> {
-    body: &'a Body<'a>,
+pub(super) struct Attention<'a> {
+    pub body: &'a Body<'a>,
     /// The position of the attention op in the body.
-    at: usize,
-    scale: f32,
-    causal: bool,
-    window: Option<usize>,
-    q: BodyArg,
-    k: BodyArg,
-    v: BodyArg,
-    mask: Option<BodyArg>,
+    pub at: usize,
+    pub scale: f32,
+    pub causal: bool,
+    pub window: Option<usize>,
+    pub q: BodyArg,
+    pub k: BodyArg,
+    pub v: BodyArg,
+    pub mask: Option<BodyArg>,
     /// `[batch, hq, s, t, hkv]`.
-    dims: [Dim; 5],
-    d: u32,
-    dv: u32,
+    pub dims: [Dim; 5],
+    pub d: u32,
+    pub dv: u32,
     /// Query heads per KV head.
-    heads: u32,
+    pub heads: u32,
 }
 
 /// What a group works on — query row `i` of batch `bi` for the query heads from `first_head`
@@ -79,7 +79,7 @@ struct Group {
 }
 
 impl<'a> Attention<'a> {
-    fn of(body: &'a Body<'a>) -> Result<Attention<'a>, String> {
+    pub(super) fn of(body: &'a Body<'a>) -> Result<Attention<'a>, String> {
         let at = body
             .ops
             .iter()
@@ -130,7 +130,7 @@ impl<'a> Attention<'a> {
     }
 
     /// The dims groups are laid over: `[batch, hkv, s]`.
-    fn rows(&self) -> [Dim; 3] {
+    pub(super) fn rows(&self) -> [Dim; 3] {
         let [batch, _, s, _, hkv] = &self.dims;
         [batch.clone(), hkv.clone(), s.clone()]
     }
@@ -184,14 +184,18 @@ impl<'a> Attention<'a> {
         Ok(g)
     }
 
-    /// The keys `lo..hi` query row `g.i` sees: the causal and window bounds.
-    fn visible(&self, b: &mut KernelBuilder, g: &Group) -> Result<(Value, Value), String> {
+    /// The keys `lo..hi` query row `i` sees: the causal and window bounds.
+    pub(super) fn visible(
+        &self,
+        b: &mut KernelBuilder,
+        i: Value,
+    ) -> Result<(Value, Value), String> {
         let [_, _, s, t, _] = &self.dims;
         let (s_v, t_v) = (self.body.symbols.dim(b, s)?, self.body.symbols.dim(b, t)?);
         let (zero, one) = (b.const_i(0), b.const_i(1));
         // `newest` is this query's own position among the keys.
         let past = b.sub(t_v, s_v);
-        let newest = b.add(past, g.i);
+        let newest = b.add(past, i);
         let through_newest = b.add(newest, one);
         let hi = if self.causal {
             b.binary(BinaryOp::Min, through_newest, t_v)
@@ -214,7 +218,6 @@ impl<'a> Attention<'a> {
     fn sweep(&self, b: &mut KernelBuilder, g: &Group, lo: Value, hi: Value) -> Result<(), String> {
         let (body, heads, d, dv, lanes) = (self.body, self.heads, self.d, self.dv, self.body.lanes);
         let (bi, kv_head, i) = (g.bi, g.kv_head, g.i);
-        let [batch, hq, s, t, _] = &self.dims;
         let zero = b.const_i(0);
         let heads_v = b.const_i(i64::from(heads));
         let (d_v, dv_v) = (b.const_i(i64::from(d)), b.const_i(i64::from(dv)));
@@ -243,7 +246,6 @@ impl<'a> Attention<'a> {
             body.symbols
                 .ravel(b, &[bi, kv_head, j, zero], &body.ty(arg).shape)
         };
-        let scores_shape = [batch.clone(), hq.clone(), s.clone(), t.clone()];
         let block_v = b.const_i(i64::from(BLOCK_K));
         let mut failure = Ok(());
         b.for_range(lo, hi, BLOCK_K, &[], |b, j0, _| {
@@ -254,7 +256,7 @@ impl<'a> Attention<'a> {
                 let q_base = b.mul(h, d_v);
                 // The block's scores (into `scores`) and their max.
                 let block_max = fold_range(b, (j0, block_end, 1), neg_inf, |b, j, m| {
-                    let mut score = match rows {
+                    let score = match rows {
                         Some((kb, _)) => {
                             let base = origin(b, self.k, j)?;
                             let zero4 = b.splat(zero_f, lanes);
@@ -275,12 +277,7 @@ impl<'a> Attention<'a> {
                             Ok(b.fma(x, y, sum))
                         })?,
                     };
-                    if let Some(mask) = self.mask {
-                        let at =
-                            broadcast(b, &[bi, head, i, j], &scores_shape, &body.ty(mask).shape)?;
-                        let bias = body.value(b, mask, &at, None)?;
-                        score = b.add(score, bias);
-                    }
+                    let score = self.masked(b, score, [bi, head, i, j])?;
                     let slot = b.sub(j, j0);
                     b.store(scores, slot, score);
                     Ok(b.binary(BinaryOp::Max, m, score))
@@ -336,49 +333,131 @@ impl<'a> Attention<'a> {
         failure
     }
 
-    /// Normalizes `g`'s accumulators by their sums and writes them through the epilogue at the
-    /// output index each element maps to. A row that saw no key, or only −∞ scores, has sum 0
-    /// and is zeros.
+    /// `score` of query row `i` (of batch `bi`, query head `head`) for key `j` plus the
+    /// additive mask there, when the attention has one.
+    pub(super) fn masked(
+        &self,
+        b: &mut KernelBuilder,
+        score: Value,
+        [bi, head, i, j]: [Value; 4],
+    ) -> Result<Value, String> {
+        let Some(mask) = self.mask else {
+            return Ok(score);
+        };
+        let [batch, hq, s, t, _] = &self.dims;
+        let scores_shape = [batch.clone(), hq.clone(), s.clone(), t.clone()];
+        let at = broadcast(
+            b,
+            &[bi, head, i, j],
+            &scores_shape,
+            &self.body.ty(mask).shape,
+        )?;
+        let bias = self.body.value(b, mask, &at, None)?;
+        Ok(b.add(score, bias))
+    }
+
+    /// Normalizes `g`'s accumulators by their sums and writes them through the epilogue. A row
+    /// that saw no key, or only −∞ scores, has sum 0 and is zeros.
     fn finish(&self, b: &mut KernelBuilder, g: &Group, out: BufRef) -> Result<(), String> {
-        let body = self.body;
-        let (zero, zero_f) = (b.const_i(0), b.const_f(0.0));
+        let zero = b.const_i(0);
         let heads_v = b.const_i(i64::from(self.heads));
         let dv_v = b.const_i(i64::from(self.dv));
-        let out_shape = &body.ty(body.result()).shape;
         for_each(b, zero, heads_v, |b, h| {
             let head = b.add(g.first_head, h);
             let l = b.load(g.sum, h, 1);
-            let seen = b.cmp(CmpOp::Lt, zero_f, l);
             let acc_base = b.mul(h, dv_v);
             for_each(b, zero, dv_v, |b, c| {
                 let at = b.add(acc_base, c);
                 let o = b.load(g.acc, at, 1);
-                let o = b.div(o, l);
-                let o = b.select(seen, o, zero_f);
-                b.store(g.acc, at, o);
-                let idx = body.forward(b, self.at, &[g.bi, head, g.i, c])?;
-                let hook = |b: &mut KernelBuilder, at: &[Value]| {
-                    let e = b.add(acc_base, at[3]);
-                    Ok(b.load(g.acc, e, 1))
-                };
-                let x = body.value(b, body.result(), &idx, Some((self.at, &hook)))?;
-                let e = body.symbols.ravel(b, &idx, out_shape)?;
-                b.store(out, e, x);
-                Ok(())
+                let o = normalized(b, o, l);
+                self.store(b, [g.bi, head, g.i, c], o, out)
             })
         })
     }
 
+    /// Writes `o`, the attention's element at `[bi, head, i, c]`, through the epilogue to the
+    /// output element it maps to ([`Body::forward`]: that element reads no other).
+    pub(super) fn store(
+        &self,
+        b: &mut KernelBuilder,
+        at: [Value; 4],
+        o: Value,
+        out: BufRef,
+    ) -> Result<(), String> {
+        let body = self.body;
+        let idx = body.forward(b, self.at, &at)?;
+        let hook = |_: &mut KernelBuilder, _: &[Value]| Ok(o);
+        let x = body.value(b, body.result(), &idx, Some((self.at, &hook)))?;
+        let e = body.symbols.ravel(b, &idx, &body.ty(body.result()).shape)?;
+        b.store(out, e, x);
+        Ok(())
+    }
+
+    /// The log-sum-exp weights `e^(mᵢ−m*)` of head `h`'s splits of group row `row` (into the
+    /// Private `weights`) and their combined sum `Σ sumᵢ·e^(mᵢ−m*)`.
+    pub(super) fn merge_weights(
+        &self,
+        b: &mut KernelBuilder,
+        (row, h): (Value, Value),
+        partials: BufRef,
+        splits: u32,
+        weights: BufRef,
+    ) -> Result<Value, String> {
+        let one = b.const_i(1);
+        let (zero_f, neg_inf) = (b.const_f(0.0), b.const_f(f64::NEG_INFINITY));
+        let (dv, splits_v) = (b.const_i(i64::from(self.dv)), b.const_i(i64::from(splits)));
+        let m = fold(b, splits_v, neg_inf, |b, c, m| {
+            let at = self.partial_at(b, row, h, c, splits);
+            let at = b.add(at, dv);
+            let mc = b.load(partials, at, 1);
+            Ok(b.binary(BinaryOp::Max, m, mc))
+        })?;
+        let m_safe = finite_or_zero(b, m);
+        fold(b, splits_v, zero_f, |b, c, l| {
+            let at = self.partial_at(b, row, h, c, splits);
+            let at = b.add(at, dv);
+            let mc = b.load(partials, at, 1);
+            let shift = b.sub(mc, m_safe);
+            let w = b.unary(lir::UnaryOp::Exp, shift);
+            b.store(weights, c, w);
+            let at = b.add(at, one);
+            let lc = b.load(partials, at, 1);
+            Ok(b.fma(lc, w, l))
+        })
+    }
+
+    /// Column `c` of head `h`'s accumulators of group row `row` merged over the splits with
+    /// the [`Self::merge_weights`] `weights`: `Σ accᵢ·e^(mᵢ−m*)`.
+    pub(super) fn merged(
+        &self,
+        b: &mut KernelBuilder,
+        (row, h, c): (Value, Value, Value),
+        partials: BufRef,
+        splits: u32,
+        weights: BufRef,
+    ) -> Result<Value, String> {
+        let zero_f = b.const_f(0.0);
+        let splits_v = b.const_i(i64::from(splits));
+        fold(b, splits_v, zero_f, |b, split, o| {
+            let at = self.partial_at(b, row, h, split, splits);
+            let at = b.add(at, c);
+            let x = b.load(partials, at, 1);
+            let w = b.load(weights, split, 1);
+            Ok(b.fma(x, w, o))
+        })
+    }
+
     /// Elements of one split's partial row: the `Dv` accumulators, then the max and the sum.
-    fn partial_len(&self) -> u32 {
+    pub(super) fn partial_len(&self) -> u32 {
         self.dv + 2
     }
 
-    /// The first element of head `h`'s partial row of split `split` in the scratch.
-    fn partial_at(
+    /// The first element of the partial row of split `split` in the scratch for head `h` (of
+    /// those sharing a KV head) of group row `row` (linear over [`Self::rows`]).
+    pub(super) fn partial_at(
         &self,
         b: &mut KernelBuilder,
-        g: &Group,
+        row: Value,
         h: Value,
         split: Value,
         splits: u32,
@@ -386,7 +465,7 @@ impl<'a> Attention<'a> {
         let heads = b.const_i(i64::from(self.heads));
         let splits = b.const_i(i64::from(splits));
         let len = b.const_i(i64::from(self.partial_len()));
-        let head_row = b.mul(g.row, heads);
+        let head_row = b.mul(row, heads);
         let head_row = b.add(head_row, h);
         let split_row = b.mul(head_row, splits);
         let split_row = b.add(split_row, split);
@@ -394,8 +473,16 @@ impl<'a> Attention<'a> {
     }
 }
 
+/// `acc / sum`, or 0 for a row that saw no key or only −∞ scores (sum 0).
+pub(super) fn normalized(b: &mut KernelBuilder, acc: Value, sum: Value) -> Value {
+    let zero_f = b.const_f(0.0);
+    let seen = b.cmp(CmpOp::Lt, zero_f, sum);
+    let o = b.div(acc, sum);
+    b.select(seen, o, zero_f)
+}
+
 /// `m`, or 0 where it is −∞: the shift that makes `exp` of an all-−∞ row's terms 0, not NaN.
-fn finite_or_zero(b: &mut KernelBuilder, m: Value) -> Value {
+pub(super) fn finite_or_zero(b: &mut KernelBuilder, m: Value) -> Value {
     let (zero_f, neg_inf) = (b.const_f(0.0), b.const_f(f64::NEG_INFINITY));
     let empty = b.cmp(CmpOp::Eq, m, neg_inf);
     b.select(empty, zero_f, m)
@@ -406,7 +493,7 @@ fn finite_or_zero(b: &mut KernelBuilder, m: Value) -> Value {
 pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(), String> {
     let att = Attention::of(body)?;
     let g = att.launch(b, 1)?;
-    let (lo, hi) = att.visible(b, &g)?;
+    let (lo, hi) = att.visible(b, g.i)?;
     att.sweep(b, &g, lo, hi)?;
     att.finish(b, &g, out)
 }
@@ -417,6 +504,68 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, out: BufRef) -> Result<(
 /// a row's splits by log-sum-exp — `m* = max mᵢ`, `acc = Σ accᵢ·e^(mᵢ−m*)`,
 /// `sum = Σ sumᵢ·e^(mᵢ−m*)` — and finishes it like the one-step kernel.
 pub(super) fn lower_split(steps: &Steps, splits: u32) -> Result<lir::Program, String> {
+    split_program(
+        steps,
+        splits,
+        |b, att, partials| {
+            let g = att.launch(b, splits)?;
+            let (lo, hi) = att.visible(b, g.i)?;
+            let (c, first, last) = split_keys(b, (lo, hi), splits);
+            att.sweep(b, &g, first, last)?;
+            let zero = b.const_i(0);
+            let heads = b.const_i(i64::from(att.heads));
+            let dv = b.const_i(i64::from(att.dv));
+            let one = b.const_i(1);
+            for_each(b, zero, heads, |b, h| {
+                let at = att.partial_at(b, g.row, h, c, splits);
+                let acc_base = b.mul(h, dv);
+                for_each(b, zero, dv, |b, e| {
+                    let from = b.add(acc_base, e);
+                    let x = b.load(g.acc, from, 1);
+                    let to = b.add(at, e);
+                    b.store(partials, to, x);
+                    Ok(())
+                })?;
+                let stats = b.add(at, dv);
+                let m = b.load(g.max, h, 1);
+                b.store(partials, stats, m);
+                let l = b.load(g.sum, h, 1);
+                let stats = b.add(stats, one);
+                b.store(partials, stats, l);
+                Ok(())
+            })
+        },
+        |b, att, out, partials| {
+            let g = att.launch(b, 1)?;
+            let weights = b.local("weights", MemorySpace::Private, ScalarType::F32, splits);
+            let zero = b.const_i(0);
+            let heads = b.const_i(i64::from(att.heads));
+            let dv = b.const_i(i64::from(att.dv));
+            for_each(b, zero, heads, |b, h| {
+                let l = att.merge_weights(b, (g.row, h), partials, splits, weights)?;
+                b.store(g.sum, h, l);
+                let acc_base = b.mul(h, dv);
+                for_each(b, zero, dv, |b, e| {
+                    let o = att.merged(b, (g.row, h, e), partials, splits, weights)?;
+                    let to = b.add(acc_base, e);
+                    b.store(g.acc, to, o);
+                    Ok(())
+                })
+            })?;
+            att.finish(b, &g, out)
+        },
+    )
+}
+
+/// The two-step program of a split FlashDecoding kernel, for the CPU and SIMT templates alike:
+/// `split` writes a step's partials (given the scratch buffer), `merge` reads them and writes
+/// the output. The scratch holds `rows · heads · splits` partial rows ([`Attention::partial_at`]).
+pub(super) fn split_program(
+    steps: &Steps,
+    splits: u32,
+    split: impl FnOnce(&mut KernelBuilder, &Attention, BufRef) -> Result<(), String>,
+    merge: impl FnOnce(&mut KernelBuilder, &Attention, BufRef, BufRef) -> Result<(), String>,
+) -> Result<lir::Program, String> {
     let mut scratch_len = None;
     let split = steps.build(
         ".split",
@@ -429,96 +578,13 @@ pub(super) fn lower_split(steps: &Steps, splits: u32) -> Result<lir::Program, St
                 Box::new(rows),
                 Box::new(SizeExpr::Const(u64::from(per_row))),
             ));
-            let g = att.launch(b, splits)?;
-            let (lo, hi) = att.visible(b, &g)?;
-            // Splits of ⌈len / splits⌉ keys each.
-            let zero = b.const_i(0);
-            let len = b.sub(hi, lo);
-            let len = b.binary(BinaryOp::Max, len, zero);
-            let (splits_v, round) = (
-                b.const_i(i64::from(splits)),
-                b.const_i(i64::from(splits - 1)),
-            );
-            let chunk = b.add(len, round);
-            let chunk = b.div(chunk, splits_v);
-            let c = b.special(Special::GroupId(Axis::Y));
-            let skip = b.mul(c, chunk);
-            let first = b.add(lo, skip);
-            let first = b.binary(BinaryOp::Min, first, hi);
-            let last = b.add(first, chunk);
-            let last = b.binary(BinaryOp::Min, last, hi);
-            att.sweep(b, &g, first, last)?;
-            let heads = b.const_i(i64::from(att.heads));
-            let dv = b.const_i(i64::from(att.dv));
-            let one = b.const_i(1);
-            for_each(b, zero, heads, |b, h| {
-                let at = att.partial_at(b, &g, h, c, splits);
-                let acc_base = b.mul(h, dv);
-                for_each(b, zero, dv, |b, e| {
-                    let from = b.add(acc_base, e);
-                    let x = b.load(g.acc, from, 1);
-                    let to = b.add(at, e);
-                    b.store(scratch[0], to, x);
-                    Ok(())
-                })?;
-                let stats = b.add(at, dv);
-                let m = b.load(g.max, h, 1);
-                b.store(scratch[0], stats, m);
-                let l = b.load(g.sum, h, 1);
-                let stats = b.add(stats, one);
-                b.store(scratch[0], stats, l);
-                Ok(())
-            })
+            split(b, &att, scratch[0])
         },
     )?;
     let merge = steps.build(
         ".merge",
         &[("partials", ScalarType::F32, Access::Read)],
-        |b, body, out, scratch| {
-            let att = Attention::of(body)?;
-            let g = att.launch(b, 1)?;
-            let partials = scratch[0];
-            let weights = b.local("weights", MemorySpace::Private, ScalarType::F32, splits);
-            let (zero, one) = (b.const_i(0), b.const_i(1));
-            let (zero_f, neg_inf) = (b.const_f(0.0), b.const_f(f64::NEG_INFINITY));
-            let heads = b.const_i(i64::from(att.heads));
-            let (dv, splits_v) = (b.const_i(i64::from(att.dv)), b.const_i(i64::from(splits)));
-            for_each(b, zero, heads, |b, h| {
-                let m = fold(b, splits_v, neg_inf, |b, c, m| {
-                    let at = att.partial_at(b, &g, h, c, splits);
-                    let at = b.add(at, dv);
-                    let mc = b.load(partials, at, 1);
-                    Ok(b.binary(BinaryOp::Max, m, mc))
-                })?;
-                let m_safe = finite_or_zero(b, m);
-                let l = fold(b, splits_v, zero_f, |b, c, l| {
-                    let at = att.partial_at(b, &g, h, c, splits);
-                    let at = b.add(at, dv);
-                    let mc = b.load(partials, at, 1);
-                    let shift = b.sub(mc, m_safe);
-                    let w = b.unary(lir::UnaryOp::Exp, shift);
-                    b.store(weights, c, w);
-                    let at = b.add(at, one);
-                    let lc = b.load(partials, at, 1);
-                    Ok(b.fma(lc, w, l))
-                })?;
-                b.store(g.sum, h, l);
-                let acc_base = b.mul(h, dv);
-                for_each(b, zero, dv, |b, e| {
-                    let o = fold(b, splits_v, zero_f, |b, c, o| {
-                        let at = att.partial_at(b, &g, h, c, splits);
-                        let at = b.add(at, e);
-                        let x = b.load(partials, at, 1);
-                        let w = b.load(weights, c, 1);
-                        Ok(b.fma(x, w, o))
-                    })?;
-                    let to = b.add(acc_base, e);
-                    b.store(g.acc, to, o);
-                    Ok(())
-                })
-            })?;
-            att.finish(b, &g, out)
-        },
+        |b, body, out, scratch| merge(b, &Attention::of(body)?, out, scratch[0]),
     )?;
     Ok(lir::Program {
         scratch: vec![lir::Scratch {
@@ -528,6 +594,31 @@ pub(super) fn lower_split(steps: &Steps, splits: u32) -> Result<lir::Program, St
         }],
         steps: vec![split, merge],
     })
+}
+
+/// This group's split (`GroupId(Y)`) of the keys `lo..hi` — splits of `⌈len / splits⌉` keys,
+/// the last ones shorter or empty — as `(split, first, last)`.
+pub(super) fn split_keys(
+    b: &mut KernelBuilder,
+    (lo, hi): (Value, Value),
+    splits: u32,
+) -> (Value, Value, Value) {
+    let zero = b.const_i(0);
+    let len = b.sub(hi, lo);
+    let len = b.binary(BinaryOp::Max, len, zero);
+    let (splits_v, round) = (
+        b.const_i(i64::from(splits)),
+        b.const_i(i64::from(splits - 1)),
+    );
+    let chunk = b.add(len, round);
+    let chunk = b.div(chunk, splits_v);
+    let c = b.special(Special::GroupId(Axis::Y));
+    let skip = b.mul(c, chunk);
+    let first = b.add(lo, skip);
+    let first = b.binary(BinaryOp::Min, first, hi);
+    let last = b.add(first, chunk);
+    let last = b.binary(BinaryOp::Min, last, hi);
+    (c, first, last)
 }
 
 /// `acc[base..base + dv] = acc·alpha + Σ_j p_j·V[row_j]` over keys `j0..end` of the dense f32 V

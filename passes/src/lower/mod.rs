@@ -131,7 +131,8 @@ pub fn lower_cpu(
 }
 
 /// Lowers `kernel` (inputs of types `inputs`, output of type `output`) to a SIMT LIR program
-/// for a GPU with capabilities `caps`, with the ABI of the module doc ([`simt`]).
+/// for a GPU with capabilities `caps`, with the ABI of the module doc ([`simt`]): one step,
+/// except FlashDecoding with more than one split, as [`lower_cpu`].
 pub fn lower_gpu(
     kernel: &Kernel,
     inputs: &[TensorType],

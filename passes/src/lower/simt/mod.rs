@@ -1,9 +1,10 @@
 //! The SIMT (GPU) templates: many threads per workgroup, workgroups over the grid, shared
 //! memory and subgroups where the target's [`Capabilities`] have them. Written for SIMT in
 //! general (a SPIR-V/Vulkan and a PTX backend consume the same LIR) and checked on lavapipe.
-//! [`super::lower_gpu`] dispatches here; a kernel kind without a SIMT template yet is an
-//! `Unsupported` error naming it.
+//! [`super::lower_gpu`] dispatches here; every kernel kind has a template, and a body a template
+//! does not take is an `Unsupported` error naming what.
 
+mod attention;
 mod elementwise;
 mod gemm;
 mod gemv;
@@ -21,7 +22,8 @@ use tessera_ir::lir::{self, BufRef, Capabilities, KernelBuilder};
 pub(super) const WORKGROUP: u32 = 256;
 
 /// The SIMT program of a kernel of `kind` for a device with `caps`: one step, or two for a
-/// matmul whose epilogue moves elements between rows ([`matmul_store`]).
+/// matmul whose epilogue moves elements between rows ([`matmul_store`]) and for FlashDecoding
+/// with more than one split (its splits, then their merge, as on the CPU).
 pub(super) fn program(
     steps: &Steps,
     kind: &KernelKind,
@@ -55,6 +57,12 @@ pub(super) fn program(
         KernelKind::QGemm { .. } => {
             single(&|b, body, out| qgemv::lower(b, body, out, caps, qgemv::GEMM_TILE))
         }
-        other => Err(format!("a {} kernel (no SIMT template yet)", other.name())),
+        KernelKind::FlashDecoding { splits } if *splits > 1 => {
+            attention::lower_split(steps, *splits)
+        }
+        KernelKind::FlashDecoding { .. } => single(&attention::lower_decoding),
+        KernelKind::FlashAttention { .. } => {
+            single(&|b, body, out| attention::lower_prefill(b, body, out, caps.shared_bytes))
+        }
     }
 }
