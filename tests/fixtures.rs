@@ -1,8 +1,8 @@
 //! Every transformers fixture, compiled and run through tessera, must reproduce transformers'
 //! greedy tokens exactly and its logits to 1e-3 (prefill row, then each decode step); the Llama
 //! family and GPT-2 also through `--target cpu` (f16/bf16 weights read as they are and widened in
-//! registers, Conv1D weights stored transposed), and what the CPU path cannot run must be refused
-//! by name.
+//! registers, Conv1D weights stored transposed) and `--target vulkan` on the first adapter
+//! (lavapipe in CI; 2e-3), and what the CPU path cannot run must be refused by name.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,7 @@ fn check_fixture(name: &str) {
 /// Checks a fixture through the reference paths, JIT-compiled CPU code and, when this build has
 /// Vulkan and the machine an adapter, the first Vulkan device (required under
 /// `TESSERA_REQUIRE_VULKAN=1`).
-fn check_fixture_and_cpu(name: &str) {
+fn check_every_target(name: &str) {
     check_fixture(name);
     check_path(name, Target::Cpu, true);
     if vulkan_adapter() {
@@ -148,45 +148,58 @@ fn check_artifact(name: &str, label: &str, output: &Path, target: Target) {
 
 #[test]
 fn llama_sharded_f32() {
-    check_fixture_and_cpu("llama");
+    check_every_target("llama");
 }
 
 #[test]
 fn llama3_rope_scaling_gqa_tied_bf16() {
-    check_fixture_and_cpu("llama3");
+    check_every_target("llama3");
 }
 
 #[test]
 fn llama_linear_rope_old_schema_head_dim_f16() {
-    check_fixture_and_cpu("llama_linear");
+    check_every_target("llama_linear");
 }
 
 #[test]
 fn mistral_sliding_window() {
-    check_fixture_and_cpu("mistral");
+    check_every_target("mistral");
 }
 
 #[test]
 fn qwen2_qkv_bias() {
-    check_fixture_and_cpu("qwen2");
+    check_every_target("qwen2");
 }
 
 #[test]
 fn gpt2_conv1d_learned_positions() {
-    check_fixture_and_cpu("gpt2");
+    check_every_target("gpt2");
+}
+
+/// The compiled targets every fixture runs on: the CPU, and Vulkan where there is an adapter
+/// (required under `TESSERA_REQUIRE_VULKAN=1`).
+fn compiled_targets() -> Vec<Target> {
+    let mut targets = vec![Target::Cpu];
+    if vulkan_adapter() {
+        targets.push(Target::Vulkan);
+    }
+    targets
 }
 
 /// FlashDecoding split three ways (the splits' partial rows merged by log-sum-exp), which the
-/// cost model does not choose on a small host, still reproduces transformers: GQA (llama3) and a
-/// sliding window (mistral).
+/// cost model does not choose on a small host, still reproduces transformers on the CPU and on
+/// Vulkan: GQA (llama3) and a sliding window (mistral).
 #[test]
 fn split_flash_decoding_matches_transformers() {
-    for name in ["llama3", "mistral"] {
+    for (name, target) in ["llama3", "mistral"]
+        .into_iter()
+        .flat_map(|name| compiled_targets().into_iter().map(move |t| (name, t)))
+    {
         let mut model = tessera_models::import_hf(&fixture(name)).unwrap();
         tessera::transpose_projections(&mut model).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let opts = CompileOptions {
-            target: Target::Cpu,
+            target,
             output: tmp.path().join("split.tsr"),
             optimize: true,
             quant: None,
@@ -204,14 +217,14 @@ fn split_flash_decoding_matches_transformers() {
             }
         }
         assert!(split > 0, "{name}: no FlashDecoding kernel");
-        tessera::lower_for_cpu(&mut model.module, opts.vector_width).unwrap();
+        match target {
+            Target::Vulkan => tessera::lower_for_vulkan(&mut model.module, &opts.vulkan),
+            _ => tessera::lower_for_cpu(&mut model.module, opts.vector_width),
+        }
+        .unwrap();
         tessera::write_artifact(&model, name, &opts, &mut |_, _| {}).unwrap();
-        check_artifact(
-            name,
-            &format!("{name} (cpu, 3 splits)"),
-            &opts.output,
-            Target::Cpu,
-        );
+        let label = format!("{name} ({}, 3 splits)", target.name());
+        check_artifact(name, &label, &opts.output, target);
     }
 }
 
@@ -317,36 +330,37 @@ fn generate_quantized(
     (gen.generated, gen.logits)
 }
 
-/// `--quant q8_0|q4_0` on `--target cpu` computes what the reference interpreter computes on the
-/// same quantized weights, up to the kernels' 8-bit rounding of activations (llama.cpp's
+/// `--quant q8_0|q4_0` on `--target cpu` and `vulkan` computes what the reference interpreter
+/// computes on the same quantized weights, up to the kernels' 8-bit rounding of activations (llama.cpp's
 /// approximation): logits within [`QUANT_TOLERANCE`] of the logit range while the greedy tokens
 /// agree, and the first tokens equal.
 #[test]
-fn quantized_cpu_matches_the_interpreter_on_the_same_quantized_weights() {
-    for (name, quant) in [
+fn quantized_code_matches_the_interpreter_on_the_same_quantized_weights() {
+    let cases = [
         ("llama", Quant::Q8_0),
         ("llama", Quant::Q4_0),
         ("gpt2", Quant::Q8_0),
-    ] {
+    ];
+    for ((name, quant), target) in cases
+        .into_iter()
+        .flat_map(|case| compiled_targets().into_iter().map(move |t| (case, t)))
+    {
         let dir = fixture(name);
         let expected: Expected =
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
                 .unwrap();
         let run = |target| generate_quantized(&dir, target, quant, &expected.prompt_ids, 6);
         let (ref_ids, ref_logits) = run(Target::Reference);
-        let (cpu_ids, cpu_logits) = run(Target::Cpu);
+        let (ids, logits) = run(target);
+        let name = format!("{name} ({})", target.name());
         assert_eq!(
-            cpu_ids[..2],
+            ids[..2],
             ref_ids[..2],
             "{name} {quant:?}: first tokens differ"
         );
-        let agree = cpu_ids
-            .iter()
-            .zip(&ref_ids)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let agree = ids.iter().zip(&ref_ids).take_while(|(a, b)| a == b).count();
         for step in 0..agree {
-            let (got, want) = (&cpu_logits[step], &ref_logits[step]);
+            let (got, want) = (&logits[step], &ref_logits[step]);
             let range = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let worst = got
                 .iter()
@@ -362,6 +376,6 @@ fn quantized_cpu_matches_the_interpreter_on_the_same_quantized_weights() {
     }
 }
 
-/// See [`quantized_cpu_matches_the_interpreter_on_the_same_quantized_weights`]; measured on the
+/// See [`quantized_code_matches_the_interpreter_on_the_same_quantized_weights`]; measured on the
 /// llama fixture (K = 64: two blocks per row, the coarsest rounding): at most 4.7% of the range.
 const QUANT_TOLERANCE: f32 = 0.08;
