@@ -865,6 +865,21 @@ mod vulkan {
         }
     }
 
+    /// On a device without subgroups (the baseline) the reductions take the shared-memory tree,
+    /// which the adapter's own target (lavapipe has subgroups) does not: gemv with a norm
+    /// prologue reduces the statistics and the partial dots that way.
+    #[test]
+    fn reductions_without_subgroups_take_the_tree() {
+        let inputs = [
+            f32_(&["seq", "600"]),
+            f32_(&["13", "600"]),
+            f32_(&["seq", "13"]),
+            f32_(&["600"]),
+        ];
+        let baseline = VulkanTarget::baseline();
+        check_for(&gemv_kernel(true), &inputs, &[("seq", 3)], Some(&baseline));
+    }
+
     /// FlashAttention's tiles for head dims of 128 on a device with 16 KiB of shared memory:
     /// 8 query rows and 16 keys per tile.
     #[test]

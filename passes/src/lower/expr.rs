@@ -39,9 +39,20 @@ pub(super) struct Body<'a> {
     /// Threads per workgroup: 1 on a CPU (a group is one thread's work item), more on a SIMT
     /// target, where [`for_each_lane`] splits a group's loop between them.
     pub threads: u32,
+    /// The smallest subgroup the device may run, when it has subgroup reductions: then
+    /// [`workgroup_reduce`](super::lanes::workgroup_reduce) reduces within subgroups first.
+    pub subgroup: Option<u32>,
 }
 
 impl Body<'_> {
+    /// How its workgroup's threads combine values.
+    pub(super) fn workgroup(&self) -> super::lanes::Workgroup {
+        super::lanes::Workgroup {
+            threads: self.threads,
+            subgroup: self.subgroup,
+        }
+    }
+
     /// The type of a body argument.
     pub(super) fn ty(&self, arg: BodyArg) -> &TensorType {
         match arg {

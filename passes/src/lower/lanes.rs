@@ -6,7 +6,8 @@
 
 use super::expr::{fold, fold_range, for_each, Body};
 use tessera_ir::lir::{
-    Axis, BinaryOp, CmpOp, KernelBuilder, MemorySpace, ReduceOp, ScalarType, Special, Value,
+    Axis, BinaryOp, CmpOp, Intrinsic, KernelBuilder, MemorySpace, ReduceOp, ScalarType, Special,
+    Value,
 };
 
 /// Runs `f` for each `j` in `start..end` the calling thread owns.
@@ -46,7 +47,7 @@ pub(super) fn fold_lanes(
     }
     let lane = b.special(Special::LocalId(Axis::X));
     let partial = fold_range(b, (lane, n, body.threads), init, f)?;
-    Ok(workgroup_reduce(b, body.threads, &[partial], op)[0])
+    Ok(workgroup_reduce(b, body.workgroup(), &[partial], op)[0])
 }
 
 /// Values a [`workgroup_reduce`] combines per pass: more take turns in the same shared array,
@@ -54,12 +55,21 @@ pub(super) fn fold_lanes(
 /// memory, whatever its count.
 const REDUCE_CHUNK: usize = 8;
 
-/// `op` over every thread's `values` (each position separately; a power-of-two workgroup of
-/// `threads`), returned to all of them: a tree through a Shared array, halving the active
-/// threads each level, [`REDUCE_CHUNK`] values per pass. Must be reached by the whole workgroup.
+/// A workgroup's shape as its reductions see it: `threads` threads (a power of two) and, when
+/// the device has subgroup reductions, the smallest subgroup it may run.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Workgroup {
+    pub threads: u32,
+    pub subgroup: Option<u32>,
+}
+
+/// `op` over every thread's `values` (each position separately), returned to all of them.
+/// With subgroups, each subgroup reduces in registers and the subgroups' results meet in shared
+/// memory (two barriers); else a tree through shared memory halving the active threads each
+/// level. [`REDUCE_CHUNK`] values per pass. Must be reached by the whole workgroup.
 pub(super) fn workgroup_reduce(
     b: &mut KernelBuilder,
-    threads: u32,
+    wg: Workgroup,
     values: &[Value],
     op: ReduceOp,
 ) -> Vec<Value> {
@@ -68,46 +78,86 @@ pub(super) fn workgroup_reduce(
         ReduceOp::Max => BinaryOp::Max,
         ReduceOp::Min => BinaryOp::Min,
     };
+    // Per value, a slot for each thread (the tree) or each subgroup.
+    let slots = wg.threads / wg.subgroup.unwrap_or(1);
     let width = values.len().min(REDUCE_CHUNK) as u32;
     let partials = b.local(
         "partials",
         MemorySpace::Shared,
         ScalarType::F32,
-        width * threads,
+        width * slots,
     );
-    let lane = b.special(Special::LocalId(Axis::X));
-    let slot = |b: &mut KernelBuilder, v: u32, thread: Value| {
-        let base = b.const_i(i64::from(v * threads));
-        b.add(base, thread)
+    let slot = |b: &mut KernelBuilder, v: u32, at: Value| {
+        let base = b.const_i(i64::from(v * slots));
+        b.add(base, at)
     };
     let mut totals = Vec::with_capacity(values.len());
     for chunk in values.chunks(REDUCE_CHUNK) {
         let n = chunk.len() as u32;
-        for (v, &value) in (0..n).zip(chunk) {
-            let at = slot(b, v, lane);
-            b.store(partials, at, value);
-        }
-        b.barrier();
-        let mut half = threads / 2;
-        while half > 0 {
-            let h = b.const_i(i64::from(half));
-            let active = b.cmp(CmpOp::Lt, lane, h);
-            b.if_then(active, |b| {
-                let other = b.add(lane, h);
+        match wg.subgroup {
+            Some(_) => {
+                let reduced: Vec<Value> = chunk
+                    .iter()
+                    .map(|&v| b.intrinsic(Intrinsic::SubgroupReduce(op), &[v]))
+                    .collect();
+                let (id, sub_lane) = (
+                    b.special(Special::SubgroupId),
+                    b.special(Special::SubgroupLane),
+                );
+                let zero = b.const_i(0);
+                let leader = b.cmp(CmpOp::Eq, sub_lane, zero);
+                b.if_then(leader, |b| {
+                    for (v, &r) in (0..n).zip(&reduced) {
+                        let at = slot(b, v, id);
+                        b.store(partials, at, r);
+                    }
+                });
+                b.barrier();
+                let size = b.special(Special::SubgroupSize);
+                let threads = b.const_i(i64::from(wg.threads));
+                let count = b.binary(BinaryOp::Div, threads, size);
                 for v in 0..n {
-                    let (mine, theirs) = (slot(b, v, lane), slot(b, v, other));
-                    let (x, y) = (b.load(partials, mine, 1), b.load(partials, theirs, 1));
-                    let r = b.binary(combine, x, y);
-                    b.store(partials, mine, r);
+                    let first = slot(b, v, zero);
+                    let init = b.load(partials, first, 1);
+                    let one = b.const_i(1);
+                    let total = fold_range(b, (one, count, 1), init, |b, s, acc| {
+                        let at = slot(b, v, s);
+                        let x = b.load(partials, at, 1);
+                        Ok(b.binary(combine, acc, x))
+                    })
+                    .expect("the fold's body cannot fail");
+                    totals.push(total);
                 }
-            });
-            b.barrier();
-            half /= 2;
-        }
-        let zero = b.const_i(0);
-        for v in 0..n {
-            let at = slot(b, v, zero);
-            totals.push(b.load(partials, at, 1));
+            }
+            None => {
+                let lane = b.special(Special::LocalId(Axis::X));
+                for (v, &value) in (0..n).zip(chunk) {
+                    let at = slot(b, v, lane);
+                    b.store(partials, at, value);
+                }
+                b.barrier();
+                let mut half = wg.threads / 2;
+                while half > 0 {
+                    let h = b.const_i(i64::from(half));
+                    let active = b.cmp(CmpOp::Lt, lane, h);
+                    b.if_then(active, |b| {
+                        let other = b.add(lane, h);
+                        for v in 0..n {
+                            let (mine, theirs) = (slot(b, v, lane), slot(b, v, other));
+                            let (x, y) = (b.load(partials, mine, 1), b.load(partials, theirs, 1));
+                            let r = b.binary(combine, x, y);
+                            b.store(partials, mine, r);
+                        }
+                    });
+                    b.barrier();
+                    half /= 2;
+                }
+                let zero = b.const_i(0);
+                for v in 0..n {
+                    let at = slot(b, v, zero);
+                    totals.push(b.load(partials, at, 1));
+                }
+            }
         }
         // Every thread has read the totals before the next pass (or a later reduction) reuses
         // shared memory.

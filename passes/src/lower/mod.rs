@@ -139,7 +139,16 @@ pub fn lower_gpu(
     output: &TensorType,
     caps: &Capabilities,
 ) -> Result<lir::Program, LowerError> {
-    let steps = Steps::new(kernel, inputs, output, (1, simt::WORKGROUP))?;
+    let mut steps = Steps::new(kernel, inputs, output, (1, simt::WORKGROUP))?;
+    let reduces = caps
+        .intrinsics
+        .contains(&lir::IntrinsicKind::SubgroupReduce);
+    steps.subgroup = caps
+        .subgroup_sizes
+        .iter()
+        .copied()
+        .min()
+        .filter(|&s| reduces && s > 1 && simt::WORKGROUP.is_multiple_of(s));
     simt::program(&steps, &kernel.kind, caps).map_err(|what| steps.unsupported("SIMT", what))
 }
 
@@ -152,6 +161,8 @@ struct Steps<'a> {
     types: Vec<TensorType>,
     lanes: u32,
     threads: u32,
+    /// See [`Body::subgroup`].
+    subgroup: Option<u32>,
 }
 
 impl<'a> Steps<'a> {
@@ -192,6 +203,7 @@ impl<'a> Steps<'a> {
             types,
             lanes,
             threads,
+            subgroup: None,
         })
     }
 
@@ -261,6 +273,7 @@ impl<'a> Steps<'a> {
             symbols: Symbols::declare(b, &names),
             lanes: self.lanes,
             threads: self.threads,
+            subgroup: self.subgroup,
         }
     }
 }

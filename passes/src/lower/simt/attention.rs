@@ -153,7 +153,7 @@ fn sweep(
         })?;
         let score = att.masked(b, dot, [at.bi, at.head, at.i, key])?;
         let score = b.select(inside, score, neg_inf);
-        let block_max = workgroup_reduce(b, threads, &[score], ReduceOp::Max)[0];
+        let block_max = workgroup_reduce(b, body.workgroup(), &[score], ReduceOp::Max)[0];
         let m_new = b.binary(BinaryOp::Max, m_old, block_max);
         let m_safe = finite_or_zero(b, m_new);
         let shift = b.sub(m_old, m_safe);
@@ -162,7 +162,7 @@ fn sweep(
         let p = b.unary(UnaryOp::Exp, centered);
         b.store(probs, lane, p);
         // The reduction's barrier also publishes `probs`.
-        let p_sum = workgroup_reduce(b, threads, &[p], ReduceOp::Add)[0];
+        let p_sum = workgroup_reduce(b, body.workgroup(), &[p], ReduceOp::Add)[0];
         let l_new = b.fma(l_old, alpha, p_sum);
         let left = b.sub(hi, j0);
         let keys = b.binary(BinaryOp::Min, left, threads_v);

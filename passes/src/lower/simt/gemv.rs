@@ -69,7 +69,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, sink: &Sink) -> Result<(
             })
             .collect())
     })?;
-    let dots = workgroup_reduce(b, body.threads, &partials, ReduceOp::Add);
+    let dots = workgroup_reduce(b, body.workgroup(), &partials, ReduceOp::Add);
     let zero = b.const_i(0);
     let first = b.cmp(CmpOp::Eq, lane, zero);
     let mut failure = Ok(());

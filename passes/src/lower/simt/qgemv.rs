@@ -134,7 +134,7 @@ pub(super) fn lower(
         }
         Ok(next)
     })?;
-    let dots = workgroup_reduce(b, body.threads, &partials, ReduceOp::Add);
+    let dots = workgroup_reduce(b, body.workgroup(), &partials, ReduceOp::Add);
     let zero = b.const_i(0);
     let first = b.cmp(CmpOp::Eq, lane, zero);
     let mut failure = Ok(());
