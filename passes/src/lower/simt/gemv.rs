@@ -34,24 +34,7 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, sink: &Sink) -> Result<(
     let at_k = |k: Value| -> Vec<Value> { lead_idx.iter().copied().chain([k]).collect() };
     let k_v = b.const_i(g.k);
     let hook = prologue_hook(b, body, g.m, k_v, &lead_idx)?;
-    // Columns past the last (in the last group) are computed on the last column, not stored.
-    let columns_v = b.const_i(COLUMNS);
-    let col0 = b.mul(col_group, columns_v);
-    let (cols_v, last_col) = (b.const_i(cols), b.const_i(cols - 1));
-    let outs: Vec<Value> = (0..COLUMNS)
-        .map(|c| {
-            let c = b.const_i(c);
-            let col = b.add(col0, c);
-            b.binary(BinaryOp::Min, col, last_col)
-        })
-        .collect();
-    let mut mm_cols = Vec::with_capacity(outs.len() * offsets.len());
-    for &col in &outs {
-        for &o in offsets {
-            let o = b.const_i(o);
-            mm_cols.push(b.add(col, o));
-        }
-    }
+    let (col0, cols_v, outs, mm_cols) = tile_columns(b, col_group, COLUMNS, cols, offsets);
     let w_bases: Vec<Value> = mm_cols.iter().map(|&c| b.mul(c, k_v)).collect();
     let zero_f = b.const_f(0.0);
     let init = vec![zero_f; mm_cols.len()];
@@ -92,6 +75,37 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, sink: &Sink) -> Result<(
             });
     });
     failure
+}
+
+/// The columns of column tile `col_group` (`tile` wide) of an output of `cols` columns: its first
+/// column, `cols` as a value, the tile's output columns — clamped to the last one (columns past
+/// it, in the last tile, are computed on it and not stored) — and, for each, the matmul columns
+/// the epilogue reads at `offsets` from it. Shared by gemv and qgemv.
+pub(super) fn tile_columns(
+    b: &mut KernelBuilder,
+    col_group: Value,
+    tile: i64,
+    cols: i64,
+    offsets: &[i64],
+) -> (Value, Value, Vec<Value>, Vec<Value>) {
+    let tile_v = b.const_i(tile);
+    let col0 = b.mul(col_group, tile_v);
+    let (cols_v, last_col) = (b.const_i(cols), b.const_i(cols - 1));
+    let outs: Vec<Value> = (0..tile)
+        .map(|c| {
+            let c = b.const_i(c);
+            let col = b.add(col0, c);
+            b.binary(BinaryOp::Min, col, last_col)
+        })
+        .collect();
+    let mut matmul = Vec::with_capacity(outs.len() * offsets.len());
+    for &col in &outs {
+        for &o in offsets {
+            let o = b.const_i(o);
+            matmul.push(b.add(col, o));
+        }
+    }
+    (col0, cols_v, outs, matmul)
 }
 
 /// The prologue's norm (ops before the matmul at `m`) at the lhs row `lead_idx` of `k` values,

@@ -27,7 +27,7 @@ use super::super::lanes::workgroup_reduce;
 use super::super::qgemv::{
     block_scales, when, BlockQuantizer, Epilogue, Format, QuantizedRow, HALF_WORDS, WORDS_PER_BLOCK,
 };
-use super::gemv::prologue_hook;
+use super::gemv::{prologue_hook, tile_columns};
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{
     Axis, BinaryOp, BufRef, Capabilities, CmpOp, Intrinsic, IntrinsicKind, KernelBuilder, Literal,
@@ -92,23 +92,7 @@ pub(super) fn lower(
             Ok(LhsRow::new(b, row, lead_idx, hook))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let tile_cols_v = b.const_i(tile_cols);
-    let col0 = b.mul(col_group, tile_cols_v);
-    let (cols_v, last_col) = (b.const_i(cols), b.const_i(cols - 1));
-    let outs: Vec<Value> = (0..tile_cols)
-        .map(|c| {
-            let c = b.const_i(c);
-            let col = b.add(col0, c);
-            b.binary(BinaryOp::Min, col, last_col)
-        })
-        .collect();
-    let mut mm_cols = Vec::with_capacity(outs.len() * offsets.len());
-    for &col in &outs {
-        for &o in &offsets {
-            let o = b.const_i(o);
-            mm_cols.push(b.add(col, o));
-        }
-    }
+    let (col0, cols_v, outs, mm_cols) = tile_columns(b, col_group, tile_cols, cols, &offsets);
     let weight = WeightBlocks::new(b, w, format, k);
     let lhs = body.ops[m].args[0];
     let izero = b.constant(Type::scalar(ScalarType::I32), Literal::I(0));
