@@ -202,6 +202,60 @@ fn cpu_target_compiles_and_runs_the_fixture() {
     );
 }
 
+/// `--target vulkan` end to end through the CLI on the first adapter: compile (for the baseline
+/// device and, with `--device 0`, for the adapter's own limits), run, profile; a missing
+/// adapter is named.
+#[test]
+fn vulkan_target_compiles_runs_and_profiles_the_fixture() {
+    if common::vulkan_adapters() == 0 {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let want = expected("llama");
+    let n = want["generated_ids"].as_array().unwrap().len().to_string();
+    for extra in [&[][..], &["--device", "0"][..]] {
+        let args: Vec<&str> = ["--target", "vulkan"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        let artifact = compile_with("llama", tmp.path(), &args);
+        let run = [
+            "run",
+            &artifact,
+            "--prompt-ids",
+            &prompt_ids(&want),
+            "--max-tokens",
+            &n,
+            "--ignore-eos",
+            "--json",
+        ];
+        assert_eq!(last_json(&ok(&run))["generated_ids"], want["generated_ids"]);
+        let mut on_missing = run.to_vec();
+        on_missing.extend(["--device", "99"]);
+        assert!(fails(&on_missing).contains("no Vulkan adapter 99"));
+    }
+    let artifact = tmp.path().join("llama.tsr");
+    let bench = last_json(&ok(&[
+        "bench",
+        artifact.to_str().unwrap(),
+        "--prompt-len",
+        "8",
+        "--gen",
+        "4",
+        "--runs",
+        "1",
+        "--profile",
+        "--json",
+    ]));
+    assert_eq!(bench["target"], "vulkan", "{bench}");
+    assert!(bench["bandwidth_gb_s"].as_f64().unwrap() > 0.0, "{bench}");
+    let rows = bench["profile"].as_array().unwrap();
+    // Shares add up to 100% per entry point (prefill and decode).
+    let share: f64 = rows.iter().map(|r| r["percent"].as_f64().unwrap()).sum();
+    assert!((share - 200.0).abs() < 1e-6, "{share} {bench}");
+}
+
 #[test]
 fn no_opt_stores_only_graphs() {
     let tmp = tempfile::tempdir().unwrap();

@@ -56,3 +56,17 @@ pub fn compile_with(name: &str, dir: &Path, extra: &[&str]) -> String {
     ok(&args);
     out
 }
+
+/// How many Vulkan adapters `tessera devices` lists (none in a build without Vulkan); none is a
+/// failure under `TESSERA_REQUIRE_VULKAN=1`.
+pub fn vulkan_adapters() -> usize {
+    let listed = last_json(&ok(&["devices", "--json"]))["vulkan"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let required = std::env::var("TESSERA_REQUIRE_VULKAN").is_ok_and(|v| v == "1");
+    assert!(
+        listed > 0 || !required,
+        "TESSERA_REQUIRE_VULKAN=1 but no Vulkan adapter was listed"
+    );
+    listed
+}
