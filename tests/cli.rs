@@ -249,6 +249,10 @@ fn vulkan_target_compiles_runs_and_profiles_the_fixture() {
         "--json",
     ]));
     assert_eq!(bench["target"], "vulkan", "{bench}");
+    assert!(
+        bench["device"].as_str().is_some_and(|d| !d.is_empty()),
+        "{bench}"
+    );
     assert!(bench["bandwidth_gb_s"].as_f64().unwrap() > 0.0, "{bench}");
     let rows = bench["profile"].as_array().unwrap();
     // Shares add up to 100% per entry point (prefill and decode).

@@ -53,6 +53,9 @@ struct Report {
     /// What compiled the kernels (`--target cpu` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     cpu_backend: Option<&'static str>,
+    /// The Vulkan adapter that ran it (`--target vulkan` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
     threads: usize,
     prompt_len: usize,
     gen: usize,
@@ -159,14 +162,16 @@ pub fn run(args: Args) -> Result<()> {
         kernel_profile = profile::rows(&engine.take_profile());
         engine.set_profiling(false)?;
     }
-    let bandwidth_gb_s = match target.as_str() {
+    let (device, bandwidth_gb_s) = match target.as_str() {
         "vulkan" => {
             bar.set_message("device copy bandwidth");
-            device_bandwidth_gb_s(options.device)?
+            let (name, gb_s) = device_bandwidth_gb_s(options.device)?;
+            (Some(name), gb_s)
         }
         _ => {
             bar.set_message("host read bandwidth");
-            bandwidth::measure_gb_s(threads, bandwidth::BUFFER_BYTES, bandwidth::PASSES)
+            let gb_s = bandwidth::measure_gb_s(threads, bandwidth::BUFFER_BYTES, bandwidth::PASSES);
+            (None, gb_s)
         }
     };
     bar.finish_and_clear();
@@ -181,6 +186,7 @@ pub fn run(args: Args) -> Result<()> {
         model,
         target,
         cpu_backend,
+        device,
         threads,
         prompt_len,
         gen,
@@ -205,11 +211,15 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The copy bandwidth of Vulkan adapter `device` (a buffer as large as the host measurement's).
-fn device_bandwidth_gb_s(device: usize) -> Result<f64> {
+/// The name and copy bandwidth of Vulkan adapter `device` (a buffer as large as the host
+/// measurement's).
+fn device_bandwidth_gb_s(device: usize) -> Result<(String, f64)> {
     #[cfg(feature = "vulkan")]
-    return Ok(tessera_runtime::vulkan::VulkanDevice::open(device)?
-        .copy_bandwidth_gb_s(bandwidth::BUFFER_BYTES as u64, bandwidth::PASSES)?);
+    {
+        let device = tessera_runtime::vulkan::VulkanDevice::open(device)?;
+        let gb_s = device.copy_bandwidth_gb_s(bandwidth::BUFFER_BYTES as u64, bandwidth::PASSES)?;
+        Ok((device.summary().name.clone(), gb_s))
+    }
     #[cfg(not(feature = "vulkan"))]
     bail!("device {device}: built without the `vulkan` feature")
 }
@@ -219,16 +229,22 @@ fn print_table(path: &Path, r: &Report) {
         let parts: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
         parts.join(" ")
     };
+    let runs_on = match &r.device {
+        Some(name) => format!("on {name}"),
+        None => format!(
+            "{} thread{}",
+            r.threads,
+            if r.threads == 1 { "" } else { "s" }
+        ),
+    };
     println!(
-        "{} ({}, target {}{}, {} thread{}): prompt {} tokens, {} decode steps, median of {} run{}",
+        "{} ({}, target {}{}, {runs_on}): prompt {} tokens, {} decode steps, median of {} run{}",
         path.display(),
         r.model,
         r.target,
         r.cpu_backend
             .map(|b| format!(" ({b} backend)"))
             .unwrap_or_default(),
-        r.threads,
-        if r.threads == 1 { "" } else { "s" },
         r.prompt_len,
         r.gen,
         r.runs,
