@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{compile_with as compile, fixture, ok, tessera};
+use common::{bench_json, compile_with as compile, fixture, ok, tessera};
 use serde_json::Value;
 
 /// Weight bytes one decode token reads, from a Llama config.json alone: every weight fully (in
@@ -37,23 +37,6 @@ fn llama_decode_bytes(config: &Value) -> u64 {
 fn config(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap())
         .unwrap()
-}
-
-fn bench_json(artifact: &str, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "bench",
-        artifact,
-        "--prompt-len",
-        "8",
-        "--gen",
-        "4",
-        "--runs",
-        "1",
-        "--json",
-    ];
-    args.extend(extra);
-    let stdout = ok(&args);
-    serde_json::from_str(stdout.lines().last().expect("output")).expect("last line is JSON")
 }
 
 fn positive(report: &Value, key: &str) -> f64 {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{compile_with, fails, fixture, last_json, ok, tessera};
+use common::{bench_json, compile_with, fails, fixture, last_json, ok, tessera};
 use serde_json::Value;
 use std::path::Path;
 
@@ -236,18 +236,7 @@ fn vulkan_target_compiles_runs_and_profiles_the_fixture() {
         assert!(fails(&on_missing).contains("no Vulkan adapter 99"));
     }
     let artifact = tmp.path().join("llama.tsr");
-    let bench = last_json(&ok(&[
-        "bench",
-        artifact.to_str().unwrap(),
-        "--prompt-len",
-        "8",
-        "--gen",
-        "4",
-        "--runs",
-        "1",
-        "--profile",
-        "--json",
-    ]));
+    let bench = bench_json(artifact.to_str().unwrap(), &["--profile"]);
     assert_eq!(bench["target"], "vulkan", "{bench}");
     assert!(
         bench["device"].as_str().is_some_and(|d| !d.is_empty()),

@@ -70,3 +70,21 @@ pub fn vulkan_adapters() -> usize {
     );
     listed
 }
+
+/// `tessera bench ARTIFACT` over a short prompt (8 tokens, 4 decode steps, one run) with the
+/// extra arguments `extra`: its `--json` report.
+pub fn bench_json(artifact: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "bench",
+        artifact,
+        "--prompt-len",
+        "8",
+        "--gen",
+        "4",
+        "--runs",
+        "1",
+        "--json",
+    ];
+    args.extend(extra);
+    last_json(&ok(&args))
+}
