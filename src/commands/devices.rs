@@ -38,6 +38,7 @@ struct Adapter {
     shared_bytes: u32,
     max_storage_buffer_bytes: u64,
     subgroup_sizes: (u32, u32),
+    shader_f16: bool,
 }
 
 #[cfg(feature = "vulkan")]
@@ -55,6 +56,7 @@ fn vulkan_adapters() -> Option<Vec<Adapter>> {
                 shared_bytes: a.shared_bytes,
                 max_storage_buffer_bytes: a.max_storage_buffer_binding_size,
                 subgroup_sizes: a.subgroup_sizes,
+                shader_f16: a.shader_f16,
             })
             .collect(),
     )
@@ -92,7 +94,7 @@ pub fn run(args: Args) -> Result<()> {
                 let (lo, hi) = a.subgroup_sizes;
                 println!(
                     "vulkan {:<3} {} ({}, {} {}): workgroups of ≤ {} threads, {} KiB shared, \
-                     buffers ≤ {} MiB, subgroups {lo}..{hi}",
+                     buffers ≤ {} MiB, subgroups {lo}..{hi}{}",
                     a.index,
                     a.name,
                     a.device_type,
@@ -101,6 +103,7 @@ pub fn run(args: Args) -> Result<()> {
                     a.max_workgroup_size,
                     a.shared_bytes / 1024,
                     a.max_storage_buffer_bytes >> 20,
+                    if a.shader_f16 { ", f16 arithmetic" } else { "" },
                 );
             }
         }

@@ -6,12 +6,14 @@
 //! Build kernels with [`KernelBuilder`], check them against a target's [`Capabilities`] with
 //! [`verify`], print them with `Display`.
 
+mod align;
 mod builder;
 pub mod examples;
 mod print;
 mod program;
 mod verify;
 
+pub use align::{known_alignment, MAX_ALIGN};
 pub use builder::KernelBuilder;
 pub use program::{Program, Scratch};
 pub use verify::verify;

@@ -18,6 +18,8 @@ pub struct AdapterSummary {
     pub max_storage_buffer_binding_size: u64,
     /// Smallest and largest subgroup size (0 when unknown).
     pub subgroup_sizes: (u32, u32),
+    /// Whether shaders may compute in and store `f16` (`shaderFloat16` with 16-bit storage).
+    pub shader_f16: bool,
 }
 
 /// An opened Vulkan device: kernels are loaded into it ([`VulkanDevice::load`]) and launched.
@@ -56,6 +58,7 @@ fn summary(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
         shared_bytes: limits.max_compute_workgroup_storage_size,
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+        shader_f16: adapter.features().contains(wgpu::Features::SHADER_F16),
     }
 }
 
