@@ -52,14 +52,23 @@ impl ModuleBuilder {
 
     /// `array<scalar, len>`, or the runtime-sized `array<scalar>` of a storage buffer.
     pub(crate) fn array_type(&mut self, scalar: Scalar, len: Option<u32>) -> Handle<Type> {
-        let base = self.intern(TypeInner::Scalar(scalar));
+        self.vector_array_type(scalar, 1, len)
+    }
+
+    /// [`array_type`](Self::array_type) with elements of `width` (1, 2 or 4) lanes of `scalar`.
+    fn vector_array_type(&mut self, scalar: Scalar, width: u32, len: Option<u32>) -> Handle<Type> {
+        let base = self
+            .value_type(scalar, width)
+            .unwrap_or_else(|| self.intern(TypeInner::Scalar(scalar)));
         let size = len
             .and_then(NonZeroU32::new)
             .map_or(ArraySize::Dynamic, ArraySize::Constant);
+        // A 3-lane vector is aligned like a 4-lane one; the widths used are 1, 2 and 4.
+        let lanes = if width == 3 { 4 } else { width };
         self.intern(TypeInner::Array {
             base,
             size,
-            stride: u32::from(scalar.width),
+            stride: u32::from(scalar.width) * lanes,
         })
     }
 
@@ -69,15 +78,16 @@ impl ModuleBuilder {
             .insert(Type { name: None, inner }, Span::UNDEFINED)
     }
 
-    /// A storage buffer `array<scalar>` at group 0, `binding`; returns a pointer to it.
+    /// A storage buffer `array<scalar>` (`array<vecN<scalar>>` for `width` N > 1) at group 0,
+    /// `binding`; returns a pointer to it.
     pub(crate) fn storage_buffer(
         &mut self,
         name: &str,
-        scalar: Scalar,
+        (scalar, width): (Scalar, u32),
         binding: u32,
         read_only: bool,
     ) -> Expr {
-        let ty = self.array_type(scalar, None);
+        let ty = self.vector_array_type(scalar, width, None);
         let access = if read_only {
             StorageAccess::LOAD
         } else {

@@ -65,12 +65,15 @@ pub fn wgsl_text(kernel: &Kernel, target: &VulkanTarget) -> Result<String, Codeg
 /// capabilities the target has.
 fn validated(kernel: &Kernel, target: &VulkanTarget) -> Result<(Module, ModuleInfo), CodegenError> {
     verify(kernel, &vulkan_capabilities(target))?;
-    let module = translate(kernel)?;
+    let module = translate(kernel, target.f16)?;
     // `pack2x16float`/`unpack2x16float`/`quantizeToF16` are core GLSL.std.450 on every Vulkan
     // device.
     let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     if target.has_subgroups() {
         caps |= Capabilities::SUBGROUP;
+    }
+    if target.f16 {
+        caps |= Capabilities::SHADER_FLOAT16;
     }
     let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)

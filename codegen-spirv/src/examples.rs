@@ -317,3 +317,71 @@ pub fn byte_lanes(wg: u32) -> Kernel {
     });
     b.finish()
 }
+
+/// Wide and narrow accesses to the same buffers: thread `t` takes elements `4t..4t + 4` of
+/// `x` (`f32`) and `h` (`f16`) with 4-lane loads at indices provably multiples of 4 (one wide
+/// access each), adds `x[4t + 1]` read alone, and stores the four sums with one 4-lane store;
+/// `y[i] = x[i] + h[i] + x[4t + 1]` for the `⌊n / 4⌋` whole quads, the tail `i ≥ 4⌊n/4⌋`
+/// per element (`y[i] = x[i] + h[i]`).
+pub fn wide_quads(wg: u32) -> Kernel {
+    let mut b = KernelBuilder::new("wide_quads");
+    let x = b.buffer("x", F32, Access::Read);
+    let h = b.buffer("h", ScalarType::F16, Access::Read);
+    let y = b.buffer("y", F32, Access::Write);
+    let n = b.scalar("n", I64);
+    grid_over_param0(&mut b, wg);
+    let t = global_x(&mut b);
+    let (four, one) = (b.const_i(4), b.const_i(1));
+    let quad = b.mul(t, four);
+    let end = b.add(quad, four);
+    let whole = b.cmp(CmpOp::Le, end, n);
+    b.if_else(
+        whole,
+        |b| {
+            let xs = b.load(x, quad, 4);
+            let hs = b.load(h, quad, 4);
+            let hs = b.cast(F32, hs);
+            let second = b.add(quad, one);
+            let lone = b.load(x, second, 1);
+            let lone = b.splat(lone, 4);
+            let s = b.add(xs, hs);
+            let s = b.add(s, lone);
+            b.store(y, quad, s);
+        },
+        |b| {
+            b.for_range(quad, n, 1, &[], |b, i, _| {
+                let xi = b.load(x, i, 1);
+                let hi = b.load(h, i, 1);
+                let hi = b.cast(F32, hi);
+                let s = b.add(xi, hi);
+                b.store(y, i, s);
+                vec![]
+            });
+        },
+    );
+    b.finish()
+}
+
+/// `f16` arithmetic and an `f16` store (a device with `shader-f16`): `y[i] = fma(a[i], b[i],
+/// 0.5)` computed in `f16` for `i < n` (`n` even), on 2-lane vectors (elements `2t`, `2t + 1`).
+pub fn half_fma(wg: u32) -> Kernel {
+    let mut b = KernelBuilder::new("half_fma");
+    let a = b.buffer("a", ScalarType::F16, Access::Read);
+    let c = b.buffer("b", ScalarType::F16, Access::Read);
+    let y = b.buffer("y", ScalarType::F16, Access::Write);
+    let n = b.scalar("n", I64);
+    grid_over_param0(&mut b, wg);
+    let t = global_x(&mut b);
+    let two = b.const_i(2);
+    let pair = b.mul(t, two);
+    let inside = b.cmp(CmpOp::Lt, pair, n);
+    b.if_then(inside, |b| {
+        let u = b.load(a, pair, 2);
+        let v = b.load(c, pair, 2);
+        let half = b.constant(Type::scalar(ScalarType::F16), Literal::F(0.5));
+        let half = b.splat(half, 2);
+        let r = b.fma(u, v, half);
+        b.store(y, pair, r);
+    });
+    b.finish()
+}

@@ -14,6 +14,9 @@ pub struct VulkanTarget {
     pub max_workgroup_size: u32,
     /// `maxComputeSharedMemorySize`, in bytes.
     pub shared_bytes: u32,
+    /// `shaderFloat16` with 16-bit storage (wgpu's `SHADER_F16`): `f16` values and buffers are
+    /// native (8-byte `vec4<f16>` loads, no unpacking) and kernels may compute in `f16`.
+    pub f16: bool,
 }
 
 impl VulkanTarget {
@@ -24,6 +27,7 @@ impl VulkanTarget {
             subgroup_sizes: vec![],
             max_workgroup_size: 256,
             shared_bytes: 16384,
+            f16: false,
         }
     }
 
@@ -35,7 +39,8 @@ impl VulkanTarget {
 
 /// What kernels for `target` may use: its limits; the packed 8-bit dot products (naga emits
 /// `OpSDot` or a polyfill, `Dot4U8I8Packed` is emulated); subgroup reductions and broadcasts
-/// when it has subgroups; `f16` as a storage type only (values are widened to `f32`).
+/// when it has subgroups; `f16` arithmetic when it has `shader-f16` (otherwise `f16` is a storage
+/// type only and values are widened to `f32`).
 pub fn vulkan_capabilities(target: &VulkanTarget) -> Capabilities {
     let mut intrinsics =
         BTreeSet::from([IntrinsicKind::Dot4I8Packed, IntrinsicKind::Dot4U8I8Packed]);
@@ -50,6 +55,6 @@ pub fn vulkan_capabilities(target: &VulkanTarget) -> Capabilities {
         intrinsics,
         max_workgroup_size: target.max_workgroup_size,
         shared_bytes: target.shared_bytes,
-        f16: false,
+        f16: target.f16,
     }
 }

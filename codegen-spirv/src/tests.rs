@@ -71,6 +71,40 @@ fn half_byte_and_i64_buffers_validate() {
     compiles(&mixed_precision_sum(64), &VulkanTarget::baseline());
 }
 
+/// A device with `shader-f16`.
+fn with_f16() -> VulkanTarget {
+    VulkanTarget {
+        f16: true,
+        ..VulkanTarget::baseline()
+    }
+}
+
+#[test]
+fn aligned_vector_accesses_are_one_wide_access() {
+    let wgsl = |target: &VulkanTarget| {
+        compiles(&wide_quads(64), target);
+        wgsl_text(&wide_quads(64), target).unwrap()
+    };
+    let packed = wgsl(&VulkanTarget::baseline());
+    assert!(packed.contains("array<vec4<f32>>"), "{packed}");
+    // Four f16 are two words of the packed buffer.
+    assert!(packed.contains("array<vec2<u32>>"), "{packed}");
+    let native = wgsl(&with_f16());
+    assert!(native.contains("array<vec4<f16>>"), "{native}");
+    // The unaligned accesses (per element) never make a buffer wide.
+    let narrow = wgsl_text(&add_tail(64), &with_f16()).unwrap();
+    assert!(!narrow.contains("vec4"), "{narrow}");
+}
+
+#[test]
+fn f16_arithmetic_needs_shader_f16() {
+    compiles(&half_fma(64), &with_f16());
+    let wgsl = wgsl_text(&half_fma(64), &with_f16()).unwrap();
+    assert!(wgsl.contains("vec2<f16>"), "{wgsl}");
+    let message = unsupported_message(&half_fma(64), &VulkanTarget::baseline());
+    assert!(message.contains("half_fma"), "{message}");
+}
+
 #[test]
 fn nested_if_validates() {
     compiles(&signed_scale(64), &VulkanTarget::baseline());

@@ -29,6 +29,8 @@ pub struct VulkanDevice {
     pub(super) limits: wgpu::Limits,
     summary: AdapterSummary,
     subgroups: bool,
+    /// Whether shaders may use `f16` (the `SHADER_F16` feature is enabled).
+    f16: bool,
     /// Whether compute passes can write timestamps (kernel profiling).
     pub(super) timestamps: bool,
 }
@@ -73,7 +75,7 @@ impl VulkanDevice {
     }
 
     /// Opens adapter `index` with its full limits, raw SPIR-V passthrough and, where the
-    /// adapter has them, subgroup operations.
+    /// adapter has them, subgroup operations, timestamps and `f16`.
     pub fn open(index: usize) -> Result<VulkanDevice, VulkanError> {
         let all = adapters();
         let found = all.len();
@@ -90,6 +92,10 @@ impl VulkanDevice {
         }
         if timestamps {
             required_features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let f16 = summary.shader_f16;
+        if f16 {
+            required_features |= wgpu::Features::SHADER_F16;
         }
         let desc = wgpu::DeviceDescriptor {
             label: Some("tessera"),
@@ -109,6 +115,7 @@ impl VulkanDevice {
             limits,
             summary,
             subgroups,
+            f16,
             timestamps,
         })
     }
@@ -118,8 +125,9 @@ impl VulkanDevice {
         &self.summary
     }
 
-    /// What kernels compiled for this device may use: its limits and, when it has subgroup
-    /// operations, its subgroup sizes (the powers of two between the smallest and largest).
+    /// What kernels compiled for this device may use: its limits, `f16` arithmetic where it has
+    /// `shader-f16` and, when it has subgroup operations, its subgroup sizes (the powers of two
+    /// between the smallest and largest).
     pub fn target(&self) -> VulkanTarget {
         let (min, max) = self.summary.subgroup_sizes;
         let subgroup_sizes = if self.subgroups && min > 0 {
@@ -133,6 +141,7 @@ impl VulkanDevice {
             subgroup_sizes,
             max_workgroup_size: self.limits.max_compute_invocations_per_workgroup,
             shared_bytes: self.limits.max_compute_workgroup_storage_size,
+            f16: self.f16,
         }
     }
 }

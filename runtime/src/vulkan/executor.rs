@@ -176,7 +176,7 @@ fn aligned(n: u64) -> u64 {
 }
 
 impl VulkanDevice {
-    /// A device storage buffer of at least `bytes` bytes (whole words), uninitialized.
+    /// A device storage buffer of at least `bytes` bytes (whole granules), uninitialized.
     pub(super) fn storage_buffer(&self, name: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(name),

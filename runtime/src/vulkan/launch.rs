@@ -21,10 +21,14 @@ impl VulkanPipeline {
     }
 }
 
-/// Rounds a byte count up to whole 32-bit words, at least one (packed buffers are read as
-/// words, and wgpu binds no empty buffer).
+/// Bytes every buffer and bound range is a whole number of: a kernel's array element may be a
+/// 16-byte vector (a `vec4<f32>` for wide loads, see `codegen-spirv`), and the last one must be
+/// complete to be addressable.
+const GRANULE: usize = 16;
+
+/// Rounds a byte count up to whole [`GRANULE`]s, at least one (wgpu binds no empty buffer).
 pub(super) fn padded(len: usize) -> u64 {
-    (len.div_ceil(4).max(1) * 4) as u64
+    (len.div_ceil(GRANULE).max(1) * GRANULE) as u64
 }
 
 impl VulkanDevice {
@@ -185,7 +189,7 @@ impl VulkanDevice {
         Ok(())
     }
 
-    /// A storage buffer holding `data`, padded to whole words.
+    /// A storage buffer holding `data`, padded to whole granules.
     pub(super) fn upload(&self, name: &str, data: &[u8]) -> wgpu::Buffer {
         let mut contents = data.to_vec();
         contents.resize(padded(data.len()) as usize, 0);
@@ -249,13 +253,13 @@ impl VulkanDevice {
 pub(super) struct BufferRange<'a> {
     pub buffer: &'a wgpu::Buffer,
     pub offset: u64,
-    /// The bytes of the param as its type says (the bound range is that, in whole words, at least
+    /// The bytes of the param as its type says (the bound range is that, in whole granules, at least
     /// one: wgpu binds no empty range).
     pub bytes: usize,
 }
 
 impl<'a> BufferRange<'a> {
-    /// All of `buffer`, which holds `bytes` bytes (padded to whole words).
+    /// All of `buffer`, which holds `bytes` bytes (padded to whole granules).
     pub fn whole(buffer: &'a wgpu::Buffer, bytes: usize) -> BufferRange<'a> {
         BufferRange {
             buffer,

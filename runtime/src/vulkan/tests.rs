@@ -276,6 +276,59 @@ fn half_byte_and_i64_buffers() {
 }
 
 #[test]
+fn wide_and_narrow_accesses_to_one_buffer() {
+    let Some(dev) = device() else { return };
+    let n = 4 * 37 + 3;
+    let x = random(n, 16);
+    let h: Vec<f16> = random(n, 17).into_iter().map(f16::from_f32).collect();
+    let want: Vec<f32> = (0..n)
+        .map(|i| {
+            let quad = i / 4 * 4;
+            let lone = if quad + 4 <= n { x[quad + 1] } else { 0.0 };
+            x[i] + h[i].to_f32() + lone
+        })
+        .collect();
+    // Packed f16 words on the baseline target, native f16 vectors on the device's.
+    for target in [VulkanTarget::baseline(), dev.target()] {
+        let (mut xb, mut hb) = (bytes(&x, f32::to_le_bytes), bytes(&h, f16::to_le_bytes));
+        let mut y = vec![0u8; 4 * n];
+        let kernel = compile(&wide_quads(64), &target).unwrap();
+        dev.launch(&kernel, &mut [&mut xb, &mut hb, &mut y], &[n as i64])
+            .unwrap();
+        assert_close(&f32s(&y), &want, 1e-6);
+    }
+}
+
+#[test]
+fn f16_arithmetic_where_the_device_has_it() {
+    let Some(dev) = device() else { return };
+    if !dev.target().f16 {
+        eprintln!("skipped: {} has no shader-f16", dev.summary().name);
+        return;
+    }
+    let n = 2 * 45;
+    let a: Vec<f16> = random(n, 18).into_iter().map(f16::from_f32).collect();
+    let b: Vec<f16> = random(n, 19).into_iter().map(f16::from_f32).collect();
+    let (mut ab, mut bb) = (bytes(&a, f16::to_le_bytes), bytes(&b, f16::to_le_bytes));
+    let mut y = vec![0u8; 2 * n];
+    dev.launch(
+        &compiled(&dev, &half_fma(64)),
+        &mut [&mut ab, &mut bb, &mut y],
+        &[n as i64],
+    )
+    .unwrap();
+    let got: Vec<f32> = y
+        .chunks_exact(2)
+        .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect();
+    // One f16 rounding of the exact fma (a driver may round twice: within an f16 ulp).
+    let want: Vec<f32> = (0..n)
+        .map(|i| f16::from_f64(a[i].to_f64() * b[i].to_f64() + 0.5).to_f32())
+        .collect();
+    assert_close(&got, &want, 1e-3);
+}
+
+#[test]
 fn byte_lanes_and_private_memory() {
     let Some(dev) = device() else { return };
     let n = 50;

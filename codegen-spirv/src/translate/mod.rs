@@ -28,39 +28,29 @@
 //!   Subgroup reductions and broadcasts are naga subgroup operations (a broadcast from a
 //!   computed lane is a shuffle).
 
+mod memory;
+
 use crate::builder::{Expr, ModuleBuilder};
 use crate::CodegenError;
+use memory::Memory;
 use naga::{
     BinaryOperator, BuiltIn, Expression, Literal as NagaLiteral, MathFunction, Module, Scalar,
     ScalarKind, SubgroupOperation, UnaryOperator,
 };
 use std::collections::HashMap;
 use tessera_ir::lir::{
-    Access, BinaryOp, BufRef, CmpOp, Inst, Intrinsic, Kernel, Literal, MemorySpace, ReduceOp,
-    ScalarType, Special, Stmt, Type, UnaryOp, Value,
+    known_alignment, BinaryOp, CmpOp, Inst, Intrinsic, Kernel, Literal, ReduceOp, ScalarType,
+    Special, Stmt, Type, UnaryOp, Value,
 };
 
-/// How a buffer's elements sit in its naga array.
-#[derive(Clone, Copy)]
-enum Layout {
-    /// An array of the element's own type, `words` array elements per LIR element (2 for `i64`).
-    Native { words: u32 },
-    /// An `array<u32>` of bytes, read by extraction.
-    Packed,
-}
-
-/// A buffer operand: a pointer to its naga array and how to address it.
-#[derive(Clone, Copy)]
-struct Memory {
-    pointer: Expr,
-    layout: Layout,
-}
-
 /// Translates verified kernel `k` into a naga module with one compute entry point named after
-/// the kernel.
-pub(crate) fn translate(k: &Kernel) -> Result<Module, CodegenError> {
+/// the kernel; `half`: the device computes in and stores `f16` (then `f16` values and buffers
+/// are naga `f16`, not widened).
+pub(crate) fn translate(k: &Kernel, half: bool) -> Result<Module, CodegenError> {
     let mut t = Translator {
         k,
+        half,
+        align: known_alignment(k),
         b: ModuleBuilder::new(),
         vals: vec![None; k.values.len()],
         buffers: vec![],
@@ -75,8 +65,9 @@ pub(crate) fn translate(k: &Kernel) -> Result<Module, CodegenError> {
 }
 
 /// The naga scalar a LIR scalar type is represented by (see the module docs).
-pub(crate) fn repr(s: ScalarType) -> Scalar {
+fn repr(s: ScalarType, half: bool) -> Scalar {
     match s {
+        ScalarType::F16 if half => Scalar::F16,
         ScalarType::F32 | ScalarType::F16 | ScalarType::Bf16 => Scalar::F32,
         ScalarType::I32 | ScalarType::I64 | ScalarType::I8 => Scalar::I32,
         ScalarType::U32 | ScalarType::U8 => Scalar::U32,
@@ -84,19 +75,12 @@ pub(crate) fn repr(s: ScalarType) -> Scalar {
     }
 }
 
-/// The layout of a buffer param with elements of `elem`.
-fn buffer_layout(elem: ScalarType) -> Layout {
-    match elem {
-        ScalarType::F32 | ScalarType::I32 | ScalarType::U32 => Layout::Native { words: 1 },
-        ScalarType::I64 => Layout::Native { words: 2 },
-        ScalarType::U8 | ScalarType::I8 | ScalarType::F16 | ScalarType::Bf16 | ScalarType::Bool => {
-            Layout::Packed
-        }
-    }
-}
-
 struct Translator<'a> {
     k: &'a Kernel,
+    /// `f16` is a naga type of its own (the device has `shader-f16`).
+    half: bool,
+    /// [`known_alignment`] of every value: which accesses can be wide.
+    align: Vec<u32>,
     b: ModuleBuilder,
     vals: Vec<Option<Expr>>,
     buffers: Vec<Memory>,
@@ -108,6 +92,11 @@ struct Translator<'a> {
 }
 
 impl Translator<'_> {
+    /// The naga scalar of `s` on this device.
+    fn repr(&self, s: ScalarType) -> Scalar {
+        repr(s, self.half)
+    }
+
     fn unsupported(&self, what: String) -> CodegenError {
         CodegenError::Unsupported {
             kernel: self.k.name.clone(),
@@ -130,41 +119,9 @@ impl Translator<'_> {
         }
     }
 
-    fn declare_memory(&mut self) -> Result<(), CodegenError> {
-        for (i, p) in self.k.buffers.iter().enumerate() {
-            let layout = buffer_layout(p.elem);
-            let scalar = match layout {
-                Layout::Native { .. } => repr(p.elem),
-                Layout::Packed => Scalar::U32,
-            };
-            let pointer =
-                self.b
-                    .storage_buffer(&p.name, scalar, i as u32, p.access == Access::Read);
-            self.buffers.push(Memory { pointer, layout });
-        }
-        if !self.k.scalars.is_empty() {
-            let binding = self.k.buffers.len() as u32;
-            self.scalars = Some(self.b.storage_buffer("scalars", Scalar::U32, binding, true));
-        }
-        for l in &self.k.locals {
-            let pointer = match l.space {
-                MemorySpace::Shared => self.b.workgroup_array(&l.name, repr(l.elem), l.len),
-                MemorySpace::Private => {
-                    let ty = self.b.array_type(repr(l.elem), Some(l.len));
-                    self.b.local_variable(&l.name, ty)
-                }
-                MemorySpace::Global => {
-                    return Err(self.unsupported(format!("local {} in global memory", l.name)))
-                }
-            };
-            self.locals.push(pointer);
-        }
-        Ok(())
-    }
-
     fn ty(&mut self, t: Type) -> Result<naga::Handle<naga::Type>, CodegenError> {
         self.b
-            .value_type(repr(t.scalar), t.lanes)
+            .value_type(self.repr(t.scalar), t.lanes)
             .ok_or_else(|| self.unsupported(format!("type {t}: SPIR-V vectors have 2 to 4 lanes")))
     }
 
@@ -213,7 +170,7 @@ impl Translator<'_> {
     /// An index value as a `u32`.
     fn index_u32(&mut self, v: Value) -> Result<Expr, CodegenError> {
         let e = self.val(v)?;
-        Ok(match repr(self.type_of(v).scalar).kind {
+        Ok(match self.repr(self.type_of(v).scalar).kind {
             ScalarKind::Uint => e,
             _ => self.cast(e, ScalarKind::Uint, None),
         })
@@ -243,17 +200,6 @@ impl Translator<'_> {
         let e = self.b.builtin(builtin, ty);
         self.builtins.insert(builtin, e);
         e
-    }
-
-    fn memory(&self, buf: BufRef) -> Result<Memory, CodegenError> {
-        match buf {
-            BufRef::Param(i) => self.buffers.get(i).copied(),
-            BufRef::Local(i) => self.locals.get(i).map(|&pointer| Memory {
-                pointer,
-                layout: Layout::Native { words: 1 },
-            }),
-        }
-        .ok_or_else(|| self.unsupported(format!("no buffer {buf:?}")))
     }
 
     fn block(&mut self, stmts: &[Stmt]) -> Result<(), CodegenError> {
@@ -308,7 +254,7 @@ impl Translator<'_> {
                     let y = self.val(*y)?;
                     self.b.store(var, y);
                 }
-                let step = match repr(self.type_of(*iv).scalar).kind {
+                let step = match self.repr(self.type_of(*iv).scalar).kind {
                     ScalarKind::Uint => NagaLiteral::U32(*step),
                     _ => NagaLiteral::I32(self.narrow(i64::from(*step))?),
                 };
@@ -351,7 +297,8 @@ impl Translator<'_> {
             Inst::Const(Literal::F(f)) if !f.is_finite() => {
                 // naga literals are finite: infinities and NaN are bitcast from their bits.
                 let bits = self.u32((*f as f32).to_bits());
-                self.cast(bits, ScalarKind::Float, None)
+                let wide = self.cast(bits, ScalarKind::Float, None);
+                self.narrow_float(wide, ty.scalar)
             }
             Inst::Const(lit) => {
                 let lit = self.literal(ty.scalar, *lit)?;
@@ -436,6 +383,9 @@ impl Translator<'_> {
 
     fn literal(&self, s: ScalarType, lit: Literal) -> Result<NagaLiteral, CodegenError> {
         Ok(match (s, lit) {
+            (ScalarType::F16, Literal::F(f)) if self.half => {
+                NagaLiteral::F16(half::f16::from_f64(f))
+            }
             (_, Literal::F(f)) => NagaLiteral::F32(f as f32),
             (_, Literal::Bool(b)) => NagaLiteral::Bool(b),
             (ScalarType::U32, Literal::I(i)) => NagaLiteral::U32(
@@ -489,10 +439,11 @@ impl Translator<'_> {
         let e = match (math, op) {
             (Some(f), _) => self.b.math(f, &[x]),
             (None, UnaryOp::Recip) => {
-                let one = self.splat_lit(NagaLiteral::F32(1.0), ty.lanes);
+                let one = self.literal(ty.scalar, Literal::F(1.0))?;
+                let one = self.splat_lit(one, ty.lanes);
                 self.binary(BinaryOperator::Divide, one, x)
             }
-            (None, _) if repr(ty.scalar).kind == ScalarKind::Uint => {
+            (None, _) if self.repr(ty.scalar).kind == ScalarKind::Uint => {
                 let t = self.ty(ty)?;
                 let zero = self.b.zero(t);
                 self.binary(BinaryOperator::Subtract, zero, x)
@@ -585,14 +536,14 @@ impl Translator<'_> {
             let zero = self.b.zero(t);
             return Ok(self.binary(BinaryOperator::NotEqual, x, zero));
         }
-        let target = repr(to.scalar);
-        let e = if repr(from.scalar) == target {
+        let target = self.repr(to.scalar);
+        let e = if self.repr(from.scalar) == target {
             x
         } else {
             self.cast(x, target.kind, Some(target.width))
         };
         match to.scalar {
-            ScalarType::F16 if from.scalar != ScalarType::F16 => {
+            ScalarType::F16 if from.scalar != ScalarType::F16 && !self.half => {
                 Ok(self.b.math(MathFunction::QuantizeToF16, &[e]))
             }
             ScalarType::Bf16 if from.scalar != ScalarType::Bf16 => Err(self.unsupported(format!(
@@ -600,6 +551,15 @@ impl Translator<'_> {
                 a.0
             ))),
             _ => Ok(self.wrap8(e, to)),
+        }
+    }
+
+    /// `e`, an `f32` (or vector of them) holding a value of `scalar`, in `scalar`'s
+    /// representation: converted to naga `f16` for an `f16` on a `half` device, as is otherwise.
+    fn narrow_float(&mut self, e: Expr, scalar: ScalarType) -> Expr {
+        match scalar {
+            ScalarType::F16 if self.half => self.cast(e, ScalarKind::Float, Some(2)),
+            _ => e,
         }
     }
 
@@ -619,8 +579,8 @@ impl Translator<'_> {
         let x = self.val(a)?;
         let word = |t: Type| t.scalar.bytes() == 4 && t.scalar != ScalarType::I64;
         if from.lanes == to.lanes && word(from) && word(to) {
-            let target = repr(to.scalar);
-            return Ok(if repr(from.scalar) == target {
+            let target = self.repr(to.scalar);
+            return Ok(if self.repr(from.scalar) == target {
                 x
             } else {
                 self.cast(x, target.kind, None)
@@ -638,169 +598,23 @@ impl Translator<'_> {
             _ => return Err(self.unsupported(what)),
         };
         let bits = match pack {
+            Some(MathFunction::Pack2x16float) if self.half => {
+                let wide = self.cast(x, ScalarKind::Float, Some(4));
+                self.b.math(MathFunction::Pack2x16float, &[wide])
+            }
             Some(f) => self.b.math(f, &[x]),
             None => self.cast(x, ScalarKind::Uint, None),
         };
         match (to.scalar, to.lanes) {
-            (_, 1) if word(to) => Ok(self.cast(bits, repr(to.scalar).kind, None)),
+            (_, 1) if word(to) => Ok(self.cast(bits, self.repr(to.scalar).kind, None)),
             (ScalarType::U8, 4) => Ok(self.b.math(MathFunction::Unpack4xU8, &[bits])),
             (ScalarType::I8, 4) => Ok(self.b.math(MathFunction::Unpack4xI8, &[bits])),
-            (ScalarType::F16, 2) => Ok(self.b.math(MathFunction::Unpack2x16float, &[bits])),
+            (ScalarType::F16, 2) => {
+                let wide = self.b.math(MathFunction::Unpack2x16float, &[bits]);
+                Ok(self.narrow_float(wide, ScalarType::F16))
+            }
             _ => Err(self.unsupported(what)),
         }
-    }
-
-    /// A value of `scalar` from the low bits of the `u32` `bits` (the packed-buffer and
-    /// scalar-param encodings).
-    fn decode_bits(&mut self, bits: Expr, scalar: ScalarType) -> Expr {
-        match scalar {
-            ScalarType::U32 | ScalarType::U8 => bits,
-            ScalarType::Bool => {
-                let zero = self.u32(0);
-                self.binary(BinaryOperator::NotEqual, bits, zero)
-            }
-            ScalarType::I32 | ScalarType::I64 => self.cast(bits, ScalarKind::Sint, None),
-            ScalarType::I8 => {
-                let signed = self.cast(bits, ScalarKind::Sint, None);
-                self.wrap8(signed, Type::scalar(ScalarType::I8))
-            }
-            ScalarType::F32 => self.cast(bits, ScalarKind::Float, None),
-            ScalarType::F16 => {
-                let pair = self.b.math(MathFunction::Unpack2x16float, &[bits]);
-                self.b.expr(Expression::AccessIndex {
-                    base: pair,
-                    index: 0,
-                })
-            }
-            ScalarType::Bf16 => {
-                let sixteen = self.u32(16);
-                let high = self.binary(BinaryOperator::ShiftLeft, bits, sixteen);
-                self.cast(high, ScalarKind::Float, None)
-            }
-        }
-    }
-
-    fn load(&mut self, buf: BufRef, index: Value, ty: Type) -> Result<Expr, CodegenError> {
-        let m = self.memory(buf)?;
-        let elem = self.k.buffer_elem(buf).map_err(|e| self.unsupported(e))?;
-        let base = self.index_u32(index)?;
-        let lanes = match m.layout {
-            Layout::Native { words } => {
-                if ty.scalar != elem {
-                    return Err(self.unsupported(format!(
-                        "load of {ty} from {}, a {elem} local (only u8 buffer params are byte-addressed)",
-                        self.k.buffer_name(buf)
-                    )));
-                }
-                let first = self.scale(base, words);
-                (0..ty.lanes)
-                    .map(|i| {
-                        let at = self.offset(first, i * words);
-                        let p = self.b.element(m.pointer, at);
-                        self.b.load(p)
-                    })
-                    .collect()
-            }
-            Layout::Packed => {
-                let byte = self.scale(base, elem.bytes());
-                let size = ty.scalar.bytes();
-                // Only a `u8` buffer read as a wider type can be misaligned.
-                let aligned = size <= elem.bytes();
-                (0..ty.lanes)
-                    .map(|i| {
-                        let at = self.offset(byte, i * size);
-                        let bits = self.read_bytes(m.pointer, at, size.min(4), aligned);
-                        self.decode_bits(bits, ty.scalar)
-                    })
-                    .collect()
-            }
-        };
-        self.gather(lanes, ty)
-    }
-
-    /// `e * factor` in `u32`.
-    fn scale(&mut self, e: Expr, factor: u32) -> Expr {
-        if factor == 1 {
-            return e;
-        }
-        let f = self.u32(factor);
-        self.binary(BinaryOperator::Multiply, e, f)
-    }
-
-    /// The `size` (1, 2 or 4) bytes at byte `byte` of the `array<u32>` `words`, zero-extended
-    /// into a `u32`. Unless `aligned` (`byte` a multiple of `size`), a read may cross a word
-    /// boundary and joins two words; the second word's index is clamped to the array, so
-    /// reading the buffer's last bytes never reads past it.
-    fn read_bytes(&mut self, words: Expr, byte: Expr, size: u32, aligned: bool) -> Expr {
-        let two = self.u32(2);
-        let index = self.binary(BinaryOperator::ShiftRight, byte, two);
-        let p = self.b.element(words, index);
-        let low = self.b.load(p);
-        let three = self.u32(3);
-        let within = self.binary(BinaryOperator::And, byte, three);
-        let shift = self.binary(BinaryOperator::ShiftLeft, within, three);
-        let shifted = self.binary(BinaryOperator::ShiftRight, low, shift);
-        let joined = if size == 1 || aligned {
-            shifted
-        } else {
-            let next = self.offset(index, 1);
-            let len = self.b.expr(Expression::ArrayLength(words));
-            let last = self.offset_down(len);
-            let next = self.b.math(MathFunction::Min, &[next, last]);
-            let p = self.b.element(words, next);
-            let high = self.b.load(p);
-            // `high << (32 - shift)`, written as two shifts so that shift 0 gives 0 (a shift
-            // by 32 is undefined in SPIR-V).
-            let thirty_one = self.u32(31);
-            let rest = self.binary(BinaryOperator::Subtract, thirty_one, shift);
-            let up = self.binary(BinaryOperator::ShiftLeft, high, rest);
-            let one = self.u32(1);
-            let up = self.binary(BinaryOperator::ShiftLeft, up, one);
-            self.binary(BinaryOperator::InclusiveOr, shifted, up)
-        };
-        match size {
-            4 => joined,
-            _ => {
-                let mask = self.u32((1u32 << (8 * size)) - 1);
-                self.binary(BinaryOperator::And, joined, mask)
-            }
-        }
-    }
-
-    /// `n - 1` in `u32`.
-    fn offset_down(&mut self, n: Expr) -> Expr {
-        let one = self.u32(1);
-        self.binary(BinaryOperator::Subtract, n, one)
-    }
-
-    fn store(&mut self, buf: BufRef, index: Value, value: Value) -> Result<(), CodegenError> {
-        let m = self.memory(buf)?;
-        let Layout::Native { words } = m.layout else {
-            let elem = self.k.buffer_elem(buf).map_err(|e| self.unsupported(e))?;
-            return Err(self.unsupported(format!(
-                "store to {}: {elem} buffers are read-only on Vulkan (no byte stores without atomics)",
-                self.k.buffer_name(buf)
-            )));
-        };
-        let ty = self.type_of(value);
-        let base = self.index_u32(index)?;
-        let first = self.scale(base, words);
-        let v = self.val(value)?;
-        for i in 0..ty.lanes {
-            let x = self.lane(v, ty.lanes, i);
-            let at = self.offset(first, i * words);
-            let p = self.b.element(m.pointer, at);
-            self.b.store(p, x);
-            if words == 2 {
-                // The high word of the narrowed i64: its sign.
-                let thirty_one = self.u32(31);
-                let sign = self.binary(BinaryOperator::ShiftRight, x, thirty_one);
-                let at = self.offset(at, 1);
-                let p = self.b.element(m.pointer, at);
-                self.b.store(p, sign);
-            }
-        }
-        Ok(())
     }
 
     fn intrinsic(&mut self, i: &Intrinsic, args: &[Value], ty: Type) -> Result<Expr, CodegenError> {
