@@ -212,6 +212,8 @@ impl VulkanDevice {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         Batch {
             device: self,
             label: label.to_string(),
@@ -221,6 +223,8 @@ impl VulkanDevice {
             capacity: dispatches.max(1),
             timestamps: None,
             dispatches: 0,
+            pass: None,
+            scopes: Some((validation, memory)),
         }
     }
 
@@ -294,6 +298,14 @@ pub(super) struct Batch<'d> {
     timestamps: Option<wgpu::QuerySet>,
     /// Dispatches recorded so far.
     dispatches: u32,
+    /// The compute pass the dispatches of an untimed batch share (a timed batch gives each
+    /// dispatch its own pass for its timestamps to bracket); ended before a copy and at submission.
+    pass: Option<wgpu::ComputePass<'static>>,
+    /// The validation and out-of-memory error scopes (in that order, the order they pop) over
+    /// everything the batch records and submits: one pair per batch, not per dispatch, since
+    /// scopes cost as much as the recording itself. Every dispatch is checked against the kernel
+    /// and the device's limits before it is recorded.
+    scopes: Option<(wgpu::ErrorScopeGuard, wgpu::ErrorScopeGuard)>,
 }
 
 impl Batch<'_> {
@@ -391,32 +403,42 @@ impl Batch<'_> {
             .collect();
         let group = self
             .device
-            .captured(|| {
-                self.device
-                    .device
-                    .create_bind_group(&wgpu::BindGroupDescriptor {
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&k.name),
+                layout: &p.layout,
+                entries: &entries,
+            });
+        let pass = match timestamp_writes {
+            Some(_) => self.pass.insert(
+                self.encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some(&k.name),
-                        layout: &p.layout,
-                        entries: &entries,
+                        timestamp_writes,
                     })
-            })
-            .map_err(|e| launch_error(k, format!("binding its buffers: {e}")))?;
-        {
-            let mut pass = self
-                .encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(&k.name),
-                    timestamp_writes,
-                });
-            pass.set_pipeline(&p.pipeline);
-            pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(grid[0] as u32, grid[1] as u32, grid[2] as u32);
+                    .forget_lifetime(),
+            ),
+            None => self.pass.get_or_insert_with(|| {
+                self.encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(&self.label),
+                        timestamp_writes: None,
+                    })
+                    .forget_lifetime()
+            }),
+        };
+        pass.set_pipeline(&p.pipeline);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(grid[0] as u32, grid[1] as u32, grid[2] as u32);
+        if self.timestamps.is_some() {
+            self.pass = None;
         }
         Ok(())
     }
 
     /// Records a copy of `from` to the start of `to` (after the dispatches recorded so far).
     pub fn copy(&mut self, from: BufferRange, to: &wgpu::Buffer) {
+        self.pass = None;
         self.encoder
             .copy_buffer_to_buffer(from.buffer, from.offset, to, 0, from.size());
     }
@@ -447,6 +469,7 @@ impl Batch<'_> {
                 | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
+        self.pass = None;
         if queries > 0 {
             self.encoder.resolve_query_set(&set, 0..queries, &times, 0);
         }
@@ -489,22 +512,26 @@ impl Batch<'_> {
                 mapped_at_creation: false,
             })
         });
+        self.pass = None;
         if let Some(s) = &staging {
             for (r, &to) in ranges.iter().zip(&at) {
                 self.encoder
                     .copy_buffer_to_buffer(r.buffer, r.offset, s, to, r.size());
             }
         }
-        device
-            .captured(|| {
-                if !self.scalar_bytes.is_empty() {
-                    device
-                        .queue
-                        .write_buffer(&self.scalars, 0, &self.scalar_bytes);
-                }
-                device.queue.submit([self.encoder.finish()])
-            })
-            .map_err(|e| fail(format!("running: {e}")))?;
+        if !self.scalar_bytes.is_empty() {
+            device
+                .queue
+                .write_buffer(&self.scalars, 0, &self.scalar_bytes);
+        }
+        device.queue.submit([self.encoder.finish()]);
+        if let Some((validation, memory)) = self.scopes.take() {
+            let invalid = pollster::block_on(validation.pop());
+            let exhausted = pollster::block_on(memory.pop());
+            if let Some(e) = invalid.or(exhausted) {
+                return Err(fail(format!("recording or running: {e}")));
+            }
+        }
         let (tx, rx) = mpsc::channel();
         if let Some(s) = &staging {
             s.map_async(wgpu::MapMode::Read, .., move |r| {
