@@ -2,8 +2,11 @@
 //! lhs rows × output columns per workgroup) over Q8_0 and Q4_0 weights read as bytes, computing
 //! what the CPU template ([`super::super::qgemv`]) computes: the lhs rounded to 8 bits per block
 //! of 32 (llama.cpp's rule), integer dot products of the codes scaled by `d_w·d_x` per block.
-//! A workgroup's threads split the K blocks (thread `t` takes blocks `t`, `t + 256`, …, adjacent
-//! threads reading adjacent blocks); per block a thread
+//! A workgroup's threads form [`ThreadSplit`] groups, each taking a tile's columns: when a row
+//! has fewer K blocks than the workgroup has threads (K = 2048 is 64 Q8_0 blocks), several
+//! column tiles share the workgroup instead of leaving threads idle. A group's threads split the
+//! K blocks (thread `t` takes blocks `t`, `t + group size`, …, adjacent threads reading adjacent
+//! blocks); per block a thread
 //!
 //! 1. quantizes the block of each of the tile's lhs rows (the prologue evaluated, its norm's
 //!    statistics computed by the whole workgroup beforehand) into private memory, once for all
@@ -15,7 +18,8 @@
 //! 3. takes `Dot4I8Packed` over the eight word pairs of each row and column, accumulating
 //!    `Σ·d_w·d_x` in f32.
 //!
-//! The partial sums are reduced across the workgroup ([`workgroup_reduce`]) and the first thread
+//! The partial sums (zero for the other groups' columns) are reduced across the workgroup
+//! ([`workgroup_reduce`]) and the first thread
 //! applies the epilogue to each output element ([`store_output`]: a head split is written where
 //! each element lands). Rows and columns past the ends (partial tiles) are computed on the last
 //! one and not stored. No shared memory beyond the reductions', so any K (whole blocks) fits.
@@ -68,8 +72,11 @@ pub(super) fn lower(
         .offsets
         .ok_or("an epilogue reading the matmul at columns other than fixed offsets of its own")?;
     let cols = epilogue.cols;
+    let blocks_per_row = k / QK as i64;
+    let split = ThreadSplit::new(body.threads, blocks_per_row, tile_rows * tile_cols);
+    let group_cols = tile_cols * split.groups;
     b.grid([
-        SizeExpr::Const(cols as u64).ceil_div(tile_cols as u64),
+        SizeExpr::Const(cols as u64).ceil_div(group_cols as u64),
         body.symbols.numel_size(lead)?.ceil_div(tile_rows as u64),
         SizeExpr::Const(1),
     ]);
@@ -92,19 +99,30 @@ pub(super) fn lower(
             Ok(LhsRow::new(b, row, lead_idx, hook))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let (col0, cols_v, outs, mm_cols) = tile_columns(b, col_group, tile_cols, cols, &offsets);
+    let (col0, cols_v, outs, mm_cols) = tile_columns(b, col_group, group_cols, cols, &offsets);
+    // This thread's column group and its first block; the group's columns follow the tile's.
+    let per_group = b.const_i(split.threads_per_group);
+    let group = b.div(lane, per_group);
+    let first_block = b.binary(BinaryOp::Rem, lane, per_group);
+    // The group's columns are tile `col_group · groups + group` of `tile_cols` columns.
+    let groups = b.const_i(split.groups);
+    let group_tile = b.mul(col_group, groups);
+    let group_tile = b.add(group_tile, group);
+    let (_, _, _, own_cols) = tile_columns(b, group_tile, tile_cols, cols, &offsets);
     let weight = WeightBlocks::new(b, w, format, k);
     let lhs = body.ops[m].args[0];
     let izero = b.constant(Type::scalar(ScalarType::I32), Literal::I(0));
     let zero_f = b.const_f(0.0);
-    let init = vec![zero_f; rows.len() * mm_cols.len()];
-    let blocks = b.const_i(k / QK as i64);
-    let partials = fold_many(b, (lane, blocks, body.threads), &init, |b, j, accs| {
+    let init = vec![zero_f; rows.len() * own_cols.len()];
+    let blocks = b.const_i(blocks_per_row);
+    let step = split.threads_per_group as u32;
+    let own = fold_many(b, (first_block, blocks, step), &init, |b, j, accs| {
         let xs = rows
             .iter()
             .map(|row| row.quantize(b, body, lhs, j))
             .collect::<Result<Vec<_>, String>>()?;
-        let ws: Vec<(Vec<Value>, Value)> = mm_cols.iter().map(|&c| weight.block(b, c, j)).collect();
+        let ws: Vec<(Vec<Value>, Value)> =
+            own_cols.iter().map(|&c| weight.block(b, c, j)).collect();
         let mut next = Vec::with_capacity(accs.len());
         for (x_words, dx) in &xs {
             for (w_words, dw) in &ws {
@@ -118,6 +136,7 @@ pub(super) fn lower(
         }
         Ok(next)
     })?;
+    let partials = split.spread(b, group, &own, rows.len());
     let dots = workgroup_reduce(b, body.workgroup(), &partials, ReduceOp::Add);
     let zero = b.const_i(0);
     let first = b.cmp(CmpOp::Eq, lane, zero);
@@ -129,7 +148,7 @@ pub(super) fn lower(
             .try_for_each(|(row, dots)| {
                 let exists = b.cmp(CmpOp::Lt, row.row, total_rows);
                 when(b, Some(exists), |b| {
-                    (0..tile_cols).zip(&outs).try_for_each(|(c, &col)| {
+                    (0..group_cols).zip(&outs).try_for_each(|(c, &col)| {
                         let c = b.const_i(c);
                         let raw = b.add(col0, c);
                         let inside = b.cmp(CmpOp::Lt, raw, cols_v);
@@ -143,6 +162,60 @@ pub(super) fn lower(
             });
     });
     failure
+}
+
+/// Most column groups per workgroup: the partial sums of all of them meet in one reduction.
+const MAX_GROUPS: i64 = 8;
+
+/// How a workgroup's threads share its work: `groups` sets of `threads_per_group` threads, each
+/// set taking a tile of columns and every K block of them, so that rows of few blocks (K = 2048
+/// is 64 Q8_0 blocks, for 256 threads) still keep every thread busy.
+struct ThreadSplit {
+    groups: i64,
+    threads_per_group: i64,
+}
+
+impl ThreadSplit {
+    /// As many groups as `threads` hold sets of at least `blocks` threads (rounded up to a power
+    /// of two), at most [`MAX_GROUPS`] and at most 32 reduced values for `per_tile` outputs.
+    fn new(threads: u32, blocks: i64, per_tile: i64) -> ThreadSplit {
+        let threads = i64::from(threads);
+        let per_group = (blocks.max(1) as u64)
+            .next_power_of_two()
+            .min(threads as u64) as i64;
+        let groups = (threads / per_group)
+            .min(MAX_GROUPS)
+            .min((32 / per_tile).max(1))
+            .max(1);
+        ThreadSplit {
+            groups,
+            threads_per_group: threads / groups,
+        }
+    }
+
+    /// The partial sums of every group's outputs in the tile's order (row-major over `rows`
+    /// rows, then the groups' columns), from this thread's `own` (of group `group`): its own
+    /// where they belong, zero for the other groups' — the workgroup's sum of them is then each
+    /// output's sum over its group's threads.
+    fn spread(
+        &self,
+        b: &mut KernelBuilder,
+        group: Value,
+        own: &[Value],
+        rows: usize,
+    ) -> Vec<Value> {
+        let zero = b.const_f(0.0);
+        let per_row = own.len() / rows;
+        let mut out = Vec::with_capacity(own.len() * self.groups as usize);
+        for row in own.chunks(per_row) {
+            for g in 0..self.groups {
+                let g = b.const_i(g);
+                let mine = b.cmp(CmpOp::Eq, group, g);
+                out.extend(row.iter().map(|&v| b.select(mine, v, zero)));
+            }
+        }
+        out
+    }
 }
 
 /// One of a workgroup's lhs rows: its row number (past the last when the tile is partial), the
