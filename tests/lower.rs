@@ -996,7 +996,7 @@ mod vulkan {
                             index,
                             ty,
                         },
-                    ) if ty.lanes == 4 => found.push((*p, align[index.index()] % 4 == 0)),
+                    ) if ty.lanes == 4 => found.push((*p, align[index.index()].is_multiple_of(4))),
                     Stmt::For { body, .. } => walk(body, align, found),
                     Stmt::If { then_, else_, .. } => {
                         walk(then_, align, found);
