@@ -1045,6 +1045,43 @@ mod vulkan {
         }
     }
 
+    /// The GEMM tile loads (weight, direct lhs, its RmsNorm's weight) for K = 256 and the
+    /// attention templates' q, K and V rows for head dims of 128 are 4-lane loads, every one
+    /// provably a multiple of 4.
+    #[test]
+    fn gemm_and_attention_runs_are_provably_aligned() {
+        let caps = tessera_codegen_spirv::vulkan_capabilities(&VulkanTarget::baseline());
+        let mut gemm = gemv_kernel(true);
+        gemm.kind = GEMM;
+        let gemm_inputs = vec![
+            f32_(&["seq", "256"]),
+            f16_(&["13", "256"]),
+            f32_(&["seq", "13"]),
+            f32_(&["256"]),
+        ];
+        let qkv = |s: &str| {
+            let kv = f32_(&["1", "2", "past + 1", "128"]);
+            vec![f32_(&["1", "4", s, "128"]), kv.clone(), kv]
+        };
+        let att = vec![attention(true, None, &[In(0), In(1), In(2)])];
+        for (k, inputs, read) in [
+            (gemm, gemm_inputs, vec![0, 1, 3]),
+            (decoding(1, att.clone()), qkv("1"), vec![0, 1, 2]),
+            (flash(att), qkv("past + 1"), vec![0, 1, 2]),
+        ] {
+            let case = Case::new(&k, &inputs, &[("seq", 5), ("past", 9)]);
+            let program = lower_gpu(&k, &inputs, &case.output, &caps).unwrap();
+            let loads = wide_loads(&program);
+            for buffer in read {
+                assert!(
+                    loads.iter().any(|&(p, _)| p == buffer),
+                    "no 4-lane loads of input {buffer}\n{program}"
+                );
+            }
+            assert!(loads.iter().all(|&(_, a)| a), "{loads:?}\n{program}");
+        }
+    }
+
     /// A body a SIMT template refuses (a matmul whose weight is not transposed) is an
     /// `Unsupported` error naming the kernel, the templates and the reason.
     #[test]
