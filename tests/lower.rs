@@ -895,6 +895,193 @@ mod vulkan {
         );
     }
 
+    /// The SIMT matmuls read K in runs of 4 with a scalar tail: K = 37 and 130 + 2 (runs whose
+    /// indices are not multiples of 4, then a tail) and 128 (runs only), N = 13 and 70 (not a
+    /// multiple of gemv's 4 columns nor of the GEMM tiles), f32 and f16 weights, with a direct
+    /// lhs (plain, and an RmsNorm of it applied as factor × weight) and a computed prologue.
+    #[test]
+    fn vectorized_matmuls_with_k_tails_and_partial_column_tiles() {
+        let gemv = KernelKind::Gemv {
+            tile_n: 4,
+            split_k: 1,
+        };
+        let flat = KernelKind::FlatGemm {
+            tile_n: 64,
+            tile_k: 32,
+        };
+        let plain = vec![
+            step(Op::MatMul { transpose_b: true }, &[In(0), In(1)]),
+            step(Op::Binary(BinaryOp::Add), &[At(0), In(2)]),
+        ];
+        let normed = vec![
+            step(Op::RmsNorm { eps: 1e-5 }, &[In(0), In(2)]),
+            step(Op::MatMul { transpose_b: true }, &[At(0), In(1)]),
+            step(Op::Unary(UnaryOp::Silu), &[At(1)]),
+        ];
+        let computed = vec![
+            step(Op::Binary(BinaryOp::Add), &[In(0), In(2)]),
+            step(Op::MatMul { transpose_b: true }, &[At(0), In(1)]),
+        ];
+        for (kind, ms) in [(gemv, &[1, 3][..]), (GEMM, &[5, 67]), (flat, &[9])] {
+            for (n, kk) in [("13", "37"), ("70", "132"), ("13", "128")] {
+                for weight in [f32_(&[n, kk]), f16_(&[n, kk])] {
+                    let x = f32_(&["seq", kk]);
+                    let cases = [
+                        (&plain, f32_(&["seq", n])),
+                        (&normed, f32_(&[kk])),
+                        (&computed, x.clone()),
+                    ];
+                    for (body, third) in cases {
+                        let k = kernel(kind.clone(), body.clone());
+                        let inputs = [x.clone(), weight.clone(), third];
+                        for &m in ms {
+                            check(&k, &inputs, &[("seq", m)]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIMT attention with head dims that are not multiples of 4 (D = 6, Dv = 5: every row read
+    /// element by element), one of each (8 and 6, 5 and 8: one operand in runs of 4), and K
+    /// computed by a prologue with D = 8 (runs of 4 evaluated element by element), as
+    /// FlashDecoding (one split and two) and FlashAttention.
+    #[test]
+    fn attention_with_head_dims_off_the_vector_width() {
+        for (d, dv) in [("6", "5"), ("8", "6"), ("5", "8")] {
+            let kv = |dim: &str| f32_(&["1", "2", "past + 1", dim]);
+            let inputs = [f32_(&["1", "4", "1", d]), kv(d), kv(dv)];
+            for splits in [1, 2] {
+                let k = decoding(splits, vec![attention(true, None, &[In(0), In(1), In(2)])]);
+                check(&k, &inputs, &[("past", 40)]);
+            }
+            let k = flash(vec![attention(true, None, &[In(0), In(1), In(2)])]);
+            let inputs = [
+                f32_(&["1", "4", "19", d]),
+                f32_(&["1", "2", "19", d]),
+                f32_(&["1", "2", "19", dv]),
+            ];
+            check(&k, &inputs, &[]);
+        }
+        let scaled_k = vec![
+            step(Op::Binary(BinaryOp::Mul), &[In(1), In(3)]),
+            attention(true, None, &[In(0), At(0), In(2)]),
+        ];
+        let kv = f32_(&["1", "2", "past + 1", "8"]);
+        let inputs = [f32_(&["1", "4", "1", "8"]), kv.clone(), kv, f32_(&["8"])];
+        check(&decoding(1, scaled_k.clone()), &inputs, &[("past", 40)]);
+        let kv = f32_(&["1", "2", "past + 1", "8"]);
+        let inputs = [
+            f32_(&["1", "4", "past + 1", "8"]),
+            kv.clone(),
+            kv,
+            f32_(&["8"]),
+        ];
+        check(&flash(scaled_k), &inputs, &[("past", 20)]);
+    }
+
+    /// The 4-lane global loads of a lowered SIMT program, each with whether `known_alignment`
+    /// proves its index a multiple of 4 (a backend then makes it one wide access), by buffer
+    /// param.
+    fn wide_loads(program: &tessera_ir::lir::Program) -> Vec<(usize, bool)> {
+        use tessera_ir::lir::{known_alignment, BufRef, Inst, Stmt};
+        fn walk(body: &[Stmt], align: &[u32], found: &mut Vec<(usize, bool)>) {
+            for stmt in body {
+                match stmt {
+                    Stmt::Let(
+                        _,
+                        Inst::Load {
+                            buf: BufRef::Param(p),
+                            index,
+                            ty,
+                        },
+                    ) if ty.lanes == 4 => found.push((*p, align[index.index()].is_multiple_of(4))),
+                    Stmt::For { body, .. } => walk(body, align, found),
+                    Stmt::If { then_, else_, .. } => {
+                        walk(then_, align, found);
+                        walk(else_, align, found);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut found = Vec::new();
+        for step in &program.steps {
+            walk(&step.body, &known_alignment(step), &mut found);
+        }
+        found
+    }
+
+    /// The decode gemv for Vulkan with f16 weights and K = 256 reads the weights, the lhs row
+    /// (for its RmsNorm factor and for the dot products) and the norm's weight in 4-lane loads
+    /// whose indices are provably multiples of 4: 8-byte loads of four halves, 16-byte loads of
+    /// floats. With K = 258 only what is proven is claimed: the norm's weight, and the weight
+    /// rows of a workgroup's even columns (258·2j), not its odd ones nor the lhs row.
+    #[test]
+    fn decode_gemv_weight_loads_are_provably_aligned() {
+        let caps = tessera_codegen_spirv::vulkan_capabilities(&VulkanTarget::baseline());
+        let k = gemv_kernel(true);
+        for (kk, x, w) in [
+            ("256", vec![true; 2], vec![true; 4]),
+            ("258", vec![false; 2], vec![true, false, true, false]),
+        ] {
+            let inputs = [
+                f32_(&["1", kk]),
+                f16_(&["13", kk]),
+                f32_(&["1", "13"]),
+                f32_(&[kk]),
+            ];
+            let program = lower_gpu(&k, &inputs, &f32_(&["1", "13"]), &caps).unwrap();
+            let loads = wide_loads(&program);
+            for (buffer, want) in [(0, x), (1, w), (3, vec![true])] {
+                let got: Vec<bool> = loads
+                    .iter()
+                    .filter(|&&(p, _)| p == buffer)
+                    .map(|&(_, aligned)| aligned)
+                    .collect();
+                assert_eq!(got, want, "K = {kk}, input {buffer}\n{program}");
+            }
+        }
+    }
+
+    /// The GEMM tile loads (weight, direct lhs, its RmsNorm's weight) for K = 256 and the
+    /// attention templates' q, K and V rows for head dims of 128 are 4-lane loads, every one
+    /// provably a multiple of 4.
+    #[test]
+    fn gemm_and_attention_runs_are_provably_aligned() {
+        let caps = tessera_codegen_spirv::vulkan_capabilities(&VulkanTarget::baseline());
+        let mut gemm = gemv_kernel(true);
+        gemm.kind = GEMM;
+        let gemm_inputs = vec![
+            f32_(&["seq", "256"]),
+            f16_(&["13", "256"]),
+            f32_(&["seq", "13"]),
+            f32_(&["256"]),
+        ];
+        let qkv = |s: &str| {
+            let kv = f32_(&["1", "2", "past + 1", "128"]);
+            vec![f32_(&["1", "4", s, "128"]), kv.clone(), kv]
+        };
+        let att = vec![attention(true, None, &[In(0), In(1), In(2)])];
+        for (k, inputs, read) in [
+            (gemm, gemm_inputs, vec![0, 1, 3]),
+            (decoding(1, att.clone()), qkv("1"), vec![0, 1, 2]),
+            (flash(att), qkv("past + 1"), vec![0, 1, 2]),
+        ] {
+            let case = Case::new(&k, &inputs, &[("seq", 5), ("past", 9)]);
+            let program = lower_gpu(&k, &inputs, &case.output, &caps).unwrap();
+            let loads = wide_loads(&program);
+            for buffer in read {
+                assert!(
+                    loads.iter().any(|&(p, _)| p == buffer),
+                    "no 4-lane loads of input {buffer}\n{program}"
+                );
+            }
+            assert!(loads.iter().all(|&(_, a)| a), "{loads:?}\n{program}");
+        }
+    }
+
     /// A body a SIMT template refuses (a matmul whose weight is not transposed) is an
     /// `Unsupported` error naming the kernel, the templates and the reason.
     #[test]

@@ -88,11 +88,7 @@ impl Body<'_> {
         hook: Option<Hook>,
     ) -> Result<Value, String> {
         let j = match arg {
-            BodyArg::Input(i) => {
-                let shape = &self.inputs[i].shape;
-                let offset = self.symbols.ravel(b, idx, shape)?;
-                return Ok(load_f32(b, self.buffers[i], offset, 1));
-            }
+            BodyArg::Input(_) => return self.values(b, arg, idx, 1, None),
             BodyArg::Op(j) => j,
         };
         if let Some((at, f)) = hook {
@@ -155,6 +151,37 @@ impl Body<'_> {
             }
             Op::Rope { layout } => self.rope(b, step, *layout, idx, hook),
             other => Err(format!("op `{}` in an elementwise position", other.name())),
+        }
+    }
+
+    /// The `lanes` elements of `arg` from multi-index `idx` along its last axis (which must hold
+    /// them), as one vector: a kernel input with one load (a wide access on a GPU when its index
+    /// is provably aligned), an op each element through [`Self::value`], joined.
+    pub(super) fn values(
+        &self,
+        b: &mut KernelBuilder,
+        arg: BodyArg,
+        idx: &[Value],
+        lanes: u32,
+        hook: Option<Hook>,
+    ) -> Result<Value, String> {
+        match arg {
+            BodyArg::Input(i) => {
+                let offset = self.symbols.ravel(b, idx, &self.inputs[i].shape)?;
+                Ok(load_f32(b, self.buffers[i], offset, lanes))
+            }
+            BodyArg::Op(_) if lanes == 1 => self.value(b, arg, idx, hook),
+            BodyArg::Op(_) => {
+                let (&last, lead) = idx.split_last().ok_or("a vector of a scalar")?;
+                let parts = (0..lanes)
+                    .map(|l| {
+                        let l = b.const_i(i64::from(l));
+                        let at: Vec<Value> = lead.iter().copied().chain([b.add(last, l)]).collect();
+                        self.value(b, arg, &at, hook)
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok(b.concat(&parts))
+            }
         }
     }
 
@@ -430,6 +457,14 @@ pub(super) fn load_f32(b: &mut KernelBuilder, buf: BufRef, index: Value, lanes: 
     match b.type_of(v).scalar {
         ScalarType::F16 | ScalarType::Bf16 => b.cast(ScalarType::F32, v),
         _ => v,
+    }
+}
+
+/// Scalar `x` in each of `lanes` lanes: itself for one lane, else a splat.
+pub(super) fn splat_to(b: &mut KernelBuilder, x: Value, lanes: u32) -> Value {
+    match lanes {
+        1 => x,
+        _ => b.splat(x, lanes),
     }
 }
 

@@ -17,7 +17,8 @@
 //! with the [`super::gemm`] and [`super::qgemv`] templates.
 
 use super::elementwise;
-use super::expr::{fold_range, for_each, load_f32, Body};
+use super::expr::{fold_range, for_each, load_f32, splat_to, Body};
+use super::lanes::{lane_of, sum_runs, workgroup_reduce};
 use super::row_reduce::{inv_std, norm_at, norm_stats};
 use tessera_ir::kernel::BodyArg;
 use tessera_ir::lir::{
@@ -214,7 +215,7 @@ impl RowSource {
         let x = load_f32(b, self.buf, at, lanes);
         match self.norm {
             Some((r, g)) => {
-                let r = if lanes > 1 { b.splat(r, lanes) } else { r };
+                let r = splat_to(b, r, lanes);
                 let xr = b.mul(x, r);
                 let g = load_f32(b, g, i, lanes);
                 b.mul(xr, g)
@@ -224,28 +225,27 @@ impl RowSource {
     }
 }
 
-/// The RmsNorm factor `1/sqrt(Σx²/k + eps)` of the `k` float values of `x` from `base`: a vector
-/// sum of squares of `lanes` lanes with a scalar tail.
-fn direct_rms_factor(
+/// The RmsNorm factor `1/sqrt(Σx²/k + eps)` of the `k` float values of `x` from `base`: sums of
+/// squares over runs of `width` elements (vector loads) and a scalar tail ([`sum_runs`]), split
+/// between a SIMT workgroup's threads and combined across it. Reached by the whole workgroup.
+pub(super) fn direct_rms_factor(
     b: &mut KernelBuilder,
-    lanes: u32,
+    body: &Body,
+    width: u32,
     (x, base, k): (BufRef, Value, i64),
     eps: f32,
 ) -> Result<Value, String> {
-    let square = |lanes: u32| {
-        move |b: &mut KernelBuilder, j: Value, acc: Value| {
-            let at = b.add(base, j);
-            let v = load_f32(b, x, at, lanes);
-            Ok(b.fma(v, v, acc))
-        }
+    let (lane, threads) = lane_of(b, body);
+    let ss = sum_runs(b, (lane, threads), (width, k), 1, |b, j, lanes, acc| {
+        let at = b.add(base, j);
+        let v = load_f32(b, x, at, lanes);
+        Ok(vec![b.fma(v, v, acc[0])])
+    })?;
+    let ss = match threads {
+        1 => ss[0],
+        _ => workgroup_reduce(b, body.workgroup(), &ss, ReduceOp::Add)[0],
     };
-    let k_vec = k - k % i64::from(lanes);
-    let (start, end, k_v) = (b.const_i(0), b.const_i(k_vec), b.const_i(k));
-    let zero_f = b.const_f(0.0);
-    let zero = b.splat(zero_f, lanes);
-    let ss = fold_range(b, (start, end, lanes), zero, square(lanes))?;
-    let ss = b.reduce_lanes(ReduceOp::Add, ss);
-    let ss = fold_range(b, (end, k_v, 1), ss, square(1))?;
+    let k_v = b.const_i(k);
     let kf = b.cast(ScalarType::F32, k_v);
     Ok(inv_std(b, ss, kf, eps))
 }
@@ -275,7 +275,10 @@ pub(super) fn row_source(
     if let Lhs::Direct { x, norm: g } = lhs_of(body, m, norm)? {
         let base = b.mul(row, k_v);
         let norm = match g {
-            Some((g, eps)) => Some((direct_rms_factor(b, body.lanes, (x, base, k), eps)?, g)),
+            Some((g, eps)) => Some((
+                direct_rms_factor(b, body, body.lanes, (x, base, k), eps)?,
+                g,
+            )),
             None => None,
         };
         return Ok(RowSource { buf: x, base, norm });

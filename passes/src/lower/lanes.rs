@@ -4,11 +4,19 @@
 //! elements: coalesced accesses) and reductions combine the threads' partial results through
 //! shared memory.
 
-use super::expr::{fold, fold_range, for_each, Body};
+use super::expr::{fold, fold_many, fold_range, for_each, Body};
 use tessera_ir::lir::{
     Axis, BinaryOp, CmpOp, Intrinsic, KernelBuilder, MemorySpace, ReduceOp, ScalarType, Special,
     Value,
 };
+
+/// The calling thread's lane and the group's threads: 0 and 1 on a CPU.
+pub(super) fn lane_of(b: &mut KernelBuilder, body: &Body) -> (Value, u32) {
+    match body.threads {
+        1 => (b.const_i(0), 1),
+        threads => (b.special(Special::LocalId(Axis::X)), threads),
+    }
+}
 
 /// Runs `f` for each `j` in `start..end` the calling thread owns.
 pub(super) fn for_each_lane(
@@ -29,6 +37,71 @@ pub(super) fn for_each_lane(
         vec![]
     });
     failure
+}
+
+/// A sum over `0..len` (a constant) shared by `threads` threads (the calling one `lane`; 0 and
+/// 1 for a serial loop) in runs of `width` consecutive elements, so that each run can be read
+/// with one vector load: thread `lane` takes the runs from `lane·width` by `width·threads` below
+/// `len − len % width`, then the tail from there plus `lane` by `threads`, element by element.
+/// The runs' starts are products of constants and loop counters with aligned starts and steps,
+/// so `known_alignment` proves them multiples of `width` (a wide access on a GPU when the
+/// indices built from them are too). `step(b, j, lanes, accs)` adds the terms of elements
+/// `j..j + lanes` to the `count` accumulators, `lanes` wide; returns this thread's partial sums,
+/// one scalar per accumulator (the workgroup's are not combined).
+pub(super) fn sum_runs(
+    b: &mut KernelBuilder,
+    (lane, threads): (Value, u32),
+    (width, len): (u32, i64),
+    count: usize,
+    mut step: impl FnMut(&mut KernelBuilder, Value, u32, &[Value]) -> Result<Vec<Value>, String>,
+) -> Result<Vec<Value>, String> {
+    let zero_f = b.const_f(0.0);
+    let mut sums = vec![zero_f; count];
+    let runs_end = len - len % i64::from(width);
+    if runs_end > 0 {
+        let zero = b.splat(zero_f, width);
+        let (width_v, end) = (b.const_i(i64::from(width)), b.const_i(runs_end));
+        let start = b.mul(lane, width_v);
+        let range = (start, end, width * threads);
+        let accs = fold_many(b, range, &vec![zero; count], |b, j, accs| {
+            step(b, j, width, accs)
+        })?;
+        sums = accs
+            .into_iter()
+            .map(|v| b.reduce_lanes(ReduceOp::Add, v))
+            .collect();
+    }
+    if runs_end < len {
+        let (tail, end) = (b.const_i(runs_end), b.const_i(len));
+        let start = b.add(tail, lane);
+        sums = fold_many(b, (start, end, threads), &sums, |b, j, accs| {
+            step(b, j, 1, accs)
+        })?;
+    }
+    Ok(sums)
+}
+
+/// Runs `f(b, r, c)` for each run of `lanes` consecutive columns `c..c + lanes` of a
+/// `rows × width` block (`width` a multiple of `lanes`) that the calling thread owns: the runs
+/// are split lane-strided between the workgroup's threads ([`for_each_lane`]: adjacent threads,
+/// adjacent runs), and each `c` is the run's number times `lanes`, which `known_alignment`
+/// proves a multiple of `lanes` — so the thread can read the run with one vector load.
+pub(super) fn for_each_run(
+    b: &mut KernelBuilder,
+    body: &Body,
+    (rows, width): (u32, u32),
+    lanes: u32,
+    f: impl FnOnce(&mut KernelBuilder, Value, Value) -> Result<(), String>,
+) -> Result<(), String> {
+    let per_row = width / lanes;
+    let (zero, count) = (b.const_i(0), b.const_i(i64::from(rows * per_row)));
+    let (per_row_v, lanes_v) = (b.const_i(i64::from(per_row)), b.const_i(i64::from(lanes)));
+    for_each_lane(b, body, zero, count, |b, e| {
+        let r = b.div(e, per_row_v);
+        let run = b.binary(BinaryOp::Rem, e, per_row_v);
+        let c = b.mul(run, lanes_v);
+        f(b, r, c)
+    })
 }
 
 /// A fold of `f` over `0..n` whose steps combine by `op` (`f(acc, j)` must be `op(acc, term_j)`,

@@ -12,7 +12,10 @@
 //! threads laid over `Dv` columns × key chunks (adjacent threads read adjacent V elements),
 //! each carrying its columns' partial sums rescaled once per block (online softmax: any KV
 //! length). The chunks' partial rows are summed through shared memory at the end. With several
-//! splits the two steps and the scratch layout are the CPU's ([`split_program`]).
+//! splits the two steps and the scratch layout are the CPU's ([`split_program`]). When a head
+//! dim is a multiple of 4, its rows are read in runs of 4 — the q·k dot products a run of K
+//! (and of the query) per step ([`sum_runs`]), each thread's V columns runs of 4 — so that each
+//! read is one 16-byte load.
 //!
 //! **FlashAttention** ([`lower_prefill`]): a workgroup per (block of query rows, batch, query
 //! head). Tiles of keys are staged in shared memory and reused by the block's rows: the K tile,
@@ -20,12 +23,15 @@
 //! (causal, window and mask applied), one thread per row moves its row's online-softmax state,
 //! and the threads laid over the `rows × Dv` outputs accumulate the tile's V rows. The tile
 //! sizes come from the head dims and the device's shared memory ([`tiles`]), not from the
-//! kernel's `block_q`/`block_kv` (tuned for the CPU).
+//! kernel's `block_q`/`block_kv` (tuned for the CPU). The query rows and the tiles are loaded
+//! in runs of 4 (one 16-byte load each, [`for_each_run`]) when their head dim is a multiple of 4,
+//! and the scores read them from shared memory so too.
 
 use super::super::attention::{finite_or_zero, normalized, split_keys, split_program, Attention};
-use super::super::expr::{fold, fold_many, fold_range, Body};
-use super::super::lanes::{for_each_lane, workgroup_reduce};
+use super::super::expr::{fold, fold_many, fold_range, splat_to, Body};
+use super::super::lanes::{for_each_lane, for_each_run, sum_runs, workgroup_reduce};
 use super::super::Steps;
+use super::run_lanes;
 use tessera_ir::lir::{
     self, Axis, BinaryOp, BufRef, CmpOp, KernelBuilder, MemorySpace, ReduceOp, ScalarType,
     SizeExpr, Special, UnaryOp, Value,
@@ -107,30 +113,38 @@ fn sweep(
     let (body, threads, d, dv) = (att.body, att.body.threads, att.d, att.dv);
     let (zero, zero_f) = (b.const_i(0), b.const_f(0.0));
     let neg_inf = b.const_f(f64::NEG_INFINITY);
-    let (d_v, threads_v) = (b.const_i(i64::from(d)), b.const_i(i64::from(threads)));
+    let threads_v = b.const_i(i64::from(threads));
     let lane = b.special(Special::LocalId(Axis::X));
     let q = b.local("q", MemorySpace::Shared, ScalarType::F32, d);
     let scale = b.const_f(f64::from(att.scale));
-    for_each_lane(b, body, zero, d_v, |b, c| {
-        let x = body.value(b, att.q, &[at.bi, at.head, at.i, c], None)?;
+    let (ql, vl) = (run_lanes(i64::from(d)), run_lanes(i64::from(dv)));
+    for_each_run(b, body, (1, d), ql, |b, _, c| {
+        let x = body.values(b, att.q, &[at.bi, at.head, at.i, c], ql, None)?;
+        let scale = splat_to(b, scale, ql);
         let x = b.mul(x, scale);
         b.store(q, c, x);
         Ok(())
     })?;
     b.barrier();
-    // V columns: `chunks` groups of `width` threads, each thread `slots` columns `width` apart.
-    let chunks = (threads / dv).max(1);
+    // V columns in runs of `vl` (one wide load each when Dv is a multiple of 4): `chunks`
+    // groups of `width` threads, each thread `slots` runs `width` runs apart.
+    let runs = dv / vl;
+    let chunks = (threads / runs).max(1);
     let width = threads / chunks;
-    let slots = dv.div_ceil(width);
-    let width_v = b.const_i(i64::from(width));
+    let slots = runs.div_ceil(width);
+    let (width_v, vl_v) = (b.const_i(i64::from(width)), b.const_i(i64::from(vl)));
     let chunk = b.div(lane, width_v);
-    let first_col = b.binary(BinaryOp::Rem, lane, width_v);
-    let last_col = b.const_i(i64::from(dv - 1));
+    let first_run = b.binary(BinaryOp::Rem, lane, width_v);
+    let last_run = b.const_i(i64::from(runs - 1));
+    let run_of = |b: &mut KernelBuilder, s: u32| {
+        let off = b.const_i(i64::from(s * width));
+        b.add(first_run, off)
+    };
     let cols: Vec<Value> = (0..slots)
         .map(|s| {
-            let off = b.const_i(i64::from(s * width));
-            let col = b.add(first_col, off);
-            b.binary(BinaryOp::Min, col, last_col)
+            let run = run_of(b, s);
+            let run = b.binary(BinaryOp::Min, run, last_run);
+            b.mul(run, vl_v)
         })
         .collect();
     let chunks_v = b.const_i(i64::from(chunks));
@@ -139,18 +153,19 @@ fn sweep(
     let one = b.const_i(1);
     let last_key = b.sub(hi, one);
     let mut init = vec![neg_inf, zero_f];
-    init.extend(cols.iter().map(|_| zero_f));
+    let zero_run = splat_to(b, zero_f, vl);
+    init.extend(cols.iter().map(|_| zero_run));
     let state = fold_many(b, (lo, hi, threads), &init, |b, j0, state| {
         let (m_old, l_old, accs) = (state[0], state[1], &state[2..]);
         // This thread's key (past the end: the last key's row, scored −∞).
         let j = b.add(j0, lane);
         let inside = b.cmp(CmpOp::Lt, j, hi);
         let key = b.binary(BinaryOp::Min, j, last_key);
-        let dot = fold(b, d_v, zero_f, |b, c, sum| {
-            let x = b.load(q, c, 1);
-            let y = body.value(b, att.k, &[at.bi, at.kv_head, key, c], None)?;
-            Ok(b.fma(x, y, sum))
-        })?;
+        let dot = sum_runs(b, (zero, 1), (ql, i64::from(d)), 1, |b, c, lanes, sum| {
+            let x = b.load(q, c, lanes);
+            let y = body.values(b, att.k, &[at.bi, at.kv_head, key, c], lanes, None)?;
+            Ok(vec![b.fma(x, y, sum[0])])
+        })?[0];
         let score = att.masked(b, dot, [at.bi, at.head, at.i, key])?;
         let score = b.select(inside, score, neg_inf);
         let block_max = workgroup_reduce(b, body.workgroup(), &[score], ReduceOp::Max)[0];
@@ -167,14 +182,16 @@ fn sweep(
         let left = b.sub(hi, j0);
         let keys = b.binary(BinaryOp::Min, left, threads_v);
         let first = b.select(in_chunk, chunk, keys);
+        let alpha = splat_to(b, alpha, vl);
         let rescaled: Vec<Value> = accs.iter().map(|&o| b.mul(o, alpha)).collect();
         let accs = fold_many(b, (first, keys, chunks), &rescaled, |b, k, os| {
             let p = b.load(probs, k, 1);
+            let p = splat_to(b, p, vl);
             let j = b.add(j0, k);
             cols.iter()
                 .zip(os)
                 .map(|(&c, &o)| {
-                    let x = body.value(b, att.v, &[at.bi, at.kv_head, j, c], None)?;
+                    let x = body.values(b, att.v, &[at.bi, at.kv_head, j, c], vl, None)?;
                     Ok(b.fma(p, x, o))
                 })
                 .collect()
@@ -186,12 +203,13 @@ fn sweep(
     let parts = b.local("parts", MemorySpace::Shared, ScalarType::F32, chunks * dv);
     let dv_v = b.const_i(i64::from(dv));
     let base = b.mul(chunk, dv_v);
+    let runs_v = b.const_i(i64::from(runs));
     b.if_then(in_chunk, |b| {
         for (s, &o) in (0..slots).zip(&state[2..]) {
-            let off = b.const_i(i64::from(s * width));
-            let col = b.add(first_col, off);
-            let real = b.cmp(CmpOp::Lt, col, dv_v);
+            let run = run_of(b, s);
+            let real = b.cmp(CmpOp::Lt, run, runs_v);
             b.if_then(real, |b| {
+                let col = b.mul(run, vl_v);
                 let e = b.add(base, col);
                 b.store(parts, e, o);
             });
@@ -346,13 +364,15 @@ pub(super) fn lower_prefill(
     let sum = b.local("sum", MemorySpace::Shared, ScalarType::F32, rows);
     let alpha = b.local("alpha", MemorySpace::Shared, ScalarType::F32, rows);
     let scale = b.const_f(f64::from(att.scale));
-    let q_len = b.const_i(i64::from(rows * d));
-    for_each_lane(b, body, zero, q_len, |b, e| {
-        let r = b.div(e, d_v);
-        let c = b.binary(BinaryOp::Rem, e, d_v);
+    // Q, K and V rows in runs of 4 (one wide load each) when the head dims allow it.
+    let (ql, vl) = (run_lanes(i64::from(d)), run_lanes(i64::from(dv)));
+    for_each_run(b, body, (rows, d), ql, |b, r, c| {
         let i = row_of(b, r);
-        let x = body.value(b, att.q, &[bi, head, i, c], None)?;
+        let x = body.values(b, att.q, &[bi, head, i, c], ql, None)?;
+        let scale = splat_to(b, scale, ql);
         let x = b.mul(x, scale);
+        let e = b.mul(r, d_v);
+        let e = b.add(e, c);
         b.store(q, e, x);
         Ok(())
     })?;
@@ -376,14 +396,14 @@ pub(super) fn lower_prefill(
         })
         .collect();
     let init = vec![zero_f; outs.len()];
+    let zero_v = splat_to(b, zero_f, vl);
     let accs = fold_many(b, (lo, hi, keys), &init, |b, j0, accs| {
-        let k_len = b.const_i(i64::from(keys * d));
-        for_each_lane(b, body, zero, k_len, |b, e| {
-            let k = b.div(e, d_v);
-            let c = b.binary(BinaryOp::Rem, e, d_v);
+        for_each_run(b, body, (keys, d), ql, |b, k, c| {
             let j = b.add(j0, k);
             let j = b.binary(BinaryOp::Min, j, last_key);
-            let x = body.value(b, att.k, &[bi, kv_head, j, c], None)?;
+            let x = body.values(b, att.k, &[bi, kv_head, j, c], ql, None)?;
+            let e = b.mul(k, d_v);
+            let e = b.add(e, c);
             b.store(kv, e, x);
             Ok(())
         })?;
@@ -393,11 +413,11 @@ pub(super) fn lower_prefill(
             let r = b.div(e, keys_v);
             let k = b.binary(BinaryOp::Rem, e, keys_v);
             let (q_row, k_row) = (b.mul(r, d_v), b.mul(k, d_v));
-            let dot = fold(b, d_v, zero_f, |b, c, acc| {
+            let dot = sum_runs(b, (zero, 1), (ql, i64::from(d)), 1, |b, c, lanes, acc| {
                 let (qa, ka) = (b.add(q_row, c), b.add(k_row, c));
-                let (x, y) = (b.load(q, qa, 1), b.load(kv, ka, 1));
-                Ok(b.fma(x, y, acc))
-            })?;
+                let (x, y) = (b.load(q, qa, lanes), b.load(kv, ka, lanes));
+                Ok(vec![b.fma(x, y, acc[0])])
+            })?[0];
             let i = row_of(b, r);
             let j = b.add(j0, k);
             let key = b.binary(BinaryOp::Min, j, last_key);
@@ -412,15 +432,14 @@ pub(super) fn lower_prefill(
         })?;
         b.barrier();
         // The K tile is read: the V tile replaces it while the rows' softmax state moves.
-        let v_len = b.const_i(i64::from(keys * dv));
-        for_each_lane(b, body, zero, v_len, |b, e| {
-            let k = b.div(e, dv_v);
-            let c = b.binary(BinaryOp::Rem, e, dv_v);
+        for_each_run(b, body, (keys, dv), vl, |b, k, c| {
             let j = b.add(j0, k);
             let inside = b.cmp(CmpOp::Lt, j, hi);
             let j = b.binary(BinaryOp::Min, j, last_key);
-            let x = body.value(b, att.v, &[bi, kv_head, j, c], None)?;
-            let x = b.select(inside, x, zero_f);
+            let x = body.values(b, att.v, &[bi, kv_head, j, c], vl, None)?;
+            let x = b.select(inside, x, zero_v);
+            let e = b.mul(k, dv_v);
+            let e = b.add(e, c);
             b.store(kv, e, x);
             Ok(())
         })?;

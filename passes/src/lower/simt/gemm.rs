@@ -6,21 +6,25 @@
 //! the output: each thread `rows × cols` outputs strided by the thread grid (so adjacent threads
 //! store adjacent columns). The prologue norm's statistics are computed first, once per tile
 //! row, into shared memory ([`RowStats`]). Then K is walked in chunks of `tk`: the threads load
-//! the lhs chunk (evaluating the prologue at each element) and the weight chunk of every matmul
-//! column the tile's epilogue reads (SwiGLU over merged gate/up: `j` and `j + H`) into shared
-//! memory, lane-strided so adjacent threads read adjacent k (coalesced); a barrier; each thread
-//! accumulates its micro-tile from shared memory; a barrier before the next chunk overwrites it.
+//! the lhs chunk and the weight chunk of every matmul column the tile's epilogue reads (SwiGLU
+//! over merged gate/up: `j` and `j + H`) into shared memory, lane-strided so adjacent threads
+//! read adjacent k (coalesced); a barrier; each thread accumulates its micro-tile from shared
+//! memory; a barrier before the next chunk overwrites it. When K and the chunk are multiples of
+//! [`VEC`], a thread loads runs of 4 consecutive k (one 8- or 16-byte load each; the layout in
+//! shared memory is unchanged): of the weight, and of the lhs when it is an input (an RmsNorm of
+//! it applied as the row's factor × the norm's weight); a computed prologue is evaluated element
+//! by element.
 //! Each thread finally stores its outputs through the [`Sink`].
 //!
 //! **Tails.** Rows past M and columns past N are loaded clamped to the last row / column and not
 //! stored; lhs elements past K are loaded as zero, so the last chunk adds nothing for them.
 
-use super::super::expr::{fold_many, for_each, load_f32, Body, HookFn};
-use super::super::gemv::{prologue_norm, Gemv};
-use super::super::lanes::for_each_lane;
+use super::super::expr::{fold_many, for_each, load_f32, splat_to, Body, HookFn};
+use super::super::gemv::{prologue_norm, Gemv, Lhs, RowSource};
+use super::super::lanes::for_each_run;
 use super::super::row_reduce::{norm_at, norm_stats, NormStats};
 use super::matmul_store::Sink;
-use super::WORKGROUP;
+use super::{run_lanes, VEC, WORKGROUP};
 use tessera_ir::lir::{
     Axis, BinaryOp, BufRef, Capabilities, CmpOp, KernelBuilder, MemorySpace, ScalarType, SizeExpr,
     Special, Value,
@@ -98,49 +102,61 @@ pub(super) fn lower(
     let a_tile = b.local("a_tile", MemorySpace::Shared, ScalarType::F32, tk * tm);
     let w_tile = b.local("w_tile", MemorySpace::Shared, ScalarType::F32, tk * nw);
     let (zero, k_v, tk_v) = (b.const_i(0), b.const_i(g.k), b.const_i(i64::from(tk)));
-    let last_k = b.const_i(g.k - 1);
+    // Runs of VEC k (one wide load each) when they tile K and the chunk; the last run's start
+    // is where reads past K are clamped to.
+    let lanes = match run_lanes(g.k) {
+        VEC if tk % VEC == 0 => VEC,
+        _ => 1,
+    };
+    let last_run = b.const_i(g.k - i64::from(lanes));
     let (last_col, cols_v) = (b.const_i(cols - 1), b.const_i(cols));
     let zero_f = b.const_f(0.0);
+    let zero_run = splat_to(b, zero_f, lanes);
     let init = vec![zero_f; (tile.rows * tile.cols) as usize * offsets.len()];
     let lhs = body.ops[g.m].args[0];
     let nw_v = b.const_i(i64::from(nw));
     let accs = fold_many(b, (zero, k_v, tk), &init, |b, k0, accs| {
         // The lhs chunk, a_tile[kk·tm + i] = A[row0 + i, k0 + kk].
-        let count = b.const_i(i64::from(tm * tk));
-        for_each_lane(b, body, zero, count, |b, e| {
-            let (i, kk) = (b.div(e, tk_v), b.binary(BinaryOp::Rem, e, tk_v));
+        for_each_run(b, body, (tm, tk), lanes, |b, i, kk| {
             let k = b.add(k0, kk);
             let inside = b.cmp(CmpOp::Lt, k, k_v);
-            let k = b.binary(BinaryOp::Min, k, last_k);
-            let lead_idx = rows.lead_idx(b, &g, i)?;
-            let hook = stats.as_ref().map(|s| s.hook(b, body, i));
-            let hook = hook.as_ref().map(|(r, f)| (*r, &**f));
-            let at: Vec<Value> = lead_idx.into_iter().chain([k]).collect();
-            let x = body.value(b, lhs, &at, hook)?;
-            let x = b.select(inside, x, zero_f);
-            let slot = b.mul(kk, tm_v);
-            let slot = b.add(slot, i);
-            b.store(a_tile, slot, x);
+            let k = b.binary(BinaryOp::Min, k, last_run);
+            let x = match g.lhs {
+                Lhs::Direct { x, norm } => {
+                    let row = rows.row(b, i);
+                    let base = b.mul(row, k_v);
+                    let norm = match (norm, &stats) {
+                        (Some((w, _)), Some(stats)) => Some((b.load(stats.factors, i, 1), w)),
+                        _ => None,
+                    };
+                    RowSource { buf: x, base, norm }.load(b, k, lanes)
+                }
+                Lhs::Computed => {
+                    let lead_idx = rows.lead_idx(b, &g, i)?;
+                    let hook = stats.as_ref().map(|s| s.hook(b, body, i));
+                    let hook = hook.as_ref().map(|(r, f)| (*r, &**f));
+                    let at: Vec<Value> = lead_idx.into_iter().chain([k]).collect();
+                    body.values(b, lhs, &at, lanes, hook)?
+                }
+            };
+            let x = b.select(inside, x, zero_run);
+            store_k_major(b, (a_tile, tm_v), (kk, i), x);
             Ok(())
         })?;
         // The weight chunk, w_tile[kk·nw + o·tn + c] = W[col0 + c + offset o, k0 + kk].
-        let count = b.const_i(i64::from(tn * tk));
         for (o, &offset) in offsets.iter().enumerate() {
             let (offset, o_base) = (b.const_i(offset), b.const_i(o as i64 * i64::from(tn)));
-            for_each_lane(b, body, zero, count, |b, e| {
-                let (c, kk) = (b.div(e, tk_v), b.binary(BinaryOp::Rem, e, tk_v));
+            for_each_run(b, body, (tn, tk), lanes, |b, c, kk| {
                 let col = b.add(col0, c);
                 let col = b.binary(BinaryOp::Min, col, last_col);
                 let col = b.add(col, offset);
                 let k = b.add(k0, kk);
-                let k = b.binary(BinaryOp::Min, k, last_k);
+                let k = b.binary(BinaryOp::Min, k, last_run);
                 let at = b.mul(col, k_v);
                 let at = b.add(at, k);
-                let w = load_f32(b, g.w, at, 1);
-                let slot = b.mul(kk, nw_v);
-                let slot = b.add(slot, o_base);
-                let slot = b.add(slot, c);
-                b.store(w_tile, slot, w);
+                let w = load_f32(b, g.w, at, lanes);
+                let slot = b.add(o_base, c);
+                store_k_major(b, (w_tile, nw_v), (kk, slot), w);
                 Ok(())
             })?;
         }
@@ -212,6 +228,29 @@ pub(super) fn lower(
     Ok(())
 }
 
+/// Stores the run `x` of consecutive k from chunk offset `kk` into the k-major shared tile
+/// `tile` (rows of `stride` elements per k) at column `at`: lane `l` to `tile[(kk + l)·stride +
+/// at]`, so the inner loop reads a k's row of the tile contiguously.
+fn store_k_major(
+    b: &mut KernelBuilder,
+    (tile, stride): (BufRef, Value),
+    (kk, at): (Value, Value),
+    x: Value,
+) {
+    let lanes = b.type_of(x).lanes;
+    for l in 0..lanes {
+        let k = b.const_i(i64::from(l));
+        let k = b.add(kk, k);
+        let slot = b.mul(k, stride);
+        let slot = b.add(slot, at);
+        let v = match lanes {
+            1 => x,
+            _ => b.extract(x, l),
+        };
+        b.store(tile, slot, v);
+    }
+}
+
 /// The largest k chunk, from [`TK`] down by halves, for which the lhs tile (`tm` rows) and the
 /// weight tile (`nw` rows) — plus a norm's statistics and reductions, with `norm` — fit the
 /// device's shared memory.
@@ -245,10 +284,15 @@ struct TileRows {
 }
 
 impl TileRows {
+    /// The matmul row of tile row `i` (clamped).
+    fn row(&self, b: &mut KernelBuilder, i: Value) -> Value {
+        let row = b.add(self.row0, i);
+        b.binary(BinaryOp::Min, row, self.last_row)
+    }
+
     /// The multi-index over the matmul's leading dims of tile row `i` (clamped).
     fn lead_idx(&self, b: &mut KernelBuilder, g: &Gemv, i: Value) -> Result<Vec<Value>, String> {
-        let row = b.add(self.row0, i);
-        let row = b.binary(BinaryOp::Min, row, self.last_row);
+        let row = self.row(b, i);
         g.body.symbols.unravel(b, row, g.lead())
     }
 }

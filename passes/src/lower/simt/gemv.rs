@@ -1,18 +1,23 @@
 //! The SIMT gemv template (decode): `[elementwise prologue, at most one RmsNorm or LayerNorm]
 //! MatMul{transpose_b} [epilogue]` with a float weight `[N, K]` (f16/bf16 widened as loaded).
-//! A workgroup computes [`COLUMNS`] output columns of one lhs row: its
-//! threads split K lane-strided (adjacent threads read adjacent weights: coalesced), each
-//! evaluating the prologue at its own elements — the norm's statistics first, shared by the
-//! workgroup — and carrying one partial dot product per matmul column the epilogue reads
-//! ([`column_offsets`]: SwiGLU over merged gate/up reads `j` and `j + H`); the partials are
-//! summed across the workgroup and the first thread stores through the [`Sink`] (applying the
-//! epilogue, or storing the plain matmul for an epilogue that moves rows).
+//! A workgroup computes [`COLUMNS`] output columns of one lhs row: its threads split K in runs
+//! of [`VEC`] consecutive k ([`sum_runs`]: thread `t` takes `4t, 4t + 4·threads, …`, adjacent
+//! threads reading adjacent runs: coalesced), so each weight read is one 8-byte (f16) or
+//! 16-byte (f32) load when K is a multiple of 4; a scalar tail takes K % 4. Each thread carries
+//! one f32x4 partial dot product per matmul column the epilogue reads ([`column_offsets`]:
+//! SwiGLU over merged gate/up reads `j` and `j + H`). The lhs run is read with one vector load
+//! when it is an input — an RmsNorm of it applied as the row's factor (computed by the
+//! workgroup first) × the norm's weight — and otherwise evaluated through the prologue element
+//! by element (the norm's statistics first, shared by the workgroup). The partials are summed
+//! across their lanes and the workgroup, and the first thread stores through the [`Sink`]
+//! (applying the epilogue, or storing the plain matmul for an epilogue that moves rows).
 
-use super::super::expr::{fold_many, load_f32, Body, HookFn};
-use super::super::gemv::{prologue_norm, Gemv};
-use super::super::lanes::workgroup_reduce;
+use super::super::expr::{load_f32, Body, HookFn};
+use super::super::gemv::{direct_rms_factor, prologue_norm, Gemv, Lhs, RowSource};
+use super::super::lanes::{sum_runs, workgroup_reduce};
 use super::super::row_reduce::{norm_at, norm_stats};
 use super::matmul_store::Sink;
+use super::VEC;
 use tessera_ir::lir::{Axis, BinaryOp, CmpOp, KernelBuilder, ReduceOp, SizeExpr, Special, Value};
 
 /// Output columns per workgroup.
@@ -31,27 +36,51 @@ pub(super) fn lower(b: &mut KernelBuilder, body: &Body, sink: &Sink) -> Result<(
     let col_group = b.special(Special::GroupId(Axis::X));
     let lane = b.special(Special::LocalId(Axis::X));
     let lead_idx = body.symbols.unravel(b, row, g.lead())?;
-    let at_k = |k: Value| -> Vec<Value> { lead_idx.iter().copied().chain([k]).collect() };
     let k_v = b.const_i(g.k);
-    let hook = prologue_hook(b, body, g.m, k_v, &lead_idx)?;
+    let direct = match g.lhs {
+        Lhs::Direct { x, norm } => {
+            let base = b.mul(row, k_v);
+            let norm = match norm {
+                Some((w, eps)) => Some((direct_rms_factor(b, body, VEC, (x, base, g.k), eps)?, w)),
+                None => None,
+            };
+            Some(RowSource { buf: x, base, norm })
+        }
+        Lhs::Computed => None,
+    };
+    let hook = match direct {
+        Some(_) => None,
+        None => prologue_hook(b, body, g.m, k_v, &lead_idx)?,
+    };
     let (col0, cols_v, outs, mm_cols) = tile_columns(b, col_group, COLUMNS, cols, offsets);
+    // `col·K`: a multiple of 4 when K is, so the weight runs' indices are provably aligned.
     let w_bases: Vec<Value> = mm_cols.iter().map(|&c| b.mul(c, k_v)).collect();
-    let zero_f = b.const_f(0.0);
-    let init = vec![zero_f; mm_cols.len()];
     let lhs = body.ops[g.m].args[0];
-    let partials = fold_many(b, (lane, k_v, body.threads), &init, |b, k, accs| {
-        let hook = hook.as_ref().map(|(r, f)| (*r, &**f));
-        let x = body.value(b, lhs, &at_k(k), hook)?;
-        Ok(w_bases
-            .iter()
-            .zip(accs)
-            .map(|(&base, &acc)| {
-                let at = b.add(base, k);
-                let w = load_f32(b, g.w, at, 1);
-                b.fma(x, w, acc)
-            })
-            .collect())
-    })?;
+    let partials = sum_runs(
+        b,
+        (lane, body.threads),
+        (VEC, g.k),
+        mm_cols.len(),
+        |b, k, lanes, accs| {
+            let x = match &direct {
+                Some(src) => src.load(b, k, lanes),
+                None => {
+                    let at: Vec<Value> = lead_idx.iter().copied().chain([k]).collect();
+                    let hook = hook.as_ref().map(|(r, f)| (*r, &**f));
+                    body.values(b, lhs, &at, lanes, hook)?
+                }
+            };
+            Ok(w_bases
+                .iter()
+                .zip(accs)
+                .map(|(&base, &acc)| {
+                    let at = b.add(base, k);
+                    let w = load_f32(b, g.w, at, lanes);
+                    b.fma(x, w, acc)
+                })
+                .collect())
+        },
+    )?;
     let dots = workgroup_reduce(b, body.workgroup(), &partials, ReduceOp::Add);
     let zero = b.const_i(0);
     let first = b.cmp(CmpOp::Eq, lane, zero);

@@ -21,6 +21,22 @@ use tessera_ir::lir::{self, BufRef, Capabilities, KernelBuilder};
 /// (`maxComputeWorkGroupInvocations` ≥ 128 is the guaranteed minimum, 256 the common one).
 pub(super) const WORKGROUP: u32 = 256;
 
+/// Lanes of the SIMT templates' vector loads: 4 floats (16 bytes) or 4 halves (8 bytes) per
+/// thread and step. The decode path is bandwidth-bound, and a GPU moves memory fastest in
+/// 8- and 16-byte accesses, which a backend emits for a vector load whose index
+/// `known_alignment` proves a multiple of its lanes (else one access per lane).
+pub(super) const VEC: u32 = 4;
+
+/// The lanes a template reads runs of a row of `len` elements in: [`VEC`] when such runs tile
+/// it (every run then starts at a multiple of [`VEC`] of an aligned row), else 1.
+pub(super) fn run_lanes(len: i64) -> u32 {
+    if len % i64::from(VEC) == 0 {
+        VEC
+    } else {
+        1
+    }
+}
+
 /// The SIMT program of a kernel of `kind` for a device with `caps`: one step, or two for a
 /// matmul whose epilogue moves elements between rows ([`matmul_store`]) and for FlashDecoding
 /// with more than one split (its splits, then their merge, as on the CPU).
