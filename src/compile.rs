@@ -15,7 +15,7 @@ use tessera_ir::kernel::{BufferSource, DerivedWeight, Kernel, KernelGraph, BODY_
 use tessera_ir::{DType, Module, TensorType, WeightSpec};
 use tessera_models::{ImportedModel, Weight, WeightData};
 use tessera_passes::cost::{Roofline, TargetSpec};
-use tessera_passes::lower::{lower_cpu, lower_gpu, LowerError, VectorWidth};
+use tessera_passes::lower::{lower_cpu, lower_gpu_with, LowerError, Precision, VectorWidth};
 use tessera_passes::optimize::{optimize_module, EntryReport};
 use tessera_passes::quantize::quantizable_weights;
 use tessera_passes::storage::{store_weights, transpose_bytes, untransposed_projections, Storage};
@@ -69,6 +69,9 @@ pub struct CompileOptions {
     /// The Vulkan device the GPU kernels are lowered for (`--device N`: that adapter's limits
     /// and subgroups; else [`VulkanTarget::baseline`], which every Vulkan device runs).
     pub vulkan: VulkanTarget,
+    /// What the GPU matmuls compute in (`--precision`; f16 only on a Vulkan device with
+    /// shader-f16).
+    pub precision: Precision,
 }
 
 impl CompileOptions {
@@ -289,6 +292,12 @@ pub fn optimize_model(
     model: &mut ImportedModel,
     opts: &CompileOptions,
 ) -> Result<Vec<EntryReport>> {
+    if opts.precision == Precision::F16 && opts.target != Target::Vulkan {
+        bail!(
+            "--precision f16: only --target vulkan computes in f16 (got --target {})",
+            opts.target.name()
+        );
+    }
     let spec = opts.spec();
     let reports = optimize_module(
         &mut model.module,
@@ -305,7 +314,7 @@ pub fn optimize_model(
     match opts.target {
         Target::Reference => {}
         Target::Cpu => lower_for_cpu(&mut model.module, opts.vector_width)?,
-        Target::Vulkan => lower_for_vulkan(&mut model.module, &opts.vulkan)?,
+        Target::Vulkan => lower_for_vulkan(&mut model.module, (&opts.vulkan, opts.precision))?,
     }
     Ok(reports)
 }
@@ -319,13 +328,24 @@ pub fn lower_for_cpu(module: &mut Module, width: VectorWidth) -> Result<()> {
     })
 }
 
-/// Lowers every kernel of every entry point's KernelGraph with [`lower_gpu`] for the device
-/// `target` into the entry's `gpu_code`, and writes each step as SPIR-V (validated by naga) so
-/// that what the device could not run is found now. Errors name the entry point and kernel.
-pub fn lower_for_vulkan(module: &mut Module, target: &VulkanTarget) -> Result<()> {
+/// Lowers every kernel of every entry point's KernelGraph with [`lower_gpu_with`] for the device
+/// `target` and `precision` into the entry's `gpu_code`, and writes each step as SPIR-V
+/// (validated by naga) so that what the device could not run is found now. Errors name the
+/// entry point and kernel.
+pub fn lower_for_vulkan(
+    module: &mut Module,
+    (target, precision): (&VulkanTarget, Precision),
+) -> Result<()> {
+    if precision == Precision::F16 && !target.f16 {
+        bail!(
+            "--precision f16 needs a device with shader-f16: compile with --device N for one \
+             (`tessera devices` shows which have f16 arithmetic)"
+        );
+    }
     let caps = vulkan_capabilities(target);
     lower_entries(module, "vulkan", |kg, kernel| {
-        let program = lower_kernel_gpu(kg, kernel, &caps).map_err(|e| lower_reason(e, "SIMT"))?;
+        let program = lower_kernel_gpu(kg, kernel, (&caps, precision))
+            .map_err(|e| lower_reason(e, "SIMT"))?;
         for step in &program.steps {
             tessera_codegen_spirv::compile(step, target)
                 .map_err(|e| format!("writing SPIR-V: {e}"))?;
@@ -394,17 +414,18 @@ pub fn lower_kernel_cpu(
     )
 }
 
-/// Lowers one kernel of `kg` to a SIMT LIR program for a GPU with capabilities `caps`.
+/// Lowers one kernel of `kg` to a SIMT LIR program for a GPU with capabilities `caps`, its
+/// matmuls computing in `precision`.
 pub fn lower_kernel_gpu(
     kg: &KernelGraph,
     kernel: &Kernel,
-    caps: &tessera_ir::lir::Capabilities,
+    (caps, precision): (&tessera_ir::lir::Capabilities, Precision),
 ) -> Result<tessera_ir::lir::Program, LowerError> {
-    lower_gpu(
+    lower_gpu_with(
         kernel,
         &input_types(kg, kernel),
         &kg.buffer(kernel.output).ty,
-        caps,
+        (caps, precision),
     )
 }
 

@@ -98,6 +98,7 @@ pub fn run_demo(
         quant: None,
         vector_width: default_vector_width(),
         vulkan: VulkanTarget::baseline(),
+        precision: Default::default(),
     };
     let optimized = optimize_model(&mut model, &opts)?;
     let compiled = write_artifact(&model, "demo", &opts, progress)?;

@@ -11,3 +11,4 @@ pub use compile::{
     transposed_projections, write_artifact, CompileOptions, CompileReport, Quant, Target,
 };
 pub use tessera_codegen_spirv::VulkanTarget;
+pub use tessera_passes::lower::Precision;

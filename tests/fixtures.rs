@@ -18,6 +18,9 @@ use tessera_runtime::{Engine, GenerateOptions, LoadOptions, SamplingParams};
 const LOGIT_TOLERANCE: f32 = 1e-3;
 /// On a GPU (lavapipe in CI): reductions run in another order across a workgroup's threads.
 const GPU_LOGIT_TOLERANCE: f32 = 2e-3;
+/// With `--precision f16`: the prefill GEMMs' f16 rounding of the lhs and of each k chunk's sums
+/// (measured 0.094 on the llama fixture).
+const F16_LOGIT_TOLERANCE: f32 = 0.2;
 
 #[derive(Deserialize)]
 struct Expected {
@@ -78,6 +81,7 @@ fn check_path(name: &str, target: Target, optimize: bool) {
             quant: None,
             vector_width: tessera::default_vector_width(),
             vulkan: tessera::VulkanTarget::baseline(),
+            precision: Default::default(),
         },
         &mut |_, _| {},
     )
@@ -87,16 +91,20 @@ fn check_path(name: &str, target: Target, optimize: bool) {
         target.name(),
         if optimize { "optimized" } else { "--no-opt" }
     );
-    check_artifact(name, &label, &output, target);
+    check_artifact(name, &label, &output, tolerance(target));
 }
 
-/// Generates fixture `name`'s tokens with the artifact `output` (compiled for `target`) and
-/// compares them and the logits with transformers'; `label` names the run in messages.
-fn check_artifact(name: &str, label: &str, output: &Path, target: Target) {
-    let tolerance = match target {
+/// How far from transformers' logits a target's may be.
+fn tolerance(target: Target) -> f32 {
+    match target {
         Target::Vulkan => GPU_LOGIT_TOLERANCE,
         _ => LOGIT_TOLERANCE,
-    };
+    }
+}
+
+/// Generates fixture `name`'s tokens with the artifact `output` and compares them and the logits
+/// (within `tolerance`) with transformers'; `label` names the run in messages.
+fn check_artifact(name: &str, label: &str, output: &Path, tolerance: f32) {
     let dir = fixture(name);
     let expected: Expected =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
@@ -205,6 +213,7 @@ fn split_flash_decoding_matches_transformers() {
             quant: None,
             vector_width: tessera::default_vector_width(),
             vulkan: tessera::VulkanTarget::baseline(),
+            precision: Default::default(),
         };
         tessera::optimize_model(&mut model, &opts).unwrap();
         let mut split = 0;
@@ -218,13 +227,66 @@ fn split_flash_decoding_matches_transformers() {
         }
         assert!(split > 0, "{name}: no FlashDecoding kernel");
         match target {
-            Target::Vulkan => tessera::lower_for_vulkan(&mut model.module, &opts.vulkan),
+            Target::Vulkan => {
+                tessera::lower_for_vulkan(&mut model.module, (&opts.vulkan, opts.precision))
+            }
             _ => tessera::lower_for_cpu(&mut model.module, opts.vector_width),
         }
         .unwrap();
         tessera::write_artifact(&model, name, &opts, &mut |_, _| {}).unwrap();
         let label = format!("{name} ({}, 3 splits)", target.name());
-        check_artifact(name, &label, &opts.output, target);
+        check_artifact(name, &label, &opts.output, tolerance(target));
+    }
+}
+
+/// `--precision f16` on a Vulkan adapter with shader-f16 (lavapipe has it): the prefill GEMMs
+/// stage their tiles in f16 and sum k chunks in f16 (decode's gemv stays f32). The logits stay
+/// within [`F16_LOGIT_TOLERANCE`] of transformers' and the greedy tokens equal; a device without
+/// f16 arithmetic and a CPU target are refused by name.
+#[test]
+fn f16_prefill_on_vulkan_stays_near_transformers() {
+    let compile = |name: &str, target: Target, vulkan: tessera::VulkanTarget, out: &Path| {
+        let opts = CompileOptions {
+            target,
+            output: out.to_path_buf(),
+            optimize: true,
+            quant: None,
+            vector_width: tessera::default_vector_width(),
+            vulkan,
+            precision: tessera::Precision::F16,
+        };
+        compile_model(&fixture(name), &opts, &mut |_, _| {}).map(|_| ())
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("f16.tsr");
+    let baseline = tessera::VulkanTarget::baseline();
+    let refused = |target| {
+        format!(
+            "{:#}",
+            compile("llama", target, baseline.clone(), &out).unwrap_err()
+        )
+    };
+    let message = refused(Target::Vulkan);
+    assert!(message.contains("shader-f16"), "{message}");
+    let message = refused(Target::Cpu);
+    assert!(message.contains("--precision f16"), "{message}");
+    #[cfg(feature = "vulkan")]
+    {
+        if !vulkan_adapter() {
+            return;
+        }
+        let device = tessera_runtime::vulkan::VulkanDevice::open(0)
+            .unwrap()
+            .target();
+        if !device.f16 {
+            eprintln!("skipped: the adapter has no shader-f16");
+            return;
+        }
+        for name in ["llama", "qwen2"] {
+            compile(name, Target::Vulkan, device.clone(), &out).unwrap();
+            let label = format!("{name} (vulkan, --precision f16)");
+            check_artifact(name, &label, &out, F16_LOGIT_TOLERANCE);
+        }
     }
 }
 
@@ -264,6 +326,7 @@ fn cpu_target_refuses_what_it_cannot_run_by_name() {
         quant: None,
         vector_width: tessera::default_vector_width(),
         vulkan: tessera::VulkanTarget::baseline(),
+        precision: Default::default(),
     };
     let err = compile_model(&fixture("qwen2"), &no_opt, &mut |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("--no-opt"), "{err}");
@@ -282,6 +345,7 @@ fn wide_vector_kernels_name_their_backend_requirement() {
         quant: None,
         vector_width: VectorWidth::V512,
         vulkan: tessera::VulkanTarget::baseline(),
+        precision: Default::default(),
     };
     compile_model(&fixture("llama"), &opts, &mut |_, _| {}).unwrap();
     let cranelift = LoadOptions {
@@ -317,6 +381,7 @@ fn generate_quantized(
         quant: Some(quant),
         vector_width: tessera::default_vector_width(),
         vulkan: tessera::VulkanTarget::baseline(),
+        precision: Default::default(),
     };
     compile_model(model, &opts, &mut |_, _| {}).unwrap();
     let mut engine = Engine::load(&output).unwrap();

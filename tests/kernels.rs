@@ -175,6 +175,7 @@ fn kernel_graphs_run_exactly_like_their_graphs() {
             quant: None,
             vector_width: tessera::default_vector_width(),
             vulkan: tessera::VulkanTarget::baseline(),
+            precision: Default::default(),
         };
         let report = write_artifact(model, FIXTURE, &opts, &mut |_, _| {}).unwrap();
         (output, report.optimized)

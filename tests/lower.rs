@@ -804,7 +804,7 @@ fn every_llama_kernel_lowers_or_is_unsupported() {
 mod vulkan {
     use super::*;
     use tessera_codegen_spirv::VulkanTarget;
-    use tessera_passes::lower::lower_gpu;
+    use tessera_passes::lower::{lower_gpu, lower_gpu_with, Precision};
 
     /// Lowers `k` for the Vulkan device, runs it and compares the output with the interpreter.
     pub fn check(k: &Kernel, inputs: &[TensorType], env: &[(&str, usize)]) {
@@ -825,9 +825,61 @@ mod vulkan {
             inputs,
             &case.output,
             (&case.buffers, &case.scalars),
-            target,
+            (target, Precision::F32),
         ) {
             case.assert_matches(&got, &program);
+        }
+    }
+
+    /// The GEMMs of [`gemm_shapes_past_the_tiles_with_f32_and_f16_weights`] in f16 (tiles
+    /// staged in f16, each k chunk summed in f16) on an adapter with shader-f16: within f16's
+    /// rounding of the lhs and of the chunk sums (about 1% of outputs of magnitude ~5 here);
+    /// refused by a device without f16 arithmetic.
+    #[test]
+    fn gemm_in_f16_where_the_device_has_it() {
+        let body = vec![
+            step(Op::RmsNorm { eps: 1e-5 }, &[In(0), In(2)]),
+            step(Op::MatMul { transpose_b: true }, &[At(0), In(1)]),
+            step(Op::Unary(UnaryOp::Silu), &[At(1)]),
+        ];
+        let flat = KernelKind::FlatGemm {
+            tile_n: 64,
+            tile_k: 32,
+        };
+        let baseline = tessera_codegen_spirv::vulkan_capabilities(&VulkanTarget::baseline());
+        if !cases::vulkan::target().is_some_and(|t| t.f16) {
+            eprintln!("skipped: no adapter with shader-f16");
+            return;
+        }
+        for (n, kk, m) in [("67", "257", 130), ("200", "64", 5), ("13", "132", 70)] {
+            for weight in [f32_(&[n, kk]), f16_(&[n, kk])] {
+                let inputs = [f32_(&["seq", kk]), weight, f32_(&[kk])];
+                for kind in [GEMM, flat.clone()] {
+                    let k = kernel(kind, body.clone());
+                    let case = Case::new(&k, &inputs, &[("seq", m)]);
+                    let err =
+                        lower_gpu_with(&k, &inputs, &case.output, (&baseline, Precision::F16))
+                            .unwrap_err()
+                            .to_string();
+                    assert!(err.contains("shader-f16"), "{err}");
+                    let Some((got, program)) = cases::vulkan::run(
+                        &k,
+                        &inputs,
+                        &case.output,
+                        (&case.buffers, &case.scalars),
+                        (None, Precision::F16),
+                    ) else {
+                        return;
+                    };
+                    let staged = program.steps[0]
+                        .locals
+                        .iter()
+                        .any(|l| l.elem == tessera_ir::lir::ScalarType::F16);
+                    assert!(staged, "f16 tiles\n{program}");
+                    let worst = case.assert_within(&got, &program, (5e-2, 2e-2));
+                    eprintln!("n {n} k {kk} m {m}: max |Δ| {worst:.2e}");
+                }
+            }
         }
     }
 

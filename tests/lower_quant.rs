@@ -14,7 +14,7 @@ use tessera_ir::interp::{self, Tensor};
 use tessera_ir::kernel::{body_graph, BodyArg, BodyInput, BodyOp, KernelKind};
 use tessera_ir::lir::Capabilities;
 use tessera_ir::{BinaryOp, DType, Dim, Op, Shape, TensorType, UnaryOp};
-use tessera_passes::lower::{lower_cpu, lower_gpu, VectorWidth};
+use tessera_passes::lower::{lower_cpu, lower_gpu, Precision, VectorWidth};
 
 use cases::{kernel, step};
 use BodyArg::{Input as In, Op as At};
@@ -84,7 +84,9 @@ fn check(kind: KernelKind, body: Vec<BodyOp>, inputs: &[TensorType], round_lhs: 
         );
     }
     #[cfg(feature = "vulkan")]
-    if let Some((got, program)) = cases::vulkan::run(&k, inputs, &output, (&buffers, &[]), None) {
+    if let Some((got, program)) =
+        cases::vulkan::run(&k, inputs, &output, (&buffers, &[]), (None, Precision::F32))
+    {
         assert_close(
             &floats(&got),
             &want,

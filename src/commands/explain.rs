@@ -268,7 +268,8 @@ fn print_simt(
     let device = tessera_codegen_spirv::VulkanTarget::baseline();
     let caps = tessera_codegen_spirv::vulkan_capabilities(&device);
     for (i, kernel) in launched(kg, only)? {
-        let program = match tessera::lower_kernel_gpu(kg, kernel, &caps) {
+        let program = match tessera::lower_kernel_gpu(kg, kernel, (&caps, tessera::Precision::F32))
+        {
             Ok(program) => program,
             Err(e) => {
                 println!(

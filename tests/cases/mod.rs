@@ -162,16 +162,25 @@ impl Case {
     /// Checks the output bytes `got` against the interpreter (1e-5 absolute + 1e-4 relative);
     /// `code` is shown on a mismatch.
     pub fn assert_matches(&self, got: &[u8], code: &dyn Display) {
+        self.assert_within(got, code, (1e-5, 1e-4));
+    }
+
+    /// [`Self::assert_matches`] within `abs + rel·|want|` of each element; returns the largest
+    /// difference.
+    pub fn assert_within(&self, got: &[u8], code: &dyn Display, (abs, rel): (f32, f32)) -> f32 {
         let got: Vec<f32> = got
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
         assert_eq!(got.len(), self.want.len());
+        let mut largest = 0f32;
         for (i, (g, w)) in got.iter().zip(&self.want).enumerate() {
             assert!(
-                (g - w).abs() <= 1e-5 + 1e-4 * w.abs(),
+                (g - w).abs() <= abs + rel * w.abs(),
                 "element {i}: got {g}, want {w}\n{code}"
             );
+            largest = largest.max((g - w).abs());
         }
+        largest
     }
 }

@@ -6,7 +6,7 @@ use tessera_codegen_spirv::{compile, vulkan_capabilities, VulkanTarget};
 use tessera_ir::kernel::Kernel;
 use tessera_ir::lir::Program;
 use tessera_ir::TensorType;
-use tessera_passes::lower::lower_gpu;
+use tessera_passes::lower::{lower_gpu_with, Precision};
 use tessera_runtime::vulkan::VulkanDevice;
 
 /// The first adapter, opened once; `None` without one, unless `TESSERA_REQUIRE_VULKAN=1`
@@ -28,17 +28,23 @@ fn device() -> Option<&'static VulkanDevice> {
         .as_ref()
 }
 
+/// What kernels for the adapter may use, or `None` without one.
+pub fn target() -> Option<VulkanTarget> {
+    device().map(VulkanDevice::target)
+}
+
 /// Lowers `k` (inputs of types `inputs`, output of type `output`) for the device and runs each
 /// step of its program on a copy of `buffers` (the inputs' bytes, then the output's) with
 /// `scalars`, scratch buffers after the output: the output's bytes and the program (to show on
 /// a mismatch), or `None` without a device. With `target`, the kernel is lowered and compiled
-/// for that device instead (one the adapter can stand in for: its limits within the adapter's).
+/// for that device instead (one the adapter can stand in for: its limits within the adapter's);
+/// its matmuls compute in `precision`.
 pub fn run(
     k: &Kernel,
     inputs: &[TensorType],
     output: &TensorType,
     (buffers, scalars): (&[Vec<u8>], &[i64]),
-    target: Option<&VulkanTarget>,
+    (target, precision): (Option<&VulkanTarget>, Precision),
 ) -> Option<(Vec<u8>, Program)> {
     let Some(device) = device() else {
         eprintln!("skipped on Vulkan: no adapter (install mesa-vulkan-drivers for lavapipe)");
@@ -46,7 +52,7 @@ pub fn run(
     };
     let own = device.target();
     let target = target.unwrap_or(&own);
-    let program = lower_gpu(k, inputs, output, &vulkan_capabilities(target))
+    let program = lower_gpu_with(k, inputs, output, (&vulkan_capabilities(target), precision))
         .unwrap_or_else(|e| panic!("{e}"));
     let mut buffers = buffers.to_vec();
     for bytes in program.scratch_bytes(scalars).unwrap() {

@@ -130,6 +130,19 @@ pub fn lower_cpu(
     .map_err(|what| steps.unsupported("CPU", what))
 }
 
+/// What the SIMT GEMM (prefill) multiplies in. `F32`, the default, matches the interpreter to
+/// f32 rounding. `F16`, for devices with f16 arithmetic, stages the lhs and weight tiles in f16
+/// shared memory (half the traffic) and sums each k chunk's products in f16 before adding them
+/// to f32 sums: the trade MLC-LLM's `q4f16` and llama.cpp's Vulkan f16 shaders make, about 1e-3
+/// relative error for prefill speed on GPUs without tensor-core paths. Decode's gemv is
+/// bandwidth-bound and stays f32 either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
 /// Lowers `kernel` (inputs of types `inputs`, output of type `output`) to a SIMT LIR program
 /// for a GPU with capabilities `caps`, with the ABI of the module doc ([`simt`]): one step,
 /// except FlashDecoding with more than one split, as [`lower_cpu`].
@@ -138,6 +151,16 @@ pub fn lower_gpu(
     inputs: &[TensorType],
     output: &TensorType,
     caps: &Capabilities,
+) -> Result<lir::Program, LowerError> {
+    lower_gpu_with(kernel, inputs, output, (caps, Precision::F32))
+}
+
+/// [`lower_gpu`] with the matmuls' arithmetic chosen by `precision`.
+pub fn lower_gpu_with(
+    kernel: &Kernel,
+    inputs: &[TensorType],
+    output: &TensorType,
+    (caps, precision): (&Capabilities, Precision),
 ) -> Result<lir::Program, LowerError> {
     let mut steps = Steps::new(kernel, inputs, output, (1, simt::WORKGROUP))?;
     let reduces = caps
@@ -149,7 +172,8 @@ pub fn lower_gpu(
         .copied()
         .min()
         .filter(|&s| reduces && s > 1 && simt::WORKGROUP.is_multiple_of(s));
-    simt::program(&steps, &kernel.kind, caps).map_err(|what| steps.unsupported("SIMT", what))
+    simt::program(&steps, &kernel.kind, (caps, precision))
+        .map_err(|what| steps.unsupported("SIMT", what))
 }
 
 /// What every step of a kernel's program is built from: the kernel, its operand types and the

@@ -23,11 +23,12 @@ use super::super::expr::{fold_many, for_each, load_f32, splat_to, Body, HookFn};
 use super::super::gemv::{prologue_norm, Gemv, Lhs, RowSource};
 use super::super::lanes::for_each_run;
 use super::super::row_reduce::{norm_at, norm_stats, NormStats};
+use super::super::Precision;
 use super::matmul_store::Sink;
 use super::{run_lanes, VEC, WORKGROUP};
 use tessera_ir::lir::{
-    Axis, BinaryOp, BufRef, Capabilities, CmpOp, KernelBuilder, MemorySpace, ScalarType, SizeExpr,
-    Special, Value,
+    Axis, BinaryOp, BufRef, Capabilities, CmpOp, KernelBuilder, Literal, MemorySpace, ScalarType,
+    SizeExpr, Special, Type, Value,
 };
 use tessera_ir::Op;
 
@@ -66,15 +67,24 @@ pub(super) fn lower(
     body: &Body,
     sink: &Sink,
     tile: Tile,
-    caps: &Capabilities,
+    (caps, precision): (&Capabilities, Precision),
 ) -> Result<(), String> {
     let g = Gemv::parse(body)?;
+    let half = precision == Precision::F16;
+    if half && !caps.f16 {
+        return Err("f16 arithmetic (--precision f16) on a device without shader-f16".into());
+    }
+    let staged = if half {
+        ScalarType::F16
+    } else {
+        ScalarType::F32
+    };
     let (offsets, cols) = sink.columns();
     let (tm, tn) = (tile.threads_y * tile.rows, tile.threads_x * tile.cols);
     // Weight rows per chunk: the tile's columns for each offset the epilogue reads.
     let nw = tn * offsets.len() as u32;
     let norm = prologue_norm(body, g.m)?;
-    let tk = chunk_k(caps, (tm, nw), norm.is_some())?;
+    let tk = chunk_k(caps, (tm, nw), norm.is_some(), staged)?;
     b.grid([
         SizeExpr::Const(cols as u64).ceil_div(u64::from(tn)),
         body.symbols.numel_size(g.lead())?.ceil_div(u64::from(tm)),
@@ -99,8 +109,8 @@ pub(super) fn lower(
     let rows = TileRows { row0, last_row };
     let stats = RowStats::compute(b, &g, norm, &rows, tm)?;
 
-    let a_tile = b.local("a_tile", MemorySpace::Shared, ScalarType::F32, tk * tm);
-    let w_tile = b.local("w_tile", MemorySpace::Shared, ScalarType::F32, tk * nw);
+    let a_tile = b.local("a_tile", MemorySpace::Shared, staged, tk * tm);
+    let w_tile = b.local("w_tile", MemorySpace::Shared, staged, tk * nw);
     let (zero, k_v, tk_v) = (b.const_i(0), b.const_i(g.k), b.const_i(i64::from(tk)));
     // Runs of VEC k (one wide load each) when they tile K and the chunk; the last run's start
     // is where reads past K are clamped to.
@@ -140,6 +150,7 @@ pub(super) fn lower(
                 }
             };
             let x = b.select(inside, x, zero_run);
+            let x = narrowed(b, x, staged);
             store_k_major(b, (a_tile, tm_v), (kk, i), x);
             Ok(())
         })?;
@@ -155,13 +166,22 @@ pub(super) fn lower(
                 let at = b.mul(col, k_v);
                 let at = b.add(at, k);
                 let w = load_f32(b, g.w, at, lanes);
+                let w = narrowed(b, w, staged);
                 let slot = b.add(o_base, c);
                 store_k_major(b, (w_tile, nw_v), (kk, slot), w);
                 Ok(())
             })?;
         }
         b.barrier();
-        let sums = fold_many(b, (zero, tk_v, 1), accs, |b, kk, accs| {
+        // In f16, the chunk's products are summed apart and added to the f32 sums after it.
+        let chunk_init = match half {
+            true => {
+                let zero_h = b.constant(Type::scalar(ScalarType::F16), Literal::F(0.0));
+                vec![zero_h; accs.len()]
+            }
+            false => accs.to_vec(),
+        };
+        let sums = fold_many(b, (zero, tk_v, 1), &chunk_init, |b, kk, accs| {
             let a_base = b.mul(kk, tm_v);
             let a_base = b.add(a_base, ty);
             let a: Vec<Value> = (0..tile.rows)
@@ -194,7 +214,17 @@ pub(super) fn lower(
                 .collect())
         })?;
         b.barrier();
-        Ok(sums)
+        Ok(match half {
+            true => accs
+                .iter()
+                .zip(sums)
+                .map(|(&acc, s)| {
+                    let s = b.cast(ScalarType::F32, s);
+                    b.add(acc, s)
+                })
+                .collect(),
+            false => sums,
+        })
     })?;
 
     let per_output = accs.chunks(offsets.len());
@@ -251,10 +281,23 @@ fn store_k_major(
     }
 }
 
+/// `x` (f32) as the tiles' element type `staged`.
+fn narrowed(b: &mut KernelBuilder, x: Value, staged: ScalarType) -> Value {
+    match staged {
+        ScalarType::F32 => x,
+        _ => b.cast(staged, x),
+    }
+}
+
 /// The largest k chunk, from [`TK`] down by halves, for which the lhs tile (`tm` rows) and the
-/// weight tile (`nw` rows) — plus a norm's statistics and reductions, with `norm` — fit the
-/// device's shared memory.
-fn chunk_k(caps: &Capabilities, (tm, nw): (u32, u32), norm: bool) -> Result<u32, String> {
+/// weight tile (`nw` rows) of `staged` elements — plus a norm's statistics and reductions, with
+/// `norm` — fit the device's shared memory.
+fn chunk_k(
+    caps: &Capabilities,
+    (tm, nw): (u32, u32),
+    norm: bool,
+    staged: ScalarType,
+) -> Result<u32, String> {
     let f32_bytes = ScalarType::F32.bytes();
     // Per row a factor and a mean; LayerNorm's two reductions of one value per thread.
     let reserved = if norm {
@@ -262,7 +305,7 @@ fn chunk_k(caps: &Capabilities, (tm, nw): (u32, u32), norm: bool) -> Result<u32,
     } else {
         0
     };
-    let fits = |tk: u32| reserved + tk * (tm + nw) * f32_bytes <= caps.shared_bytes;
+    let fits = |tk: u32| reserved + tk * (tm + nw) * staged.bytes() <= caps.shared_bytes;
     let mut tk = TK;
     while tk > 1 && !fits(tk) {
         tk /= 2;

@@ -12,7 +12,7 @@ mod matmul_store;
 mod qgemv;
 
 use super::expr::Body;
-use super::Steps;
+use super::{Precision, Steps};
 use matmul_store::Sink;
 use tessera_ir::kernel::KernelKind;
 use tessera_ir::lir::{self, BufRef, Capabilities, KernelBuilder};
@@ -43,7 +43,7 @@ pub(super) fn run_lanes(len: i64) -> u32 {
 pub(super) fn program(
     steps: &Steps,
     kind: &KernelKind,
-    caps: &Capabilities,
+    (caps, precision): (&Capabilities, Precision),
 ) -> Result<lir::Program, String> {
     if caps.max_workgroup_size < WORKGROUP {
         return Err(format!(
@@ -62,10 +62,10 @@ pub(super) fn program(
         KernelKind::KvAppend => single(&super::kv_append::lower),
         KernelKind::Gemv { .. } => matmul_store::program(steps, &gemv::lower),
         KernelKind::Gemm { .. } => matmul_store::program(steps, &|b, body, sink: &Sink| {
-            gemm::lower(b, body, sink, gemm::SQUARE, caps)
+            gemm::lower(b, body, sink, gemm::SQUARE, (caps, precision))
         }),
         KernelKind::FlatGemm { .. } => matmul_store::program(steps, &|b, body, sink: &Sink| {
-            gemm::lower(b, body, sink, gemm::FLAT, caps)
+            gemm::lower(b, body, sink, gemm::FLAT, (caps, precision))
         }),
         KernelKind::QGemv { .. } => {
             single(&|b, body, out| qgemv::lower(b, body, out, caps, qgemv::GEMV_TILE))
