@@ -57,6 +57,7 @@ fn devices_lists_the_cpu_and_vulkan_adapters() {
     for (i, a) in adapters.iter().enumerate() {
         assert_eq!(a["index"], i, "{a}");
         assert!(a["max_workgroup_size"].as_u64().unwrap() >= 64, "{a}");
+        assert!(a["shader_f16"].is_boolean(), "{a}");
     }
     if std::env::var("TESSERA_REQUIRE_VULKAN").is_ok_and(|v| v == "1") {
         assert!(
@@ -351,6 +352,22 @@ fn bad_requests_are_clear_errors() {
         "cuda",
     ]);
     assert!(err.contains("cuda"), "{err}");
+    // f16 arithmetic is a Vulkan device's, and the baseline device has none.
+    let model = plain.to_str().unwrap();
+    let f16 = |target: &str| {
+        fails(&[
+            "compile",
+            model,
+            "-o",
+            out,
+            "--target",
+            target,
+            "--precision",
+            "f16",
+        ])
+    };
+    assert!(f16("cpu").contains("--precision f16"), "{}", f16("cpu"));
+    assert!(f16("vulkan").contains("shader-f16"), "{}", f16("vulkan"));
 }
 
 #[test]
