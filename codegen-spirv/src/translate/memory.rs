@@ -176,32 +176,28 @@ impl Translator<'_> {
     }
 
     /// The units `first..first + count` of `m`, as `count` values: whole vector elements read
-    /// at once when `first` is provably aligned to them (`groups`), one unit each otherwise.
-    fn read_units(&mut self, m: Memory, first: Expr, count: u32, groups: Option<u32>) -> Vec<Expr> {
-        match groups {
-            Some(_) if m.width > 1 => {
-                let shift = self.u32(m.width.trailing_zeros());
-                let element = self.binary(BinaryOperator::ShiftRight, first, shift);
-                (0..count / m.width)
-                    .flat_map(|g| {
-                        let at = self.offset(element, g);
-                        let p = self.b.element(m.pointer, at);
-                        let v = self.b.load(p);
-                        (0..m.width).map(move |l| (v, l))
-                    })
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .map(|(v, l)| self.lane(v, m.width, l))
-                    .collect()
-            }
-            _ => (0..count)
+    /// at once when `wide` (`first` proven aligned to them and `count` whole ones), one unit each
+    /// otherwise.
+    fn read_units(&mut self, m: Memory, first: Expr, count: u32, wide: bool) -> Vec<Expr> {
+        if !wide || m.width == 1 {
+            return (0..count)
                 .map(|i| {
                     let at = self.offset(first, i);
                     let p = self.unit(m, at);
                     self.b.load(p)
                 })
-                .collect(),
+                .collect();
         }
+        let shift = self.u32(m.width.trailing_zeros());
+        let element = self.binary(BinaryOperator::ShiftRight, first, shift);
+        let mut units = Vec::with_capacity(count as usize);
+        for g in 0..count / m.width {
+            let at = self.offset(element, g);
+            let p = self.b.element(m.pointer, at);
+            let v = self.b.load(p);
+            units.extend((0..m.width).map(|l| self.lane(v, m.width, l)));
+        }
+        units
     }
 
     /// Whether an access of `ty` at `index` of `buf` covers whole vector elements of `m`.
@@ -230,7 +226,7 @@ impl Translator<'_> {
                 }
                 let first = self.scale(base, words);
                 if words == 1 {
-                    self.read_units(m, first, ty.lanes, wide)
+                    self.read_units(m, first, ty.lanes, wide.is_some())
                 } else {
                     (0..ty.lanes)
                         .map(|i| {
@@ -260,7 +256,7 @@ impl Translator<'_> {
         if let Some(words) = self.groups(m.layout, elem, index, ty, 1) {
             let two = self.u32(2);
             let first = self.binary(BinaryOperator::ShiftRight, byte, two);
-            let wide = self.groups(m.layout, elem, index, ty, m.width);
+            let wide = self.groups(m.layout, elem, index, ty, m.width).is_some();
             let read = self.read_units(m, first, words, wide);
             return (0..ty.lanes)
                 .map(|i| {

@@ -174,12 +174,11 @@ pub(super) fn lower(
         }
         b.barrier();
         // In f16, the chunk's products are summed apart and added to the f32 sums after it.
-        let chunk_init = match half {
-            true => {
-                let zero_h = b.constant(Type::scalar(ScalarType::F16), Literal::F(0.0));
-                vec![zero_h; accs.len()]
-            }
-            false => accs.to_vec(),
+        let chunk_init = if half {
+            let zero_h = b.constant(Type::scalar(ScalarType::F16), Literal::F(0.0));
+            vec![zero_h; accs.len()]
+        } else {
+            accs.to_vec()
         };
         let sums = fold_many(b, (zero, tk_v, 1), &chunk_init, |b, kk, accs| {
             let a_base = b.mul(kk, tm_v);
@@ -214,17 +213,17 @@ pub(super) fn lower(
                 .collect())
         })?;
         b.barrier();
-        Ok(match half {
-            true => accs
-                .iter()
-                .zip(sums)
-                .map(|(&acc, s)| {
-                    let s = b.cast(ScalarType::F32, s);
-                    b.add(acc, s)
-                })
-                .collect(),
-            false => sums,
-        })
+        if !half {
+            return Ok(sums);
+        }
+        Ok(accs
+            .iter()
+            .zip(sums)
+            .map(|(&acc, s)| {
+                let s = b.cast(ScalarType::F32, s);
+                b.add(acc, s)
+            })
+            .collect())
     })?;
 
     let per_output = accs.chunks(offsets.len());
