@@ -12,37 +12,79 @@ pub const MAX_ALIGN: u32 = 64;
 /// For each value of `k` (indexed by [`Value`]), the largest power of two up to [`MAX_ALIGN`]
 /// it is a multiple of; 1 for values not proven to be (and for non-integers).
 pub fn known_alignment(k: &Kernel) -> Vec<u32> {
-    let mut align = vec![1; k.values.len()];
-    visit(k, &k.body, &mut align);
-    align
+    let mut facts = Facts {
+        align: vec![1; k.values.len()],
+        constants: vec![None; k.values.len()],
+    };
+    facts.visit(k, &k.body);
+    facts.align
 }
 
-fn visit(k: &Kernel, body: &[Stmt], align: &mut [u32]) {
-    for stmt in body {
-        match stmt {
-            Stmt::Let(v, inst) => align[v.index()] = of_inst(k, inst, align),
-            Stmt::For {
-                iv,
-                start,
-                step,
-                body,
-                ..
-            } => {
-                // Carried values keep alignment 1: a fixpoint would buy little.
-                align[iv.index()] = get(align, *start).min(power_of(i64::from(*step)));
-                visit(k, body, align);
+/// What the walk knows of each value so far: its alignment and, for an integer constant, its
+/// value (a shift by a constant scales alignment).
+struct Facts {
+    align: Vec<u32>,
+    constants: Vec<Option<i64>>,
+}
+
+impl Facts {
+    fn visit(&mut self, k: &Kernel, body: &[Stmt]) {
+        for stmt in body {
+            match stmt {
+                Stmt::Let(v, inst) => {
+                    if let Inst::Const(Literal::I(c)) = inst {
+                        self.constants[v.index()] = Some(*c);
+                    }
+                    self.align[v.index()] = self.of_inst(k, inst);
+                }
+                Stmt::For {
+                    iv,
+                    start,
+                    step,
+                    body,
+                    ..
+                } => {
+                    // Carried values keep alignment 1: a fixpoint would buy little.
+                    self.align[iv.index()] = self.get(*start).min(power_of(i64::from(*step)));
+                    self.visit(k, body);
+                }
+                Stmt::If { then_, else_, .. } => {
+                    self.visit(k, then_);
+                    self.visit(k, else_);
+                }
+                Stmt::Store { .. } | Stmt::Barrier => {}
             }
-            Stmt::If { then_, else_, .. } => {
-                visit(k, then_, align);
-                visit(k, else_, align);
-            }
-            Stmt::Store { .. } | Stmt::Barrier => {}
         }
     }
-}
 
-fn get(align: &[u32], v: Value) -> u32 {
-    align.get(v.index()).copied().unwrap_or(1)
+    fn get(&self, v: Value) -> u32 {
+        self.align.get(v.index()).copied().unwrap_or(1)
+    }
+
+    fn of_inst(&self, k: &Kernel, inst: &Inst) -> u32 {
+        let a = |v: &Value| self.get(*v);
+        match inst {
+            Inst::Const(Literal::I(c)) => power_of(*c),
+            Inst::Special(Special::GroupSize(axis)) => {
+                power_of(i64::from(k.workgroup_size[*axis as usize]))
+            }
+            Inst::Binary(op, x, y) => match op {
+                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Min | BinaryOp::Max => a(x).min(a(y)),
+                // The low zero bits of either operand stay zero.
+                BinaryOp::And => a(x).max(a(y)),
+                BinaryOp::Mul => a(x).saturating_mul(a(y)).min(MAX_ALIGN),
+                BinaryOp::Shl => match self.constants.get(y.index()).copied().flatten() {
+                    Some(s @ 0..) => a(x).saturating_mul(1 << s.min(6)).min(MAX_ALIGN),
+                    _ => 1,
+                },
+                _ => 1,
+            },
+            Inst::Select(_, x, y) => a(x).min(a(y)),
+            Inst::Cast(to, x) if to.scalar.is_int() && k.values[x.index()].scalar.is_int() => a(x),
+            _ => 1,
+        }
+        .max(1)
+    }
 }
 
 /// The largest power of two (up to [`MAX_ALIGN`]) dividing `c`; `MAX_ALIGN` for 0.
@@ -51,39 +93,6 @@ fn power_of(c: i64) -> u32 {
         return MAX_ALIGN;
     }
     1u32 << c.trailing_zeros().min(MAX_ALIGN.trailing_zeros())
-}
-
-fn of_inst(k: &Kernel, inst: &Inst, align: &[u32]) -> u32 {
-    let a = |v: &Value| get(align, *v);
-    match inst {
-        Inst::Const(Literal::I(c)) => power_of(*c),
-        Inst::Special(Special::GroupSize(axis)) => {
-            power_of(i64::from(k.workgroup_size[*axis as usize]))
-        }
-        Inst::Binary(op, x, y) => match op {
-            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Min | BinaryOp::Max => a(x).min(a(y)),
-            // The low zero bits of either operand stay zero.
-            BinaryOp::And => a(x).max(a(y)),
-            BinaryOp::Mul => a(x).saturating_mul(a(y)).min(MAX_ALIGN),
-            BinaryOp::Shl => match shift_amount(k, *y) {
-                Some(s) => a(x).saturating_mul(1 << s.min(6)).min(MAX_ALIGN),
-                None => 1,
-            },
-            _ => 1,
-        },
-        Inst::Select(_, x, y) => a(x).min(a(y)),
-        Inst::Cast(to, x) if to.scalar.is_int() && k.values[x.index()].scalar.is_int() => a(x),
-        _ => 1,
-    }
-    .max(1)
-}
-
-/// The constant shift amount `y`, when it is a constant defined at the kernel's top level.
-fn shift_amount(k: &Kernel, y: Value) -> Option<u32> {
-    k.body.iter().find_map(|s| match s {
-        Stmt::Let(v, Inst::Const(Literal::I(c))) if *v == y => u32::try_from(*c).ok(),
-        _ => None,
-    })
 }
 
 #[cfg(test)]
