@@ -164,8 +164,12 @@ impl KernelBuilder {
         self.inst(Inst::Bitcast(Type::vector(scalar, lanes), a))
     }
 
-    /// Broadcasts scalar `a` to `lanes` lanes.
+    /// Broadcasts scalar `a` to `lanes` lanes; for one lane, `a` itself (templates written for
+    /// any width need no special case).
     pub fn splat(&mut self, a: Value, lanes: u32) -> Value {
+        if lanes == 1 {
+            return a;
+        }
         let scalar = self.type_of(a).scalar;
         self.inst(Inst::Splat(Type::vector(scalar, lanes), a))
     }

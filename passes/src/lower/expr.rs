@@ -460,14 +460,6 @@ pub(super) fn load_f32(b: &mut KernelBuilder, buf: BufRef, index: Value, lanes: 
     }
 }
 
-/// Scalar `x` in each of `lanes` lanes: itself for one lane, else a splat.
-pub(super) fn splat_to(b: &mut KernelBuilder, x: Value, lanes: u32) -> Value {
-    match lanes {
-        1 => x,
-        _ => b.splat(x, lanes),
-    }
-}
-
 /// `Σ f(j, acc)` style fold over `0..end` with one carried f32 accumulator.
 pub(super) fn fold(
     b: &mut KernelBuilder,

@@ -17,7 +17,7 @@
 //! with the [`super::gemm`] and [`super::qgemv`] templates.
 
 use super::elementwise;
-use super::expr::{fold_range, for_each, load_f32, splat_to, Body};
+use super::expr::{fold_range, for_each, load_f32, Body};
 use super::lanes::{lane_of, sum_runs, workgroup_reduce};
 use super::row_reduce::{inv_std, norm_at, norm_stats};
 use tessera_ir::kernel::BodyArg;
@@ -215,7 +215,7 @@ impl RowSource {
         let x = load_f32(b, self.buf, at, lanes);
         match self.norm {
             Some((r, g)) => {
-                let r = splat_to(b, r, lanes);
+                let r = b.splat(r, lanes);
                 let xr = b.mul(x, r);
                 let g = load_f32(b, g, i, lanes);
                 b.mul(xr, g)

@@ -766,11 +766,7 @@ pub(super) fn block_scales(b: &mut KernelBuilder, w: BufRef, ats: &[Value]) -> V
     };
     let int = |b: &mut KernelBuilder, v: i64| {
         let c = b.constant(Type::scalar(ScalarType::I32), Literal::I(v));
-        if lanes > 1 {
-            b.splat(c, lanes)
-        } else {
-            c
-        }
+        b.splat(c, lanes)
     };
     let words: Vec<Value> = ats
         .iter()
@@ -796,10 +792,6 @@ pub(super) fn block_scales(b: &mut KernelBuilder, w: BufRef, ats: &[Value]) -> V
     let bits = b.binary(BinaryOp::Or, magnitude, sign);
     let f = b.bitcast(ScalarType::F32, lanes, bits);
     let rescale = b.const_f(2f64.powi(112));
-    let rescale = if lanes > 1 {
-        b.splat(rescale, lanes)
-    } else {
-        rescale
-    };
+    let rescale = b.splat(rescale, lanes);
     b.mul(f, rescale)
 }

@@ -28,7 +28,7 @@
 //! and the scores read them from shared memory so too.
 
 use super::super::attention::{finite_or_zero, normalized, split_keys, split_program, Attention};
-use super::super::expr::{fold, fold_many, fold_range, splat_to, Body};
+use super::super::expr::{fold, fold_many, fold_range, Body};
 use super::super::lanes::{for_each_lane, for_each_run, sum_runs, workgroup_reduce};
 use super::super::Steps;
 use super::run_lanes;
@@ -120,7 +120,7 @@ fn sweep(
     let (ql, vl) = (run_lanes(i64::from(d)), run_lanes(i64::from(dv)));
     for_each_run(b, body, (1, d), ql, |b, _, c| {
         let x = body.values(b, att.q, &[at.bi, at.head, at.i, c], ql, None)?;
-        let scale = splat_to(b, scale, ql);
+        let scale = b.splat(scale, ql);
         let x = b.mul(x, scale);
         b.store(q, c, x);
         Ok(())
@@ -153,7 +153,7 @@ fn sweep(
     let one = b.const_i(1);
     let last_key = b.sub(hi, one);
     let mut init = vec![neg_inf, zero_f];
-    let zero_run = splat_to(b, zero_f, vl);
+    let zero_run = b.splat(zero_f, vl);
     init.extend(cols.iter().map(|_| zero_run));
     let state = fold_many(b, (lo, hi, threads), &init, |b, j0, state| {
         let (m_old, l_old, accs) = (state[0], state[1], &state[2..]);
@@ -182,11 +182,11 @@ fn sweep(
         let left = b.sub(hi, j0);
         let keys = b.binary(BinaryOp::Min, left, threads_v);
         let first = b.select(in_chunk, chunk, keys);
-        let alpha = splat_to(b, alpha, vl);
+        let alpha = b.splat(alpha, vl);
         let rescaled: Vec<Value> = accs.iter().map(|&o| b.mul(o, alpha)).collect();
         let accs = fold_many(b, (first, keys, chunks), &rescaled, |b, k, os| {
             let p = b.load(probs, k, 1);
-            let p = splat_to(b, p, vl);
+            let p = b.splat(p, vl);
             let j = b.add(j0, k);
             cols.iter()
                 .zip(os)
@@ -369,7 +369,7 @@ pub(super) fn lower_prefill(
     for_each_run(b, body, (rows, d), ql, |b, r, c| {
         let i = row_of(b, r);
         let x = body.values(b, att.q, &[bi, head, i, c], ql, None)?;
-        let scale = splat_to(b, scale, ql);
+        let scale = b.splat(scale, ql);
         let x = b.mul(x, scale);
         let e = b.mul(r, d_v);
         let e = b.add(e, c);
@@ -396,7 +396,7 @@ pub(super) fn lower_prefill(
         })
         .collect();
     let init = vec![zero_f; outs.len()];
-    let zero_v = splat_to(b, zero_f, vl);
+    let zero_v = b.splat(zero_f, vl);
     let accs = fold_many(b, (lo, hi, keys), &init, |b, j0, accs| {
         for_each_run(b, body, (keys, d), ql, |b, k, c| {
             let j = b.add(j0, k);

@@ -19,7 +19,7 @@
 //! **Tails.** Rows past M and columns past N are loaded clamped to the last row / column and not
 //! stored; lhs elements past K are loaded as zero, so the last chunk adds nothing for them.
 
-use super::super::expr::{fold_many, for_each, load_f32, splat_to, Body, HookFn};
+use super::super::expr::{fold_many, for_each, load_f32, Body, HookFn};
 use super::super::gemv::{prologue_norm, Gemv, Lhs, RowSource};
 use super::super::lanes::for_each_run;
 use super::super::row_reduce::{norm_at, norm_stats, NormStats};
@@ -121,7 +121,7 @@ pub(super) fn lower(
     let last_run = b.const_i(g.k - i64::from(lanes));
     let (last_col, cols_v) = (b.const_i(cols - 1), b.const_i(cols));
     let zero_f = b.const_f(0.0);
-    let zero_run = splat_to(b, zero_f, lanes);
+    let zero_run = b.splat(zero_f, lanes);
     let init = vec![zero_f; (tile.rows * tile.cols) as usize * offsets.len()];
     let lhs = body.ops[g.m].args[0];
     let nw_v = b.const_i(i64::from(nw));
